@@ -1,0 +1,78 @@
+"""Block floating point and block logarithmic formats ("Revisiting Block-based Quantisation",
+Zhang et al., EMNLP'23): one shared 8-bit exponent per block, then sign-magnitude element codes."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from quantconv.formats import bitplanes
+from quantconv.formats.codebooks import NearestCode
+
+
+def _floor_log2(amax: np.ndarray) -> np.ndarray:
+    _, exp = np.frexp(amax.astype(np.float64))
+    return exp - 1
+
+
+@dataclass(frozen=True)
+class BFPCodec:
+    """Elements of `mant` bits: a sign and (mant-1) magnitude bits scaled by 2^(E-(mant-1)), amax < 2^E."""
+    mant: int
+
+    def block_bytes(self, block: int) -> int:
+        return 1 + bitplanes.packed_bytes(self.mant, block)
+
+    def quantize_blocks(self, x: np.ndarray) -> np.ndarray:
+        x = x.astype(np.float64)
+        amax = np.abs(x).max(axis=1, keepdims=True)
+        big_e = np.clip(_floor_log2(amax) + 1, -127, 127)
+        e = np.where(amax > 0, big_e + 127, 0).astype(np.uint8)
+        step = np.ldexp(1.0, e.astype(np.int64) - 127 - (self.mant - 1))
+        mag_bits = self.mant - 1
+        mag = np.minimum(np.rint(np.abs(x) / step), (1 << mag_bits) - 1).astype(np.uint8)
+        codes = mag | (((x < 0) & (mag > 0)).astype(np.uint8) << np.uint8(mag_bits))
+        return np.concatenate([e, bitplanes.pack(codes, self.mant)], axis=1)
+
+    def dequantize_blocks(self, data: np.ndarray, block: int) -> np.ndarray:
+        mag_bits = self.mant - 1
+        codes = bitplanes.unpack(data[:, 1:], self.mant, block)
+        mag = (codes & ((1 << mag_bits) - 1)).astype(np.float64)
+        sign = np.where(codes >> mag_bits, -1.0, 1.0)
+        step = np.ldexp(1.0, data[:, :1].astype(np.int64) - 127 - mag_bits)
+        return (sign * mag * step).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class BlockLogCodec:
+    """Elements of `bits` bits: a sign and k in [0, K], value 2^(k-K) (k = 0 is zero), K = 2^(bits-1)-1."""
+    bits: int
+
+    @property
+    def k_max(self) -> int:
+        return (1 << (self.bits - 1)) - 1
+
+    def block_bytes(self, block: int) -> int:
+        return 1 + bitplanes.packed_bytes(self.bits, block)
+
+    def magnitudes(self) -> np.ndarray:
+        k = np.arange(self.k_max + 1)
+        return np.where(k == 0, 0.0, np.ldexp(1.0, k - self.k_max))
+
+    def quantize_blocks(self, x: np.ndarray) -> np.ndarray:
+        x = x.astype(np.float64)
+        amax = np.abs(x).max(axis=1, keepdims=True)
+        big_e = _floor_log2(amax)
+        big_e = big_e + (amax >= 1.5 * np.ldexp(1.0, big_e))  # round the top up when closer to 2^(E+1)
+        e = np.where(amax > 0, np.clip(big_e + 127, 0, 254), 0).astype(np.uint8)
+        y = np.abs(x) / np.ldexp(1.0, e.astype(np.int64) - 127)
+        k = NearestCode(tuple(self.magnitudes()))(y)
+        codes = k | (((x < 0) & (k > 0)).astype(np.uint8) << np.uint8(self.bits - 1))
+        return np.concatenate([e, bitplanes.pack(codes, self.bits)], axis=1)
+
+    def dequantize_blocks(self, data: np.ndarray, block: int) -> np.ndarray:
+        codes = bitplanes.unpack(data[:, 1:], self.bits, block)
+        k = codes & self.k_max
+        sign = np.where(codes >> (self.bits - 1), -1.0, 1.0)
+        mag = self.magnitudes()[k]
+        return (sign * mag * np.ldexp(1.0, data[:, :1].astype(np.int64) - 127)).astype(np.float32)

@@ -1,0 +1,61 @@
+"""4-bit codebook blocks: an fp16 scale per group and a nibble index into a 16-entry table."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from quantconv.errors import QuantconvError
+from quantconv.formats import bitplanes
+from quantconv.formats.codebooks import NearestCode
+from quantconv.formats.elements import fp16_bytes, fp16_from_bytes
+
+
+@dataclass(frozen=True)
+class CodebookCodec:
+    table: tuple[float, ...]
+    flip: bool = False          # per-group scale sign puts the largest magnitude on the long side
+    _nearest: NearestCode = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "_nearest", NearestCode(self.table))
+
+    @property
+    def cmax(self) -> float:
+        return float(np.max(np.abs(self.table)))
+
+    def block_bytes(self, block: int) -> int:
+        return 2 + block // 2
+
+    def scales(self, x: np.ndarray) -> np.ndarray:
+        """Per-group fp16-representable scale (float32, (n, 1)); exposed for calibrated algorithms."""
+        amax_idx = np.abs(x).argmax(axis=1)[:, None]
+        peak = np.take_along_axis(x, amax_idx, axis=1)
+        d = np.abs(peak) / np.float32(self.cmax)
+        if self.flip:
+            top, bottom = max(self.table), -min(self.table)
+            if top != bottom:
+                # the side the peak lands on with d > 0 is its own sign; negate d if that is the short side
+                short_positive = top < bottom
+                wrong_side = (peak > 0) == short_positive
+                d = np.where(wrong_side & (peak != 0), -d, d)
+        d16 = d.astype(np.float16)
+        if not np.all(np.isfinite(d16)):
+            raise QuantconvError("a group's values exceed the fp16 scale range (|x| > 65504 * codebook max); "
+                                 "use an mx type, whose E8M0 scale has a wider range")
+        return d16.astype(np.float32)
+
+    def codes(self, x: np.ndarray, d: np.ndarray) -> np.ndarray:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            y = np.where(d == 0, 0.0, x / np.where(d == 0, 1, d))
+        return self._nearest(y)
+
+    def quantize_blocks(self, x: np.ndarray) -> np.ndarray:
+        x = x.astype(np.float32, copy=False)
+        d = self.scales(x)
+        return np.concatenate([fp16_bytes(d), bitplanes.pack(self.codes(x, d), 4)], axis=1)
+
+    def dequantize_blocks(self, data: np.ndarray, block: int) -> np.ndarray:
+        d = fp16_from_bytes(data[:, 0:2])
+        table = np.asarray(self.table, dtype=np.float32)
+        return d * table[bitplanes.unpack(data[:, 2:], 4, block)]

@@ -1,0 +1,58 @@
+"""Uniform integer blocks, symmetric (scale) or asymmetric (scale + min), 2 to 8 bits.
+
+Rounding follows ggml's reference quantizers so that int8 g32 is Q8_0 and int4:asym g32 is Q4_1
+byte for byte: symmetric codes use C roundf (ties away from zero), asymmetric ones trunc(v + 0.5).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from quantconv.formats import bitplanes
+from quantconv.formats.elements import fp16_bytes, fp16_from_bytes
+
+
+def roundf(v: np.ndarray) -> np.ndarray:
+    """C roundf: halves away from zero."""
+    return np.sign(v) * np.floor(np.abs(v) + np.float32(0.5))
+
+
+@dataclass(frozen=True)
+class IntCodec:
+    bits: int
+    asym: bool
+
+    def block_bytes(self, block: int) -> int:
+        return (4 if self.asym else 2) + bitplanes.packed_bytes(self.bits, block)
+
+    def quantize_blocks(self, x: np.ndarray) -> np.ndarray:
+        x = x.astype(np.float32, copy=False)
+        if self.asym:
+            return self._quantize_asym(x)
+        qmax = (1 << (self.bits - 1)) - 1
+        d = np.abs(x).max(axis=1, keepdims=True) / np.float32(qmax)
+        with np.errstate(divide="ignore"):
+            inv = np.where(d == 0, np.float32(0), np.float32(1) / d)
+        q = np.clip(roundf(x * inv), -qmax - 1, qmax).astype(np.int16)
+        codes = (q & ((1 << self.bits) - 1)).astype(np.uint8)  # b-bit two's complement
+        return np.concatenate([fp16_bytes(d), bitplanes.pack(codes, self.bits)], axis=1)
+
+    def _quantize_asym(self, x: np.ndarray) -> np.ndarray:
+        levels = (1 << self.bits) - 1
+        lo = x.min(axis=1, keepdims=True)
+        d = (x.max(axis=1, keepdims=True) - lo) / np.float32(levels)
+        with np.errstate(divide="ignore"):
+            inv = np.where(d == 0, np.float32(0), np.float32(1) / d)
+        u = np.clip(np.trunc((x - lo) * inv + np.float32(0.5)), 0, levels).astype(np.uint8)
+        return np.concatenate([fp16_bytes(d), fp16_bytes(lo), bitplanes.pack(u, self.bits)], axis=1)
+
+    def dequantize_blocks(self, data: np.ndarray, block: int) -> np.ndarray:
+        d = fp16_from_bytes(data[:, 0:2])
+        if self.asym:
+            m = fp16_from_bytes(data[:, 2:4])
+            u = bitplanes.unpack(data[:, 4:], self.bits, block)
+            return d * u.astype(np.float32) + m
+        codes = bitplanes.unpack(data[:, 2:], self.bits, block).astype(np.int16)
+        q = np.where(codes >= (1 << (self.bits - 1)), codes - (1 << self.bits), codes)
+        return d * q.astype(np.float32)

@@ -1,0 +1,414 @@
+"""The datatype registry: one row per datatype, the single source of truth for packing, the GGUF
+writer/reader and the C++ kernels (which decode what `DType.descriptor()` describes).
+
+A datatype is named by a spec string ``NAME[:key=value,flag,...]``; `get_dtype` turns it into a
+`DType` (validating every option) and `list_dtypes` gives the default row of every name.
+Layouts and rounding rules: docs/layouts.md.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from quantconv.errors import QuantconvError
+from quantconv.formats import bitplanes
+from quantconv.formats.codebooks import FIXED_CODEBOOKS, student_float4
+from quantconv.formats.elements import E2M1, E2M3, E3M2, E4M3, E5M2, Minifloat, minifloat
+from quantconv.formats.quant_block import BFPCodec, BlockLogCodec
+from quantconv.formats.quant_codebook import CodebookCodec
+from quantconv.formats.quant_ggml import FloatCodec, NVFP4Codec, Q4_0Codec
+from quantconv.formats.quant_int import IntCodec
+from quantconv.formats.quant_mx import GGMLMXFP4Codec, MinifloatBlockCodec, MXInt8Codec
+from quantconv.formats.spec import format_spec, parse_spec
+
+# ggml type ids of the standard types quantconv writes as they are.
+GGML_IDS = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q8_0": 8, "bf16": 30, "mxfp4": 39, "nvfp4": 40}
+# quantconv's own ids live in [1024, 4096), far above ggml's (43 types in Nov 2026).
+OWN_ID_RANGE = (1024, 4096)
+GROUPS = (16, 32, 64, 128, 256, 512, 1024)   # plus 0: one group per row ("per-channel")
+CHUNK_ELEMENTS = 1 << 20                     # rows are quantized in chunks of about this many values
+
+
+@dataclass(frozen=True)
+class DType:
+    spec: str                     # canonical spec string, e.g. "sf4:group=128,nu=5"
+    name: str                     # base name, e.g. "sf4"
+    family: str                   # float | int | codebook | mx | bfp | bmf | blog | ggml
+    elem_bits: int
+    block_size: int               # elements per block; 0 = one block per row (per-channel)
+    scale_encoding: str
+    gguf_type_id: int
+    standard: bool                # stock ggml knows this type id
+    description: str
+    codec: Any = field(repr=False, compare=False)
+    params: dict = field(default_factory=dict, compare=False)
+    codebook: tuple[float, ...] | None = None
+
+    # --- sizes ---------------------------------------------------------------------------------
+    def block_for(self, cols: int) -> int:
+        return self.block_size or cols
+
+    @property
+    def bytes_per_block(self) -> int:
+        """Bytes of one block (per-channel types: of one 16-element reference block is meaningless,
+        so this reports 0 and `row_bytes` is the authority)."""
+        return self.codec.block_bytes(self.block_size) if self.block_size else 0
+
+    def row_bytes(self, cols: int) -> int:
+        block = self.block_for(cols)
+        return cols // block * self.codec.block_bytes(block)
+
+    def tensor_bytes(self, shape: tuple[int, ...]) -> int:
+        rows = int(np.prod(shape[:-1])) if len(shape) > 1 else 1
+        return rows * self.row_bytes(int(shape[-1]))
+
+    def bits_per_weight(self, cols: int | None = None) -> float:
+        cols = cols or self.block_size or 4096
+        return self.row_bytes(cols) * 8 / cols
+
+    def check_shape(self, shape: tuple[int, ...], what: str = "tensor") -> None:
+        cols = int(shape[-1])
+        block = self.block_for(cols)
+        if cols % block:
+            raise QuantconvError(f"{what} has rows of {cols} values, not a multiple of {self.spec}'s block of "
+                                 f"{block}; pick a group size that divides {cols} (e.g. --group-size 32)")
+        if self.block_size == 0 and not bitplanes.check_block(self.elem_bits, cols):
+            raise QuantconvError(f"{what}: per-channel {self.spec} needs rows that are a multiple of 8 values")
+
+    # --- quantize / dequantize -----------------------------------------------------------------
+    def quantize(self, w: np.ndarray) -> np.ndarray:
+        """(rows, cols) or (cols,) float -> (rows, row_bytes) uint8 packed blocks."""
+        w = np.asarray(w, dtype=np.float32)
+        w2 = w.reshape(-1, w.shape[-1]) if w.ndim != 1 else w.reshape(1, -1)
+        self.check_shape(w2.shape)
+        if not np.all(np.isfinite(w2)):
+            raise QuantconvError("values contain NaN or inf; fix the source weights (they cannot be quantized)")
+        rows, cols = w2.shape
+        block = self.block_for(cols)
+        out = np.empty((rows, self.row_bytes(cols)), dtype=np.uint8)
+        step = max(1, CHUNK_ELEMENTS // cols)
+        for r in range(0, rows, step):
+            blocks = w2[r:r + step].reshape(-1, block)
+            out[r:r + step] = self.codec.quantize_blocks(blocks).reshape(-1, out.shape[1])
+        return out
+
+    def dequantize(self, data: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        shape = tuple(int(s) for s in shape)
+        cols = shape[-1]
+        block = self.block_for(cols)
+        nbytes = self.tensor_bytes(shape)
+        data = np.asarray(data, dtype=np.uint8).reshape(-1)
+        if data.size != nbytes:
+            raise QuantconvError(f"{self.spec} data of shape {shape} must be {nbytes} bytes, got {data.size}")
+        blocks = data.reshape(-1, self.codec.block_bytes(block))
+        return self.codec.dequantize_blocks(blocks, block).astype(np.float32, copy=False).reshape(shape)
+
+    def fake_quantize(self, w: np.ndarray) -> np.ndarray:
+        """Round trip through the datatype (what the file will hold), in float32."""
+        w = np.asarray(w, dtype=np.float32)
+        return self.dequantize(self.quantize(w), w.shape)
+
+    # --- self-description ----------------------------------------------------------------------
+    def descriptor(self) -> dict[str, Any]:
+        """What a GGUF file records about this type (quantconv.type.<id>.*) and the C++ kernels read."""
+        d = {"spec": self.spec, "name": self.name, "family": self.family, "block_size": self.block_size,
+             "bytes_per_block": self.bytes_per_block, "elem_bits": self.elem_bits,
+             "scale_encoding": self.scale_encoding}
+        if self.codebook is not None:
+            d["codebook"] = [float(v) for v in self.codebook]
+        d.update(self.params)
+        return d
+
+    def row(self) -> dict[str, Any]:
+        """The `quantconv dtypes` row."""
+        return {"name": self.spec, "family": self.family, "bits_per_weight": round(self.bits_per_weight(), 4),
+                "block_size": self.block_size or "row", "elem_bits": self.elem_bits,
+                "scale": self.scale_encoding, "codebook": list(self.codebook) if self.codebook else None,
+                "gguf_type_id": self.gguf_type_id, "standard": self.standard, "description": self.description}
+
+
+# ------------------------------------------------------------------------------------------------
+# Option parsing helpers
+# ------------------------------------------------------------------------------------------------
+class _Options:
+    """Consumes a spec's options; whatever is left unconsumed at the end is an error."""
+
+    def __init__(self, spec: str, options: dict[str, str]):
+        self.spec, self.left = spec, dict(options)
+
+    def _bad(self, key: str, why: str) -> QuantconvError:
+        return QuantconvError(f"datatype '{self.spec}': {key} {why}")
+
+    def flag(self, key: str) -> bool:
+        value = self.left.pop(key, "0")
+        if value not in ("0", "1", "true", "false", "yes", "no"):
+            raise self._bad(key, f"is a flag, give it bare (e.g. '{key}'), not '{key}={value}'")
+        return value in ("1", "true", "yes")
+
+    def integer(self, key: str, default: int, allowed) -> int:
+        raw = self.left.pop(key, None)
+        if raw is None:
+            return default
+        if raw in ("row", "channel", "per-channel"):
+            raw = "0"
+        try:
+            value = int(raw)
+        except ValueError:
+            raise self._bad(key, f"must be an integer, got '{raw}'") from None
+        if value not in allowed:
+            raise self._bad(key, f"must be one of {sorted(allowed)}, got {value}")
+        return value
+
+    def number(self, key: str, default: float) -> float:
+        raw = self.left.pop(key, None)
+        if raw is None:
+            return default
+        try:
+            return float(raw)
+        except ValueError:
+            raise self._bad(key, f"must be a number, got '{raw}'") from None
+
+    def choice(self, choices: tuple[str, ...], default: str) -> str:
+        """One of several mutually exclusive flags (e.g. mxfp6:e3m2), or elem=NAME."""
+        picked = [c for c in choices if self.left.pop(c, None) is not None]
+        elem = self.left.pop("elem", None)
+        if elem is not None:
+            picked.append(elem)
+        if len(picked) > 1 or (picked and picked[0] not in choices):
+            raise self._bad("element", f"must be one of {', '.join(choices)}")
+        return picked[0] if picked else default
+
+    def done(self) -> None:
+        if self.left:
+            key = next(iter(self.left))
+            raise QuantconvError(f"datatype '{self.spec}' has no option '{key}'; see `quantconv dtypes --json {self.spec.split(':')[0]}`")
+
+
+def _gcode(group: int) -> int:
+    return GROUPS.index(group) if group else len(GROUPS)
+
+
+def _group_key(group: int, default: int) -> dict:
+    return {} if group == default else {"group": group}
+
+
+# ------------------------------------------------------------------------------------------------
+# Row builders: one per family; each takes (name, options) and returns a DType
+# ------------------------------------------------------------------------------------------------
+def _float(name: str, opt: _Options) -> DType:
+    opt.done()
+    bits = {"f32": 32, "f16": 16, "bf16": 16}[name]
+    return DType(name, name, "float", bits, 1, "none", GGML_IDS[name], True,
+                 {"f32": "IEEE binary32", "f16": "IEEE binary16", "bf16": "bfloat16 (round to nearest even)"}[name],
+                 FloatCodec(name))
+
+
+def _ggml(name: str, opt: _Options) -> DType:
+    opt.done()
+    if name == "q8_0":
+        return _int_row("int8", 8, False, 32, "ggml Q8_0 (= int8:group=32)", spec="q8_0")
+    if name == "q4_1":
+        return _int_row("int4", 4, True, 32, "ggml Q4_1 (= int4:asym,group=32)", spec="q4_1")
+    if name == "q4_0":
+        return DType("q4_0", "q4_0", "ggml", 4, 32, "fp16", GGML_IDS["q4_0"], True,
+                     "ggml Q4_0: fp16 scale = signed peak / -8, codes 0..15 minus 8", Q4_0Codec())
+    return DType("nvfp4", "nvfp4", "ggml", 4, 64, "4 x ue4m3", GGML_IDS["nvfp4"], True,
+                 "ggml NVFP4: E2M1 with a UE4M3 scale per 16 values", NVFP4Codec())
+
+
+def _int_row(name: str, bits: int, asym: bool, group: int, description: str, spec: str | None = None) -> DType:
+    canonical = spec or format_spec(name, {"asym": asym, **_group_key(group, 128)})
+    if not asym and bits == 8 and group == 32:
+        type_id, standard = GGML_IDS["q8_0"], True
+    elif asym and bits == 4 and group == 32:
+        type_id, standard = GGML_IDS["q4_1"], True
+    else:
+        type_id, standard = 1024 + asym * 128 + (bits - 2) * 8 + _gcode(group), False
+    return DType(canonical, name, "int", bits, group, "fp16 scale + fp16 min" if asym else "fp16 scale",
+                 type_id, standard, description, IntCodec(bits, asym), {"asym": int(asym)})
+
+
+def _int(name: str, opt: _Options) -> DType:
+    bits = int(name[3:])
+    asym = opt.flag("asym")
+    opt.flag("sym")
+    group = opt.integer("group", 128, set(GROUPS) | {0})
+    opt.done()
+    kind = "asymmetric (scale + min)" if asym else "symmetric"
+    where = "per row" if group == 0 else f"per {group}"
+    return _int_row(name, bits, asym, group, f"{bits}-bit integer, {kind}, {where}")
+
+
+_CODEBOOK_INDEX = {"nf4": 0, "sf4": 1, "fp4": 2, "fp4-sr": 3, "fp4-sp": 4, "apot4": 5, "apot4-sp": 6, "fp4-log": 7}
+DEFAULT_NU = 5.0
+
+
+def _codebook(name: str, opt: _Options) -> DType:
+    group = opt.integer("group", 128, set(GROUPS))
+    flip = opt.flag("flip")
+    options: dict[str, Any] = {"flip": flip, **_group_key(group, 128)}
+    index = _CODEBOOK_INDEX[name]
+    if name == "sf4":
+        nu = opt.number("nu", DEFAULT_NU)
+        table = student_float4(nu)
+        if nu != DEFAULT_NU:
+            options["nu"] = f"{nu:g}"
+            index = len(_CODEBOOK_INDEX)   # any other nu: one id per group size, codebook in metadata
+        description = f"Student Float 4 (t, nu={nu:g})"
+    else:
+        table, description = FIXED_CODEBOOKS[name]
+    opt.done()
+    return _codebook_row(name, table, group, flip, index, format_spec(name, options), description)
+
+
+def _codebook_row(name, table, group, flip, index, spec, description) -> DType:
+    return DType(spec, name, "codebook", 4, group, "fp16 absmax/max|codebook|" + (" signed" if flip else ""),
+                 1280 + index * 8 + _gcode(group), False, description + (", signed scale" if flip else ""),
+                 CodebookCodec(tuple(table), flip), {"flip": int(flip)}, tuple(table))
+
+
+_MX_ELEMENTS: dict[str, tuple[tuple[str, ...], dict[str, Minifloat]]] = {
+    "mxfp6": (("e2m3", "e3m2"), {"e2m3": E2M3, "e3m2": E3M2}),
+    "mxfp8": (("e4m3", "e5m2"), {"e4m3": E4M3, "e5m2": E5M2}),
+}
+_MX_IDS = {"e2m3": 1537, "e3m2": 1538, "e4m3": 1539, "e5m2": 1540, "int8": 1541}
+
+
+def _element_params(e: Minifloat) -> dict:
+    return {"element": e.name, "ebits": e.ebits, "mbits": e.mbits, "emax": e.emax, "element_max": e.max_value}
+
+
+def _mx(name: str, opt: _Options) -> DType:
+    if name == "mxint8":
+        opt.done()
+        return DType("mxint8", name, "mx", 8, 32, "e8m0", _MX_IDS["int8"], False,
+                     "OCP MXINT8: int8 elements (q/64), E8M0 scale per 32", MXInt8Codec(), {"element": "int8"})
+    if name == "mxfp4":
+        ggml = opt.flag("ggml")
+        opt.done()
+        codec = GGMLMXFP4Codec() if ggml else MinifloatBlockCodec(E2M1)
+        how = "ggml's reference rounding" if ggml else "round to nearest even"
+        return DType("mxfp4:ggml" if ggml else "mxfp4", name, "mx", 4, 32, "e8m0", GGML_IDS["mxfp4"], True,
+                     f"OCP MXFP4: E2M1 elements, E8M0 scale per 32 ({how}); = ggml MXFP4", codec,
+                     _element_params(E2M1))
+    choices, elements = _MX_ELEMENTS[name]
+    which = opt.choice(choices, choices[0])
+    opt.done()
+    element = elements[which]
+    spec = name if which == choices[0] else f"{name}:{which}"
+    return DType(spec, name, "mx", element.bits, 32, "e8m0", _MX_IDS[which], False,
+                 f"OCP {name.upper()} ({which.upper()} elements, E8M0 scale per 32)",
+                 MinifloatBlockCodec(element), _element_params(element))
+
+
+def _bfp(name: str, opt: _Options) -> DType:
+    mant = opt.integer("mant", 6, set(range(2, 9)))
+    block = opt.integer("block", 16, {16, 32, 64, 128})
+    opt.done()
+    spec = format_spec(name, {"mant": mant, "block": block} if (mant, block) != (6, 16) else {})
+    return DType(spec, name, "bfp", mant, block, "shared 8-bit exponent", 1600 + (mant - 2) * 8 + _gcode(block),
+                 False, f"block floating point: {mant}-bit sign-magnitude mantissas, shared exponent per {block}",
+                 BFPCodec(mant), {"mant": mant})
+
+
+def _bmf(name: str, opt: _Options) -> DType:
+    ebits = opt.integer("exp", 2, set(range(1, 7)))
+    mbits = opt.integer("mant", 3, set(range(0, 7)))
+    block = opt.integer("block", 16, {16, 32, 64, 128})
+    opt.done()
+    if 1 + ebits + mbits > 8:
+        raise QuantconvError(f"datatype '{name}': 1 + exp + mant must be at most 8 bits (got {1 + ebits + mbits})")
+    element = minifloat(ebits, mbits)
+    spec = format_spec(name, {"exp": ebits, "mant": mbits, "block": block} if (ebits, mbits, block) != (2, 3, 16) else {})
+    return DType(spec, name, "bmf", element.bits, block, "e8m0 shared bias",
+                 1700 + ((ebits - 1) * 8 + mbits) * 8 + _gcode(block), False,
+                 f"block minifloat: E{ebits}M{mbits} elements, shared exponent bias per {block}",
+                 MinifloatBlockCodec(element), _element_params(element))
+
+
+def _blog(name: str, opt: _Options) -> DType:
+    bits = opt.integer("bits", 4, set(range(2, 9)))
+    block = opt.integer("block", 16, {16, 32, 64, 128})
+    opt.done()
+    spec = format_spec(name, {"bits": bits, "block": block} if (bits, block) != (4, 16) else {})
+    return DType(spec, name, "blog", bits, block, "shared 8-bit exponent", 2100 + (bits - 2) * 8 + _gcode(block),
+                 False, f"block logarithmic: sign + {bits - 1}-bit power of two, shared exponent per {block}",
+                 BlockLogCodec(bits), {"log_bits": bits})
+
+
+BUILDERS: dict[str, Callable[[str, _Options], DType]] = {
+    **{n: _float for n in ("f32", "f16", "bf16")},
+    **{n: _ggml for n in ("q8_0", "q4_0", "q4_1", "nvfp4")},
+    **{f"int{b}": _int for b in range(2, 9)},
+    **{n: _codebook for n in _CODEBOOK_INDEX},
+    **{n: _mx for n in ("mxfp4", "mxfp6", "mxfp8", "mxint8")},
+    "bfp": _bfp, "bmf": _bmf, "blog": _blog,
+}
+ALIASES = {"fp16": "f16", "fp32": "f32", "float16": "f16", "float32": "f32", "bfloat16": "bf16",
+           "e2m1": "fp4", "sf4-5": "sf4", "int4-asym": "int4:asym"}
+
+_cache: dict[str, DType] = {}
+
+
+def get_dtype(spec: str) -> DType:
+    """Resolve a spec string to its registry row (raises QuantconvError naming the fix)."""
+    if isinstance(spec, DType):
+        return spec
+    key = spec.strip().lower() if isinstance(spec, str) else spec
+    if key in _cache:
+        return _cache[key]
+    name, options = parse_spec(ALIASES.get(key, key) if isinstance(key, str) else key)
+    if name in ALIASES and ":" not in ALIASES[name]:
+        name = ALIASES[name]
+    builder = BUILDERS.get(name)
+    if builder is None:
+        raise QuantconvError(f"unknown datatype '{spec}'; known: {', '.join(BUILDERS)} (run `quantconv dtypes`)")
+    dtype = builder(name, _Options(spec, options))
+    _cache[key] = dtype
+    return dtype
+
+
+def list_dtypes() -> list[DType]:
+    """The default row of every datatype name (plus the asymmetric ints), registry order."""
+    specs = list(BUILDERS)
+    specs[specs.index("int8") + 1:specs.index("int8") + 1] = [f"int{b}:asym" for b in range(2, 9)]
+    return [get_dtype(s) for s in specs]
+
+
+def dtype_from_gguf_type_id(type_id: int) -> DType | None:
+    """The registry row of a standard ggml type id, or None (quantconv ids need the file's descriptor)."""
+    for name, gid in GGML_IDS.items():
+        if gid == type_id:
+            return get_dtype(name)
+    return None
+
+
+def dtype_from_descriptor(desc: dict[str, Any]) -> DType:
+    """Rebuild a type from a file's descriptor. Codebooks come from the file itself, so a file runs
+    without recomputing them (no scipy needed to read an SF4 file of any nu)."""
+    try:
+        spec = str(desc["spec"])
+    except KeyError:
+        raise QuantconvError("a quantconv type descriptor has no 'spec'; the file is damaged, re-export it") from None
+    name, _ = parse_spec(spec)
+    if desc.get("family") == "codebook" and "codebook" in desc:
+        table = tuple(float(v) for v in desc["codebook"])
+        if len(table) != 16 or not all(np.isfinite(table)):
+            raise QuantconvError(f"type '{spec}' has a damaged codebook (need 16 finite values); re-export the file")
+        base = get_dtype(spec) if name != "sf4" else None
+        group = int(desc.get("block_size", 128))
+        flip = bool(int(desc.get("flip", 0)))
+        index = _CODEBOOK_INDEX.get(name, 0) if name != "sf4" or ":nu=" not in spec and ",nu=" not in spec \
+            else len(_CODEBOOK_INDEX)
+        if base is not None and base.codebook != table:
+            raise QuantconvError(f"type '{spec}' in the file has a codebook that differs from quantconv's; re-export it")
+        return _codebook_row(name, table, group, flip, index, spec,
+                             base.description if base else f"Student Float 4 ({spec})")
+    dtype = get_dtype(spec)
+    for key in ("block_size", "bytes_per_block", "elem_bits"):
+        if key in desc and int(desc[key]) != getattr(dtype, key):
+            raise QuantconvError(f"type '{spec}' in the file has {key}={desc[key]} but quantconv's is "
+                                 f"{getattr(dtype, key)}; the file comes from an incompatible version")
+    return dtype
