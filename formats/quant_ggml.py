@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from quantconv.errors import QuantconvError
 from quantconv.formats import bitplanes
 from quantconv.formats.elements import fp16_bytes, fp16_from_bytes
 from quantconv.formats.quant_mx import _GGML_E2M1_DOUBLED
@@ -96,6 +97,8 @@ class FloatCodec:
         if self.kind == "f32":
             return x.view(np.uint8)
         if self.kind == "f16":
+            if x.size and np.abs(x).max() > 65504:
+                raise QuantconvError("values exceed the f16 range (|x| > 65504); use bf16 or f32 for this tensor")
             return x.astype(np.float16).view(np.uint8)
         n = x.view(np.uint32).astype(np.uint64)
         nan = (n & 0x7FFFFFFF) > 0x7F800000

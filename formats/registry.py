@@ -264,6 +264,7 @@ def _codebook(name: str, opt: _Options) -> DType:
 
 
 def _codebook_row(name, table, group, flip, index, spec, description) -> DType:
+    table = tuple(float(np.float32(v)) for v in table)   # what the file stores and the kernels use
     return DType(spec, name, "codebook", 4, group, "fp16 absmax/max|codebook|" + (" signed" if flip else ""),
                  1280 + index * 8 + _gcode(group), False, description + (", signed scale" if flip else ""),
                  CodebookCodec(tuple(table), flip), {"flip": int(flip)}, tuple(table))
@@ -402,6 +403,7 @@ def dtype_from_descriptor(desc: dict[str, Any]) -> DType:
         flip = bool(int(desc.get("flip", 0)))
         index = _CODEBOOK_INDEX.get(name, 0) if name != "sf4" or ":nu=" not in spec and ",nu=" not in spec \
             else len(_CODEBOOK_INDEX)
+        table = tuple(float(np.float32(v)) for v in table)
         if base is not None and base.codebook != table:
             raise QuantconvError(f"type '{spec}' in the file has a codebook that differs from quantconv's; re-export it")
         return _codebook_row(name, table, group, flip, index, spec,

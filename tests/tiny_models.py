@@ -1,0 +1,134 @@
+"""Tiny synthetic Hugging Face models and tokenizers, built locally (tests never download).
+
+    make_tiny_hf_model(tmp_path, arch="llama", dtype="float32", tied=False, sharded=False) -> Path
+
+writes config.json, *.safetensors (sharded with an index when asked), tokenizer.json and
+tokenizer_config.json into tmp_path / <a name from the arguments>, and returns that folder.
+Weights are random but seeded, so two calls with the same arguments give the same model.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=256)
+VOCAB_SIZE = 320  # model vocab; the BPE tokenizer has 300 tokens, so the last 20 ids are padding
+TOKENIZER_VOCAB = 300
+
+SENTENCES = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Quantization maps 16-bit weights to 4-bit codes in blocks of 32 values.",
+    "Hello world! Hello again, world; 12345 and 67890.",
+    "Small language models run well on a laptop CPU.",
+    "<|im_start|>user\nWhat is 2 + 2?<|im_end|>\n<|im_start|>assistant\n4<|im_end|>",
+]
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]  # ids 0, 1, 2 (SmolLM2's layout)
+USER_TOKEN = "<tool>"  # a non-special added token -> GGUF token type 4 (user-defined)
+CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+                 "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+_CONFIGS = {"llama": ("LlamaConfig", "LlamaForCausalLM"), "mistral": ("MistralConfig", "MistralForCausalLM"),
+            "qwen2": ("Qwen2Config", "Qwen2ForCausalLM")}
+
+
+def make_bpe_tokenizer(out_dir: Path) -> Path:
+    """A byte-level BPE (SmolLM2-style: single digits, then GPT-2's regex) trained on SENTENCES."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=TOKENIZER_VOCAB - 1, special_tokens=SPECIALS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(SENTENCES * 20, trainer)
+    tok.add_tokens([USER_TOKEN])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tok.save(str(out_dir / "tokenizer.json"))
+    (out_dir / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "GPT2Tokenizer", "bos_token": "<|im_start|>", "eos_token": "<|im_end|>",
+        "unk_token": "<|endoftext|>", "pad_token": "<|im_end|>", "add_prefix_space": False,
+        "chat_template": CHAT_TEMPLATE, "model_max_length": 256,
+    }, indent=1))
+    return out_dir
+
+
+def make_spm_tokenizer(out_dir: Path) -> Path:
+    """A Llama-2-style tokenizer.json: SentencePiece BPE with byte fallback, "▁" for spaces."""
+    from tokenizers import Tokenizer, decoders, models, normalizers
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
+    for b in range(256):
+        vocab[f"<0x{b:02X}>"] = len(vocab)
+    chars = ["▁", "e", "t", "h", "o", "l", "w", "r", "d", "a"]
+    merges = [("▁", "t"), ("h", "e"), ("▁t", "he"), ("l", "l"), ("e", "ll"), ("ell", "o"), ("▁", "w"),
+              ("o", "r"), ("▁w", "or"), ("l", "d")]
+    for m in merges:  # merged tokens first, then single characters, as sentencepiece orders them
+        vocab.setdefault("".join(m), len(vocab))
+    for c in chars:
+        vocab.setdefault(c, len(vocab))
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True,
+                               fuse_unk=True))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    tok.add_special_tokens(["<unk>", "<s>", "</s>"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tok.save(str(out_dir / "tokenizer.json"))
+    (out_dir / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+        "add_bos_token": True, "add_eos_token": False,
+    }, indent=1))
+    return out_dir
+
+
+def write_sentencepiece_model(path: Path, pieces: list[tuple[str, float, int]], add_dummy_prefix: bool) -> Path:
+    """Hand-encode a sentencepiece ModelProto (pieces = field 1, normalizer_spec = field 3)."""
+
+    def varint(n: int) -> bytes:
+        out = bytearray()
+        while True:
+            out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+            n >>= 7
+            if not n:
+                return bytes(out)
+
+    def field(num: int, wire: int, payload: bytes) -> bytes:
+        head = varint(num << 3 | wire)
+        return head + (varint(len(payload)) + payload if wire == 2 else payload)
+
+    buf = b""
+    for text, score, typ in pieces:
+        body = field(1, 2, text.encode()) + field(2, 5, struct.pack("<f", score))
+        if typ != 1:  # NORMAL is the default and left out, as sentencepiece does
+            body += field(3, 0, varint(typ))
+        buf += field(1, 2, body)
+    buf += field(3, 2, field(1, 2, b"identity") + field(3, 0, varint(int(add_dummy_prefix))))
+    path.write_bytes(buf)
+    return path
+
+
+def make_tiny_hf_model(tmp_path: Path, arch: str = "llama", dtype: str = "float32", tied: bool = False,
+                       sharded: bool = False, tokenizer: str = "bpe", seed: int = 0, **config_overrides) -> Path:
+    """Save a tiny random `arch` causal LM (llama, mistral, qwen2) in `dtype` and return its folder."""
+    import torch
+    import transformers
+
+    cfg_cls, model_cls = (getattr(transformers, n) for n in _CONFIGS[arch])
+    kwargs = dict(TINY, vocab_size=VOCAB_SIZE, tie_word_embeddings=tied, bos_token_id=1, eos_token_id=2)
+    kwargs.update(config_overrides)
+    config = cfg_cls(**kwargs)
+    torch.manual_seed(seed)
+    model = model_cls(config).to(getattr(torch, dtype)).eval()
+    with torch.no_grad():  # norms start at exactly 1.0: perturb them so tests see real values
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.add_(torch.randn_like(p) * 0.1)
+    out = Path(tmp_path) / f"{arch}-{dtype}-{'tied' if tied else 'untied'}{'-sharded' if sharded else ''}-{tokenizer}"
+    model.save_pretrained(out, safe_serialization=True, max_shard_size="40KB" if sharded else "10GB")
+    (make_bpe_tokenizer if tokenizer == "bpe" else make_spm_tokenizer)(out)
+    return out
