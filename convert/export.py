@@ -45,7 +45,7 @@ def plan_export(source, dtype: str, group_size: int | None, keep: list[str]) -> 
         if gguf_name == "output.weight" and source.tied_embeddings:
             continue
         plans.append(plan_tensor(hf, gguf_name, tuple(source.shape(hf)), dtype, group_size, keeps))
-    for name, array in source.arch.extra_tensors(source.config).items():
+    for name, array in source.extra_gguf_tensors().items():
         plans.append(plan_tensor(None, name, array.shape, dtype, group_size, keeps))
     if not any(p.role == "linear" for p in plans):
         raise QuantconvError(f"{source.description} has no decoder linear layers that quantconv recognises")
@@ -71,7 +71,7 @@ def _metadata(source, recipe: dict[str, Any]) -> list[tuple[str, Any, Any]]:
 
 def _load_for_gguf(source, plan: TensorPlan) -> np.ndarray:
     if plan.hf_name is None:
-        w = source.arch.extra_tensors(source.config)[plan.gguf_name]
+        w = source.extra_gguf_tensors()[plan.gguf_name]
     else:
         w = source.load(plan.hf_name)
         w = source.arch.to_gguf_layout(plan.hf_name, w, source.config)

@@ -30,6 +30,7 @@ EXTRA_GGUF_TENSORS = ("rope_freqs.weight",)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 # what a conversion needs from a hub repo (weights, config, tokenizer, chat template)
 _HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model", "*.jinja"]
+_HUB_SKIP = ["consolidated*", "original/*"]  # Mistral/Meta repos also carry the weights in their own format
 
 
 class ModelSource(ABC):
@@ -320,7 +321,8 @@ def _from_hub(repo_id: str) -> Path:
     # checked here, not via huggingface_hub's constants: those are frozen when it is first imported
     offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=_HUB_PATTERNS, local_files_only=offline))
+        return Path(snapshot_download(repo_id, allow_patterns=_HUB_PATTERNS, ignore_patterns=_HUB_SKIP,
+                                      local_files_only=offline))
     except GatedRepoError:
         raise QuantconvError(
             f"'{repo_id}' is gated on the hub; accept its license on the model page and log in (hf auth login)"

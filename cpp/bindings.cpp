@@ -195,8 +195,8 @@ NB_MODULE(_ext, m) {
     m.def("active_isa", []() { return q::active_isa(); }, "Which kernel set dequantize uses (\"scalar\").");
     m.def("row_bytes", &row_bytes_py, nb::arg("descriptor"), nb::arg("cols"),
           "Bytes of one row of `cols` values of the type a registry descriptor describes.");
-    m.def("dequantize", &dequantize_py, nb::arg("descriptor"), nb::arg("data"), nb::arg("rows"), nb::arg("cols"),
-          "Decode packed uint8 data (1-D or 2-D, rows * row_bytes bytes) of the type a registry "
+    m.def("dequantize", &dequantize_py, nb::arg("descriptor"), nb::arg("data").noconvert(), nb::arg("rows"), nb::arg("cols"),
+          "Decode packed data (a C-contiguous uint8 array, 1-D or 2-D, rows * row_bytes bytes) of the type a registry "
           "descriptor (DType.descriptor()) describes into a float32 (rows, cols) array. Raises "
           "ValueError on a bad descriptor, a size mismatch or corrupt data (E8M0 255, inf/NaN fp16 scale).");
 }

