@@ -113,7 +113,7 @@ q::TypeParams params_from_descriptor(const nb::dict& d) {
         p.elem = q::standard_elem_format(kind);
         p.elem.max = elem_max();
         const bool ggml_table = int_key(d, "ggml", 0) != 0 || spec == "mxfp4:ggml";
-        p.elem.neg_zero = !ggml_table;
+        p.elem.neg_zero = false;  // every zero code decodes to +0 (formats/ and ggml agree)
     } else if (family == "bmf") {
         p.layout = q::Layout::Bmf;
         p.elem.kind = q::ElemKind::Bmf;

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from quantconv.errors import QuantconvError
+
 
 @dataclass(frozen=True)
 class Minifloat:
@@ -58,7 +60,7 @@ class Minifloat:
         m_field = code & ((1 << self.mbits) - 1)
         mant = np.where(e_field > 0, (1 << self.mbits) + m_field, m_field).astype(np.float64)
         exp = np.where(e_field > 0, e_field - self.bias, 1 - self.bias) - self.mbits
-        return sign * np.ldexp(mant, exp)
+        return sign * np.ldexp(mant, exp) + 0.0   # "+ 0.0" turns the -0 code into +0, as ggml decodes it
 
     def values(self) -> np.ndarray:
         return self.decode(np.arange(1 << self.bits))
@@ -91,14 +93,25 @@ def e8m0_exponent(amax: np.ndarray, emax_elem: int) -> np.ndarray:
 
 
 def e8m0_value(e: np.ndarray) -> np.ndarray:
+    """2^(e-127); the NaN byte 255 means a damaged file."""
+    if np.any(e == 255):
+        raise QuantconvError("a block's E8M0 scale is 255 (NaN): the tensor data is damaged; re-export the file")
     return np.ldexp(1.0, e.astype(np.int64) - 127)
 
 
 def fp16_bytes(x: np.ndarray) -> np.ndarray:
-    """(n,) or (n,1) float -> (n, 2) uint8 little-endian binary16."""
-    return np.ascontiguousarray(np.asarray(x, dtype=np.float16).reshape(-1, 1)).view(np.uint8)
+    """(n,) or (n,1) float -> (n, 2) uint8 little-endian binary16; a scale beyond fp16's range is refused."""
+    with np.errstate(over="ignore"):
+        h = np.asarray(x, dtype=np.float16)
+    if not np.all(np.isfinite(h)):
+        raise QuantconvError("a block's scale exceeds the fp16 range (values beyond ~65504 x the format's "
+                             "largest code); keep this tensor in bf16/f32 or use an mx type (E8M0 scales)")
+    return np.ascontiguousarray(h.reshape(-1, 1)).view(np.uint8)
 
 
 def fp16_from_bytes(b: np.ndarray) -> np.ndarray:
-    """(n, 2) uint8 -> (n, 1) float32."""
-    return np.ascontiguousarray(b).view(np.float16).astype(np.float32).reshape(-1, 1)
+    """(n, 2) uint8 -> (n, 1) float32; an inf/NaN scale means a damaged file."""
+    d = np.ascontiguousarray(b).view(np.float16).astype(np.float32).reshape(-1, 1)
+    if not np.all(np.isfinite(d)):
+        raise QuantconvError("a block's fp16 scale is inf or NaN: the tensor data is damaged; re-export the file")
+    return d

@@ -8,6 +8,7 @@ import numpy as np
 
 from quantconv.formats import bitplanes
 from quantconv.formats.codebooks import NearestCode
+from quantconv.formats.elements import e8m0_value
 
 
 def _floor_log2(amax: np.ndarray) -> np.ndarray:
@@ -39,8 +40,8 @@ class BFPCodec:
         codes = bitplanes.unpack(data[:, 1:], self.mant, block)
         mag = (codes & ((1 << mag_bits) - 1)).astype(np.float64)
         sign = np.where(codes >> mag_bits, -1.0, 1.0)
-        step = np.ldexp(1.0, data[:, :1].astype(np.int64) - 127 - mag_bits)
-        return (sign * mag * step).astype(np.float32)
+        step = e8m0_value(data[:, :1]) * 2.0 ** -mag_bits
+        return (sign * mag * step + 0.0).astype(np.float32)   # +0 for "-0" codes
 
 
 @dataclass(frozen=True)
@@ -75,4 +76,4 @@ class BlockLogCodec:
         k = codes & self.k_max
         sign = np.where(codes >> (self.bits - 1), -1.0, 1.0)
         mag = self.magnitudes()[k]
-        return (sign * mag * np.ldexp(1.0, data[:, :1].astype(np.int64) - 127)).astype(np.float32)
+        return (sign * mag * e8m0_value(data[:, :1]) + 0.0).astype(np.float32)

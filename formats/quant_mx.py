@@ -68,7 +68,7 @@ class GGMLMXFP4Codec:
         x = x.astype(np.float32, copy=False)
         amax = np.abs(x).max(axis=1, keepdims=True)
         with np.errstate(divide="ignore"):
-            e = np.where(amax > 0, np.floor(np.log2(amax)) - 2 + 127, 0).astype(np.uint8)
+            e = np.clip(np.where(amax > 0, np.floor(np.log2(amax)) - 2 + 127, 0), 0, 254).astype(np.uint8)
         d = ggml_e8m0_half(e)
         errs = np.abs(d[:, :, None] * _GGML_E2M1_DOUBLED[None, None, :] - x[:, :, None])
         codes = np.argmin(errs, axis=-1).astype(np.uint8)

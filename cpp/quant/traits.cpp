@@ -103,7 +103,7 @@ void prepare_bfp(TypeParams& p) {
     const float unit = std::ldexp(1.0f, -mag_bits);  // element = mag * 2^-(mant-1), times 2^(e-127)
     for (int c = 0; c < (1 << p.bfp_mant); ++c) {
         const float mag = static_cast<float>(c & ((1 << mag_bits) - 1)) * unit;
-        p.lut[c] = (c >> mag_bits) ? -mag : mag;  // a sign with zero magnitude is -0, as formats/ decodes
+        p.lut[c] = (c >> mag_bits) ? -mag + 0.0f : mag;  // "-0" codes decode to +0, as formats/ does
     }
 }
 
@@ -117,7 +117,7 @@ void prepare_blog(TypeParams& p) {
     for (int c = 0; c < (1 << p.blog_bits); ++c) {
         const int k = c & kmax;
         const float mag = k == 0 ? 0.0f : std::ldexp(1.0f, k - kmax);
-        p.lut[c] = (c >> kbits) ? -mag : mag;
+        p.lut[c] = (c >> kbits) ? -mag + 0.0f : mag;  // +0 for "-0" codes
     }
 }
 

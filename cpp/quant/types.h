@@ -36,7 +36,7 @@ struct ElemFormat {
     int mbits = 0;           // mantissa field width (minifloats)
     int bias = 0;            // exponent bias (minifloats)
     float max = 0.0f;        // largest finite value; 0 = not checked
-    bool neg_zero = true;    // a sign-bit zero code decodes to -0.0f (formats/elements.py's decode);
+    bool neg_zero = false;    // a sign-bit zero code decodes to -0.0f (formats/elements.py's decode);
                              // false for ggml's MXFP4 table, whose code 8 is +0
 };
 

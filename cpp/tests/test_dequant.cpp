@@ -521,21 +521,23 @@ void test_codebook_kernel() {
 }
 
 void test_mx_kernels() {
-    {  // MXFP4 (E2M1), e = 126 (scale 0.5); code 8 is -0 unless neg_zero is off (ggml's table)
+    {  // MXFP4 (E2M1), e = 126 (scale 0.5); code 8 is +0 (as ggml and formats/), -0 only with neg_zero
         std::vector<uint8_t> d;
         append(d, {126});
         std::vector<uint8_t> codes(32);
         for (int i = 0; i < 32; ++i) codes[static_cast<size_t>(i)] = static_cast<uint8_t>(i & 15);
         append_planes(d, codes, 4);
-        const float e2m1[16] = {0, .5f, 1, 1.5f, 2, 3, 4, 6, -0.0f, -.5f, -1, -1.5f, -2, -3, -4, -6};
+        const float e2m1[16] = {0, .5f, 1, 1.5f, 2, 3, 4, 6, 0.0f, -.5f, -1, -1.5f, -2, -3, -4, -6};
         std::vector<float> want;
         for (int i = 0; i < 32; ++i) want.push_back(0.5f * e2m1[i & 15]);
         TypeParams p = make_mx_params(ElemKind::E2M1);
         check_row(run(p, d, 1, 32), want, __LINE__);
+        p.elem.neg_zero = true;
+        prepare_params(p);
+        want[8] = want[24] = -0.0f;
+        check_row(run(p, d, 1, 32), want, __LINE__);
         p.elem.neg_zero = false;
         prepare_params(p);
-        want[8] = want[24] = 0.0f;
-        check_row(run(p, d, 1, 32), want, __LINE__);
         d[0] = 255;
         CHECK(throws<CorruptDataError>([&] { run(p, d, 1, 32); }));
     }
@@ -603,11 +605,11 @@ void test_bfp_bmf_blog_kernels() {
         for (int i = 0; i < 16; ++i) {
             codes[static_cast<size_t>(i)] = static_cast<uint8_t>(i);
             const float mag = static_cast<float>(i & 7) * 0.5f;
-            want.push_back((i & 8) ? -mag : mag);
+            want.push_back((i & 8) ? -mag + 0.0f : mag);
         }
         append_planes(d, codes, 4);
         check_row(run(make_bfp_params(4, 16), d, 1, 16), want, __LINE__);
-        CHECK_BITS(want[8], -0.0f);
+        CHECK_BITS(want[8], 0.0f);  // the "-0" code decodes to +0
         d[0] = 255;
         CHECK(throws<CorruptDataError>([&] { run(make_bfp_params(4, 16), d, 1, 16); }));
     }
@@ -663,7 +665,7 @@ void test_bfp_bmf_blog_kernels() {
             codes[static_cast<size_t>(i)] = static_cast<uint8_t>(i);
             const int k = i & 7;
             const float mag = k ? p2(k - 7) : 0.0f;
-            want.push_back((i & 8) ? -mag : mag);
+            want.push_back((i & 8) ? -mag + 0.0f : mag);
         }
         append_planes(d, codes, 4);
         check_row(run(make_blog_params(4, 16), d, 1, 16), want, __LINE__);
