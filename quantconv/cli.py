@@ -123,6 +123,130 @@ def inspect(
         out.print("recipe: " + ", ".join(f"{k}={v}" for k, v in info["recipe"].items()), highlight=False)
 
 
+def _open_model(file: str, ctx: int, threads: Optional[int], exact: bool):
+    from quantconv.formats.gguf_reader import GGUFFile
+    from quantconv.runtime.engine import Engine
+    from quantconv.runtime.tokenizer import Tokenizer
+
+    with GGUFFile(file) as f:
+        tokenizer = Tokenizer.from_gguf_metadata(f.kv)
+    return Engine(file, n_ctx=ctx, n_threads=threads, exact=exact), tokenizer
+
+
+@app.command()
+@one_line_errors
+def run(
+    file: str = typer.Argument(..., help="a .gguf file"),
+    prompt: str = typer.Option(..., "-p", "--prompt", help="prompt text"),
+    n: int = typer.Option(128, "-n", "--max-tokens", help="tokens to generate at most"),
+    temp: float = typer.Option(0.0, "--temp", help="sampling temperature (0 = greedy)"),
+    top_p: float = typer.Option(1.0, "--top-p", help="nucleus sampling mass"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="random seed"),
+    chat: bool = typer.Option(False, "--chat", help="wrap the prompt in the model's chat template"),
+    ctx: int = typer.Option(2048, "--ctx", help="context length"),
+    threads: Optional[int] = typer.Option(None, "--threads", "-t", help="threads (default: all cores)"),
+    exact: bool = typer.Option(False, "--exact", help="exact float kernels instead of the int8-activation fast path"),
+):
+    """Generate text from a prompt, streaming tokens as they come."""
+    from quantconv.runtime.generate import SamplingOptions, generate
+
+    engine, tokenizer = _open_model(file, ctx, threads, exact)
+    text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}]) if chat else prompt
+    ids = tokenizer.encode(text, add_bos=tokenizer.add_bos, special=chat)
+    if len(ids) >= ctx:
+        raise QuantconvError(f"the prompt has {len(ids)} tokens, more than --ctx {ctx} allows; raise --ctx")
+    n = min(n, ctx - len(ids))
+    for piece in generate(engine, tokenizer, ids, n, SamplingOptions(temp, top_p, seed)):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+
+
+@app.command(name="eval")
+@one_line_errors
+def evaluate(
+    file: str = typer.Argument(..., help="a .gguf file"),
+    text: str = typer.Option(..., "--text", help="text file to score"),
+    ctx: int = typer.Option(512, "--ctx", help="window length in tokens"),
+    windows: Optional[int] = typer.Option(None, "--windows", help="score only the first N windows"),
+    threads: Optional[int] = typer.Option(None, "--threads", "-t", help="threads (default: all cores)"),
+    exact: bool = typer.Option(False, "--exact", help="exact float kernels"),
+    as_json: bool = typer.Option(False, "--json", help='print {"ppl": ..., "tokens": ...}'),
+):
+    """Perplexity: whole text tokenized without BOS, consecutive windows of --ctx tokens, every position
+    after the first of each window scored."""
+    from pathlib import Path
+
+    import numpy as np
+    from rich.progress import Progress
+
+    from quantconv.runtime.perplexity import perplexity
+
+    path = Path(text)
+    if not path.is_file():
+        raise QuantconvError(f"--text {text}: no such file; pass a UTF-8 text file")
+    engine, tokenizer = _open_model(file, ctx, threads, exact)
+    ids = tokenizer.encode(path.read_text(encoding="utf-8", errors="replace"), add_bos=False)
+
+    def score(window):
+        engine.reset()
+        return engine.eval(np.asarray(window, dtype=np.int32), all_logits=True)
+
+    with Progress(console=err, disable=as_json, transient=True) as bar:
+        task = bar.add_task("perplexity", total=None)
+        result = perplexity(score, ids, ctx, windows, lambda done, total: bar.update(task, completed=done, total=total))
+    if as_json:
+        print(json.dumps(result.as_dict()))
+    else:
+        out.print(f"perplexity {result.ppl:.4f} over {result.tokens} tokens ({result.windows} windows of {ctx})",
+                  highlight=False)
+
+
+@app.command()
+@one_line_errors
+def bench(
+    file: str = typer.Argument(..., help="a .gguf file"),
+    threads: Optional[int] = typer.Option(None, "--threads", "-t", help="threads (default: all cores)"),
+    prompt: int = typer.Option(512, "--prompt", help="prefill length in tokens"),
+    gen: int = typer.Option(64, "--gen", help="decode steps"),
+    reps: int = typer.Option(3, "--reps", help="repetitions (median reported)"),
+    vs_llama_cpp: Optional[str] = typer.Option(None, "--vs-llama-cpp", help="also run stock llama.cpp on this GGUF, interleaved"),
+    exact: bool = typer.Option(False, "--exact", help="exact float kernels"),
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+):
+    """Prefill and decode tokens/s (batch 1), optionally against stock llama.cpp in the same run."""
+    import os
+
+    from quantconv.runtime import bench as b
+
+    n_threads = threads or os.cpu_count() or 1
+    engine, _ = _open_model(file, prompt + gen + 32, n_threads, exact)
+    runners = {"quantconv": b.engine_runner(engine)}
+    if vs_llama_cpp:
+        from quantconv.runtime import peer_llama_cpp
+
+        runners["llama.cpp"] = b.llama_cpp_runner(peer_llama_cpp.load(vs_llama_cpp, ctx=prompt + gen + 32,
+                                                                      threads=n_threads))
+    speeds = b.measure(runners, engine.n_vocab, prompt, gen, reps,
+                       progress=None if as_json else (lambda msg: err.print(msg, highlight=False)))
+    result = {name: s.as_dict() for name, s in speeds.items()}
+    if vs_llama_cpp:
+        ours, peer = speeds["quantconv"], speeds["llama.cpp"]
+        result["ratio"] = {"prefill": ours.prefill_tok_s / peer.prefill_tok_s, "decode": ours.decode_tok_s / peer.decode_tok_s}
+    result["threads"] = n_threads
+    if as_json:
+        print(json.dumps(result["quantconv"] if not vs_llama_cpp else result))
+        return
+    table = Table(title=f"{file}, {n_threads} threads, prompt {prompt}, gen {gen}, median of {reps}")
+    for col in ("engine", "prefill tok/s", "decode tok/s"):
+        table.add_column(col)
+    for name, s in speeds.items():
+        table.add_row(name, f"{s.prefill_tok_s:.1f}", f"{s.decode_tok_s:.1f}")
+    if vs_llama_cpp:
+        table.add_row("ratio", f"{result['ratio']['prefill']:.2f}x", f"{result['ratio']['decode']:.2f}x")
+    out.print(table)
+
+
 def main():  # pragma: no cover
     app()
 

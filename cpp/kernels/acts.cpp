@@ -1,0 +1,272 @@
+// The ISA-independent half of the kernels: block formats, the fast-path rule, the per-call plan and
+// the prepared activation buffer (float copy + q8 blocks + the weight type's int8 element table).
+// Activations are prepared by this one portable code for every ISA, so every table sees the same
+// q8 values and the fast paths of two ISAs differ only in summation order.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "kernels/internal.h"
+#include "quant/bitplanes.h"
+#include "quant/fpconv.h"
+#include "quant/traits.h"
+
+namespace quantconv::kernels {
+namespace {
+
+using quant::ElemKind;
+using quant::Layout;
+using quant::TypeParams;
+
+constexpr uint32_t kActsMagic = 0x51384143u;  // "CA8Q"
+constexpr int kTableSize = 64;                 // largest int8 element table (6-bit E2M3 codes)
+
+// Header at the start of every acts buffer.
+struct ActsHeader {
+    uint32_t magic;
+    int32_t has_q8;
+    int64_t cols;
+    float tscale;
+    int8_t table[kTableSize];
+};
+constexpr size_t kHeaderBytes = 128;
+static_assert(sizeof(ActsHeader) <= kHeaderBytes, "acts header");
+
+constexpr size_t align_up(size_t n) { return (n + kActsAlign - 1) / kActsAlign * kActsAlign; }
+
+struct ActsLayout {
+    size_t x = 0, d = 0, xsum = 0, q = 0, total = 0;
+};
+
+ActsLayout acts_layout(int64_t cols, bool q8) {
+    ActsLayout l;
+    const size_t n = static_cast<size_t>(cols), nb = q8 ? n / kQ8Block : 0;
+    l.x = kHeaderBytes;
+    size_t end = l.x + align_up(n * sizeof(float));
+    if (q8) {
+        l.d = end;
+        l.xsum = l.d + align_up(nb * sizeof(float));
+        l.q = l.xsum + align_up(nb * sizeof(float));
+        end = l.q + align_up(n);
+    }
+    l.total = end;
+    return l;
+}
+
+// Code -> element value tables the layouts leave implicit.
+struct Luts {
+    float int8[256];  // two's complement byte (Q8_0)
+    float q4_0[16];   // c - 8
+    float uint4[16];  // c (Q4_1)
+    float ue4m3_half[256];
+    Luts() {
+        for (int c = 0; c < 256; ++c) {
+            int8[c] = static_cast<float>(static_cast<int8_t>(static_cast<uint8_t>(c)));
+            ue4m3_half[c] = quant::ue4m3_to_fp32(static_cast<uint8_t>(c)) * 0.5f;  // as dequantize_row_nvfp4
+        }
+        for (int c = 0; c < 16; ++c) {
+            q4_0[c] = static_cast<float>(c - 8);
+            uint4[c] = static_cast<float>(c);
+        }
+    }
+};
+const Luts& luts() {
+    static const Luts l;
+    return l;
+}
+
+// The fast path's int8 stand-ins for n element values: table[c] * tscale ~ vals[c]. The max
+// magnitude maps to an integer k in [64, 127]; the k with the smallest worst-case error wins
+// (ties: the larger k). Integer-valued and dyadic tables (E2M1, fp4, E2M3, ints) come out exact.
+void int8_table(const float* vals, int n, int8_t* table, float& tscale) {
+    float amax = 0.0f;
+    for (int c = 0; c < n; ++c) amax = std::max(amax, std::fabs(vals[c]));
+    std::memset(table, 0, static_cast<size_t>(n));
+    tscale = 1.0f;
+    if (!(amax > 0.0f) || !std::isfinite(amax)) return;
+    double best_err = 1e300;
+    int best_k = 127;
+    for (int k = 127; k >= 64; --k) {
+        const double s = k / static_cast<double>(amax);
+        double err = 0.0;
+        for (int c = 0; c < n; ++c) err = std::max(err, std::fabs(vals[c] - std::nearbyint(vals[c] * s) / s));
+        if (err < best_err) {
+            best_err = err;
+            best_k = k;
+        }
+    }
+    const double s = best_k / static_cast<double>(amax);
+    for (int c = 0; c < n; ++c) {
+        const double t = std::nearbyint(vals[c] * s);
+        table[c] = static_cast<int8_t>(std::clamp(t, -127.0, 127.0));
+    }
+    tscale = static_cast<float>(1.0 / s);
+}
+
+// int8_table's search costs a few microseconds; prepare_acts runs once per input vector and weight
+// matrix, so each thread remembers the last few tables it derived.
+void cached_int8_table(const float* vals, int n, int8_t* table, float& tscale) {
+    struct Entry {
+        int n = 0;
+        float vals[kTableSize];
+        int8_t table[kTableSize];
+        float tscale;
+    };
+    thread_local Entry cache[8];
+    thread_local unsigned next = 0;
+    const size_t vbytes = static_cast<size_t>(n) * sizeof(float);
+    for (const Entry& e : cache) {
+        if (e.n == n && std::memcmp(e.vals, vals, vbytes) == 0) {
+            std::memcpy(table, e.table, static_cast<size_t>(n));
+            tscale = e.tscale;
+            return;
+        }
+    }
+    int8_table(vals, n, table, tscale);
+    Entry& e = cache[next++ % 8];
+    e.n = n;
+    std::memcpy(e.vals, vals, vbytes);
+    std::memcpy(e.table, table, static_cast<size_t>(n));
+    e.tscale = tscale;
+}
+
+// Fills the header's element table for p (fast path only).
+void fill_table(const TypeParams& p, int64_t cols, ActsHeader& h) {
+    h.tscale = 1.0f;
+    std::memset(h.table, 0, sizeof h.table);
+    if (p.layout == Layout::NVFP4) {
+        cached_int8_table(kE2M1Doubled, 16, h.table, h.tscale);
+        return;
+    }
+    BlockFmt f;
+    if (!block_fmt(p, cols, f)) return;
+    if (f.hdr == Hdr::F16Affine) return;  // unsigned codes, no table
+    if (f.bits == 8) {
+        h.tscale = p.layout == Layout::Mx ? 1.0f / 64.0f : 1.0f;  // MXINT8: q / 64
+        return;
+    }
+    cached_int8_table(f.lut, 1 << f.bits, h.table, h.tscale);
+}
+
+}  // namespace
+
+const float kE2M1Doubled[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
+
+bool block_fmt(const TypeParams& p, int64_t cols, BlockFmt& f) {
+    if (!p.prepared || cols <= 0) return false;
+    const Luts& l = luts();
+    f = BlockFmt{};
+    switch (p.layout) {
+        case Layout::Q8_0: f.hdr = Hdr::F16; f.bits = 8; f.G = 32; f.lut = l.int8; break;
+        case Layout::Q4_0: f.hdr = Hdr::F16; f.bits = 4; f.G = 32; f.lut = l.q4_0; break;
+        case Layout::Q4_1: f.hdr = Hdr::F16Affine; f.bits = 4; f.G = 32; f.lut = l.uint4; break;
+        case Layout::IntSym:
+        case Layout::Codebook4: f.hdr = Hdr::F16; break;
+        case Layout::IntAsym: f.hdr = Hdr::F16Affine; break;
+        case Layout::Mx:
+        case Layout::Bfp:
+        case Layout::Bmf:
+        case Layout::Blog: f.hdr = Hdr::E8M0; break;
+        default: return false;
+    }
+    if (!f.lut) {
+        f.bits = p.elem_bits;
+        f.G = p.block_size ? p.block_size : cols;
+        f.lut = p.lut;
+    }
+    f.hdr_bytes = f.hdr == Hdr::F16 ? 2 : f.hdr == Hdr::F16Affine ? 4 : 1;
+    const int64_t planes = quant::packed_bytes(f.bits, f.G);
+    if (planes <= 0 || cols % f.G != 0) return false;
+    f.block_bytes = f.hdr_bytes + planes;
+    return true;
+}
+
+bool fast_supported(const TypeParams& p, int64_t cols) {
+    if (!p.prepared || cols <= 0 || cols % kQ8Block != 0) return false;
+    if (p.layout == Layout::NVFP4) return cols % 64 == 0;
+    BlockFmt f;
+    if (!block_fmt(p, cols, f)) return false;
+    const bool g4 = f.G == 32 || f.G % 64 == 0;  // nibble halves line up with q8 blocks
+    switch (p.layout) {
+        case Layout::Q8_0:
+        case Layout::Q4_0:
+        case Layout::Q4_1: return true;
+        case Layout::IntSym: return (f.bits == 4 && g4) || (f.bits == 8 && f.G % 32 == 0);
+        case Layout::IntAsym: return f.bits == 4 && g4;
+        case Layout::Codebook4: return g4;
+        case Layout::Mx:
+            if (p.elem.kind == ElemKind::E2M1) return g4;
+            if (p.elem.kind == ElemKind::Int8) return f.G % 32 == 0;
+            return p.elem.kind == ElemKind::E2M3 && f.G == 32;  // x8 is an exact int8 (max 60)
+        default: return false;
+    }
+}
+
+Plan make_plan(const TypeParams& p, int64_t cols) {
+    Plan pl;
+    pl.p = &p;
+    pl.cols = cols;
+    pl.planes = block_fmt(p, cols, pl.f);
+    pl.ue4m3_half = luts().ue4m3_half;
+    return pl;
+}
+
+Acts view_acts(const void* acts) {
+    const auto* base = static_cast<const uint8_t*>(acts);
+    ActsHeader h;
+    std::memcpy(&h, base, sizeof h);
+    Acts a;
+    a.cols = h.cols;
+    a.has_q8 = h.has_q8 != 0;
+    const ActsLayout l = acts_layout(h.cols, a.has_q8);
+    a.x = reinterpret_cast<const float*>(base + l.x);
+    if (a.has_q8) {
+        a.d = reinterpret_cast<const float*>(base + l.d);
+        a.xsum = reinterpret_cast<const float*>(base + l.xsum);
+        a.q = reinterpret_cast<const int8_t*>(base + l.q);
+    }
+    a.table = reinterpret_cast<const int8_t*>(base + offsetof(ActsHeader, table));
+    a.tscale = h.tscale;
+    return a;
+}
+
+size_t acts_bytes(const TypeParams& p, int64_t cols) {
+    return acts_layout(cols < 0 ? 0 : cols, fast_supported(p, cols)).total;
+}
+
+void prepare_acts(const TypeParams& p, const float* x, int64_t cols, void* acts) {
+    auto* base = static_cast<uint8_t*>(acts);
+    const bool q8 = fast_supported(p, cols);
+    const ActsLayout l = acts_layout(cols, q8);
+    ActsHeader h{};
+    h.magic = kActsMagic;
+    h.has_q8 = q8 ? 1 : 0;
+    h.cols = cols;
+    if (q8) fill_table(p, cols, h);
+    std::memcpy(base, &h, sizeof h);
+    std::memcpy(base + l.x, x, static_cast<size_t>(cols) * sizeof(float));
+    if (!q8) return;
+    auto* d = reinterpret_cast<float*>(base + l.d);
+    auto* xsum = reinterpret_cast<float*>(base + l.xsum);
+    auto* q = reinterpret_cast<int8_t*>(base + l.q);
+    for (int64_t b = 0; b < cols / kQ8Block; ++b) {
+        const float* xb = x + b * kQ8Block;
+        float amax = 0.0f, sum = 0.0f;
+        for (int64_t i = 0; i < kQ8Block; ++i) {
+            amax = std::max(amax, std::fabs(xb[i]));
+            sum += xb[i];
+        }
+        const float db = amax / 127.0f;
+        const float id = db > 0.0f ? 127.0f / amax : 0.0f;
+        for (int64_t i = 0; i < kQ8Block; ++i) {
+            float v = xb[i] * id;
+            v = v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v;
+            if (v != v) v = 0.0f;  // NaN activations: keep the conversion defined
+            q[b * kQ8Block + i] = static_cast<int8_t>(std::lrint(v));
+        }
+        d[b] = db;
+        xsum[b] = sum;
+    }
+}
+
+}  // namespace quantconv::kernels

@@ -1,0 +1,73 @@
+// Helpers with code shared by the kernel files. Everything here has internal linkage (an unnamed
+// namespace): each ISA file is compiled with its own -m flags, and an inline function with external
+// linkage would let the linker keep, say, the AVX2 copy for the scalar file too (an ODR trap that
+// crashes CPUs without AVX2). For the same reason the ISA files do not call quant/fpconv.h's inline
+// conversions; they decode scales with their own instructions or through plan tables.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#include "kernels/internal.h"
+#include "quant/bitplanes.h"
+
+namespace quantconv::kernels {
+
+// How the integer fast path reads a code (fast_supported layouts only).
+enum class FastVal : uint8_t {
+    Table,     // signed int8 table in the acts (4-bit and E2M3 codes)
+    Int8,      // the code byte is the two's complement int8 itself (Q8_0, IntSym8, MXINT8)
+    Unsigned,  // the code is an unsigned integer 0..15 (IntAsym4, Q4_1): offsets go through xsum
+};
+
+namespace {
+
+inline FastVal fast_val(const Plan& pl) {
+    if (pl.f.hdr == Hdr::F16Affine) return FastVal::Unsigned;
+    if (pl.f.bits == 8) return FastVal::Int8;
+    return FastVal::Table;
+}
+
+inline uint16_t rd16(const uint8_t* p) { return static_cast<uint16_t>(p[0] | (p[1] << 8)); }
+
+inline float bits_to_f32(uint32_t b) {
+    float f;
+    std::memcpy(&f, &b, sizeof f);
+    return f;
+}
+
+// 2^(e-127); e = 0 is the subnormal 2^-127. (255 gives inf: the data was validated at load time.)
+inline float e8m0_scale(uint8_t e) { return bits_to_f32(e ? static_cast<uint32_t>(e) << 23 : 0x00400000u); }
+
+// Codes of elements [i0, i1) of one G-element block whose planes start at `planes` (bit-plane layout
+// of docs/layouts.md): plane p of width w is G*w/8 bytes, and its byte j holds element j + k*stride
+// in bits k*w. Each run inside one k is a shift-and-mask loop over consecutive bytes, which the
+// compiler vectorizes with the file's ISA.
+inline void unpack_range(const uint8_t* planes, int64_t G, int bits, int64_t i0, int64_t i1, uint8_t* codes) {
+    int widths[3];
+    const int np = quant::plane_widths(bits, widths);
+    int shift = 0;
+    for (int pl = 0; pl < np; ++pl) {
+        const int w = widths[pl];
+        const int64_t stride = G * w / 8;
+        const unsigned mask = (1u << w) - 1u;
+        for (int64_t i = i0; i < i1;) {
+            const int64_t k = i / stride, j0 = i - k * stride;
+            const int64_t n = (i1 - i < stride - j0) ? i1 - i : stride - j0;
+            const int s = static_cast<int>(k) * w;
+            const uint8_t* src = planes + j0;
+            uint8_t* out = codes + (i - i0);
+            if (pl == 0) {
+                for (int64_t t = 0; t < n; ++t) out[t] = static_cast<uint8_t>((src[t] >> s) & mask);
+            } else {
+                for (int64_t t = 0; t < n; ++t) out[t] = static_cast<uint8_t>(out[t] | (((src[t] >> s) & mask) << shift));
+            }
+            i += n;
+        }
+        planes += stride;
+        shift += w;
+    }
+}
+
+}  // namespace
+}  // namespace quantconv::kernels

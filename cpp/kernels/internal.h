@@ -1,0 +1,105 @@
+// Internals shared by the kernel files (not part of the engine-facing contract in kernels.h):
+// the view of a prepared activation buffer, the per-ISA kernel tables and the block geometry every
+// table agrees on. Only plain declarations live here: helpers with code are in common.h, which
+// gives them internal linkage so that each ISA file compiles its own copy with its own flags.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "kernels/kernels.h"
+#include "quant/types.h"
+
+namespace quantconv::kernels {
+
+// q8 activations: one float scale per kQ8Block values (ggml's Q8_0 block, with a float scale).
+constexpr int64_t kQ8Block = 32;
+constexpr size_t kActsAlign = 64;
+
+// A prepared activation buffer (prepare_acts), as pointers. Sections are 64-byte aligned relative
+// to the buffer start, so a 64-byte aligned buffer keeps every section aligned.
+struct Acts {
+    int64_t cols = 0;
+    const float* x = nullptr;    // cols floats: the exact path's activations
+    bool has_q8 = false;         // the q8 section exists (fast_supported for this type and cols)
+    const float* d = nullptr;    // cols/32 q8 scales (amax/127)
+    const float* xsum = nullptr; // cols/32 float sums of x over each q8 block (offsets of asym weights)
+    const int8_t* q = nullptr;   // cols int8 values, q = round(x / d)
+    const int8_t* table = nullptr;  // weight code -> int8 element (4-bit layouts: 16 entries)
+    float tscale = 0.0f;            // element value = table[code] * tscale
+};
+
+Acts view_acts(const void* acts);
+
+
+// Whether (p, cols) has an integer fast path (decided here, the same for every ISA, so that acts
+// prepared once work with every table): Q8_0, Q4_0, Q4_1, NVFP4; IntSym 4/8 bits; IntAsym 4 bits;
+// Codebook4; Mx E2M1 / Int8 / E2M3. The block must line up with the q8 blocks: G == 32 or G a
+// multiple of 64 for 4-bit codes, a multiple of 32 for 8-bit codes, exactly 32 for E2M3.
+bool fast_supported(const quant::TypeParams& p, int64_t cols);
+
+// ---- block formats ------------------------------------------------------------------------------
+
+// How a block's header scales its codes.
+enum class Hdr : uint8_t {
+    F16,        // fp16 d:            w = d * lut[c]
+    F16Affine,  // fp16 d, fp16 m:    w = d * lut[c] + m
+    E8M0,       // E8M0 e:            w = lut[c] * 2^(e-127)
+};
+
+// A plane-coded block layout (every layout but F32/F16/BF16/NVFP4): Q8_0, Q4_0 and Q4_1 are the
+// int layouts with G = 32 (Q4_0 with the lut c - 8).
+struct BlockFmt {
+    Hdr hdr = Hdr::F16;
+    int hdr_bytes = 0;
+    int bits = 0;             // code width
+    int64_t G = 0;            // elements per block
+    int64_t block_bytes = 0;  // header + planes
+    const float* lut = nullptr;  // code -> element value before the block scale (2^bits entries)
+};
+
+// Fills f for a plane-coded layout; false for F32/F16/BF16/NVFP4 or when cols does not fit.
+bool block_fmt(const quant::TypeParams& p, int64_t cols, BlockFmt& f);
+
+// NVFP4's E2M1 values doubled (ggml's kvalues_mxfp4); the sub-block scale carries the 0.5.
+extern const float kE2M1Doubled[16];
+
+// Everything one matvec call needs to know about the weight type, derived once per call
+// (make_plan) and handed to every row's vec_dot.
+struct Plan {
+    const quant::TypeParams* p = nullptr;
+    int64_t cols = 0;
+    bool planes = false;                // f is valid (a plane-coded layout)
+    BlockFmt f;
+    const float* ue4m3_half = nullptr;  // NVFP4: UE4M3 byte -> its float value * 0.5 (256 entries)
+};
+
+Plan make_plan(const quant::TypeParams& p, int64_t cols);
+
+// The dot product of one packed weight row with prepared activations.
+using vec_dot_fn = float (*)(const uint8_t* row, const Plan& pl, const Acts& a);
+
+// One row per quant::Layout, in Layout order (ggml's type_traits style). `exact` is never null;
+// `fast` is null where the layout has no integer path on this ISA; it is only called when
+// fast_supported(p, cols) holds (the acts then carry the q8 section).
+struct KernelRow {
+    vec_dot_fn exact;
+    vec_dot_fn fast;
+};
+
+struct KernelTable {
+    Isa isa;
+    KernelRow rows[static_cast<size_t>(quant::Layout::Count)];
+    const KernelRow& row(quant::Layout l) const { return rows[static_cast<size_t>(l)]; }
+};
+
+const KernelTable& scalar_table();
+#if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
+const KernelTable& avx2_table();
+const KernelTable& avx512_table();
+#endif
+#if defined(__aarch64__)
+const KernelTable& neon_table();
+#endif
+
+}  // namespace quantconv::kernels

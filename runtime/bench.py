@@ -1,0 +1,75 @@
+"""Prefill and decode speed (tokens/s) of the quantconv engine, optionally interleaved with stock
+llama.cpp on a GGUF file in the same run so that ratios compare like with like on a noisy machine."""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+
+@dataclass
+class Speed:
+    prefill_tok_s: float
+    decode_tok_s: float
+    runs: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {"prefill_tok_s": self.prefill_tok_s, "decode_tok_s": self.decode_tok_s}
+
+
+class Runner:
+    """What a benchmark needs from an engine: reset, eval a batch, eval one token."""
+
+    def __init__(self, reset: Callable[[], None], eval_tokens: Callable[[list[int]], None]):
+        self.reset, self.eval = reset, eval_tokens
+
+
+def engine_runner(engine) -> Runner:
+    return Runner(engine.reset, lambda toks: engine.eval(np.asarray(toks, dtype=np.int32)))
+
+
+def llama_cpp_runner(model) -> Runner:
+    def eval_tokens(toks):
+        model.eval(toks)
+    return Runner(model.reset, eval_tokens)
+
+
+def time_prefill(r: Runner, tokens: list[int]) -> float:
+    r.reset()
+    t = time.perf_counter()
+    r.eval(tokens)
+    return len(tokens) / (time.perf_counter() - t)
+
+
+def time_decode(r: Runner, prompt: list[int], gen: int, vocab: int) -> float:
+    r.reset()
+    r.eval(prompt)
+    rng = np.random.default_rng(0)
+    steps = [int(t) for t in rng.integers(100, min(vocab, 20000), size=gen)]
+    t = time.perf_counter()
+    for tok in steps:   # the token fed back does not change the cost of a step
+        r.eval([tok])
+    return gen / (time.perf_counter() - t)
+
+
+def measure(runners: dict[str, Runner], vocab: int, prompt: int = 512, gen: int = 64, reps: int = 3,
+            progress: Callable[[str], None] | None = None) -> dict[str, Speed]:
+    """Interleaves the runners rep by rep (A, B, A, B, ...) and reports each one's median."""
+    rng = np.random.default_rng(1)
+    prompt_tokens = [int(t) for t in rng.integers(100, min(vocab, 20000), size=prompt)]
+    short = prompt_tokens[:16]
+    samples = {name: {"prefill": [], "decode": []} for name in runners}
+    for rep in range(reps + 1):            # rep 0 warms caches and page-ins, not counted
+        for name, r in runners.items():
+            p = time_prefill(r, prompt_tokens)
+            d = time_decode(r, short, gen, vocab)
+            if rep:
+                samples[name]["prefill"].append(p)
+                samples[name]["decode"].append(d)
+            if progress:
+                progress(f"{name} rep {rep}/{reps}: prefill {p:.0f} tok/s, decode {d:.1f} tok/s")
+    return {name: Speed(statistics.median(s["prefill"]), statistics.median(s["decode"]), s)
+            for name, s in samples.items()}
