@@ -24,6 +24,14 @@ class CodebookCodec:
     def cmax(self) -> float:
         return float(np.max(np.abs(self.table)))
 
+    @property
+    def long_side(self) -> int:
+        """+1 or -1: the side with more points (then the larger extreme) — fp4-sr's +8, fp4-sp's +5 —
+        0 for a symmetric table."""
+        t = np.asarray(self.table)
+        pos, neg = (int((t > 0).sum()), t.max()), (int((t < 0).sum()), -t.min())
+        return 0 if pos == neg else (1 if pos > neg else -1)
+
     def block_bytes(self, block: int) -> int:
         return 2 + block // 2
 
@@ -32,13 +40,10 @@ class CodebookCodec:
         amax_idx = np.abs(x).argmax(axis=1)[:, None]
         peak = np.take_along_axis(x, amax_idx, axis=1)
         d = np.abs(peak) / np.float32(self.cmax)
-        if self.flip:
-            top, bottom = max(self.table), -min(self.table)
-            if top != bottom:
-                # the side the peak lands on with d > 0 is its own sign; negate d if that is the short side
-                short_positive = top < bottom
-                wrong_side = (peak > 0) == short_positive
-                d = np.where(wrong_side & (peak != 0), -d, d)
+        if self.flip and self.long_side:
+            # with d > 0 the peak lands on the side of its own sign: negate d when that is the short side
+            wrong_side = np.sign(peak) == -self.long_side
+            d = np.where(wrong_side, -d, d)
         d16 = d.astype(np.float16)
         if not np.all(np.isfinite(d16)):
             raise QuantconvError("a group's values exceed the fp16 scale range (|x| > 65504 * codebook max); "

@@ -75,6 +75,8 @@ def test_requantizing_dequantized_values_is_exact(spec):
     dtype = get_dtype(spec)
     if dtype.codebook and max(dtype.codebook) != -min(dtype.codebook) and not dtype.params["flip"]:
         pytest.skip("without flip, a peak on the short side is clipped, so the next scale differs")
+    if dtype.codebook and dtype.params["flip"] and max(dtype.codebook) == -min(dtype.codebook):
+        pytest.skip("equal extremes: after one pass +peak and -peak tie, and the sign choice may differ")
     w = weights(4, 256, seed=2)
     once = dtype.fake_quantize(w)
     twice = dtype.fake_quantize(once)

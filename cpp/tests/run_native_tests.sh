@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Configure, build and run the standalone C++ tests of cpp/quant with plain CMake and the system
+# Configure, build and run the standalone C++ tests of cpp/quant and cpp/kernels with plain CMake and the system
 # C++ compiler (no Python, no nanobind), into build/cpp-tests (build/cpp-tests-sanitize with
 # -DSANITIZE=ON).
 #
-#   cpp/tests/run_native_tests.sh                  # Release build, run test_dequant
+#   cpp/tests/run_native_tests.sh                  # Release build, run test_dequant and test_kernels
 #   cpp/tests/run_native_tests.sh -DSANITIZE=ON    # -fsanitize=address,undefined
 #   CXX=clang++ cpp/tests/run_native_tests.sh      # another compiler; extra args go to cmake
 #
@@ -28,10 +28,11 @@ fi
 
 cmake -S "$root/cpp" -B "$build" ${generator[@]+"${generator[@]}"} \
   -DQUANTCONV_BUILD_PYTHON=OFF -DQUANTCONV_BUILD_TESTS=ON "$@"
-cmake --build "$build" --target test_dequant --parallel "${QUANTCONV_JOBS:-2}"
+cmake --build "$build" --target test_dequant test_kernels --parallel "${QUANTCONV_JOBS:-2}"
 
 runner=()
 if [ -n "${QUANTCONV_TEST_RUNNER:-}" ]; then
   read -r -a runner <<< "$QUANTCONV_TEST_RUNNER"
 fi
 ${runner[@]+"${runner[@]}"} "$build/test_dequant"
+${runner[@]+"${runner[@]}"} "$build/test_kernels"
