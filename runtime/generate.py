@@ -35,7 +35,7 @@ def generate(engine, tokenizer, prompt_ids: list[int], max_tokens: int, opts: Sa
              stop_ids: set[int] | None = None) -> Iterator[str]:
     """Yields decoded text pieces as they complete (UTF-8 split across tokens is held back)."""
     rng = np.random.default_rng(opts.seed)
-    stop_ids = stop_ids if stop_ids is not None else set(tokenizer.stop_ids)
+    stop_ids = stop_ids if stop_ids is not None else set(tokenizer.eog_ids)
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     engine.reset()
     logits = engine.eval(np.asarray(prompt_ids, dtype=np.int32))
@@ -43,7 +43,8 @@ def generate(engine, tokenizer, prompt_ids: list[int], max_tokens: int, opts: Sa
         token = sample(logits, opts, rng)
         if token in stop_ids:
             break
-        text = decoder.decode(tokenizer.token_to_piece(token))
+        # SentencePiece pieces carry their leading space as "▁"; keep it (the prompt precedes them)
+        text = decoder.decode(tokenizer.token_to_piece(token, lstrip=False))
         if text:
             yield text
         if engine.n_past >= engine.n_ctx:

@@ -39,6 +39,7 @@ UNDEFINED, NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 0, 1, 2, 3, 4,
 
 _SPM_SPACE = "\u2581"  # "▁"
 _BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 # --- Unicode classes as llama.cpp sees them ----------------------------------------------------------
 
@@ -191,9 +192,6 @@ _EOG_TEXTS = frozenset(("<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|
 _FIM_EOG_TEXTS = frozenset(("<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]", "<|fim_repo|>",
                             "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>", "<|file_sep|>"))
 
-_CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-
 
 def _fail(msg: str) -> QuantconvError:
     return QuantconvError(msg.replace("\n", " "))
@@ -220,8 +218,8 @@ class Tokenizer:
             raise _fail(f"tokenizer.ggml.scores has {len(scores)} entries for {n} tokens; re-export the file")
         self.model = model
         self.vocab_size = n
-        # llama.cpp renames empty tokens so that they can never match
-        self.tokens = [t if t else f"[EMPTY_{i}]" for i, t in enumerate(tokens)]
+        # llama.cpp reads token texts as C strings (cut at a NUL) and renames empty ones
+        self.tokens = [t.partition("\x00")[0] or f"[EMPTY_{i}]" for i, t in enumerate(tokens)]
         self.token_types = [int(t) for t in token_types[:n]]
         self.scores = [float(s) for s in scores[:n]] if scores is not None else [0.0] * n
         self.chat_template = chat_template
@@ -353,21 +351,30 @@ class Tokenizer:
                 continue
             seen.add((a, b))
             pairs.append((a, b))
+        # A character outside the vocabulary must stay in the word as a symbol that merges with
+        # nothing, and then yield no id, as in llama.cpp; `tokenizers` would drop it and let its
+        # neighbours merge. So it becomes a sentinel "unknown" token, filtered out after.
+        sentinel = "<quantconv:no-token>"
+        while sentinel in vocab:
+            sentinel += "!"
+        self._bpe_sentinel = len(self.tokens)
         try:
-            return models.BPE(vocab=dict(vocab), merges=pairs, ignore_merges=ignore_merges)
+            return models.BPE(vocab={**vocab, sentinel: self._bpe_sentinel}, merges=pairs, unk_token=sentinel,
+                              fuse_unk=False, ignore_merges=ignore_merges)
         except Exception as e:  # tokenizers raises its own exception types
             raise _fail(f"the GGUF's BPE vocabulary is inconsistent ({e}); re-export the file") from None
 
     def _bpe_encode(self, words: list[str], out: list[int]) -> None:
         """BPE ids of pre-tokenized words, cached per word (natural text repeats its words a lot)."""
-        cache, trans, tokenize = self._word_cache, self._byte_trans, self._bpe.tokenize
+        cache, trans, tokenize, nothing = self._word_cache, self._byte_trans, self._bpe.tokenize, self._bpe_sentinel
         if len(cache) > 500_000:
             cache.clear()
         for w in words:
             ids = cache.get(w)
             if ids is None:
                 # UTF-8 bytes -> GPT-2's byte characters, the alphabet of byte-level BPE tokens
-                ids = cache[w] = [t.id for t in tokenize(w.encode("utf-8").decode("latin-1").translate(trans))]
+                ids = cache[w] = [t.id for t in tokenize(w.encode("utf-8").decode("latin-1").translate(trans))
+                                  if t.id != nothing]
             out.extend(ids)
 
     # --- encoding -----------------------------------------------------------------------------------
@@ -402,6 +409,8 @@ class Tokenizer:
         """
         if not isinstance(text, str):
             raise TypeError(f"encode() takes str, not {type(text).__name__}")
+        if _SURROGATE.search(text):  # from undecodable bytes: llama.cpp reads each as U+FFFD
+            text = _SURROGATE.sub("\ufffd", text)
         out: list[int] = []
         if add_bos and self.add_bos:
             if self.bos_id is None:
@@ -596,12 +605,17 @@ class Tokenizer:
         """The prompt text for `messages` ([{"role": ..., "content": ...}]), rendered with the model's
         tokenizer.chat_template (jinja2, as HF transformers renders it), or ChatML when it has none.
         Encode the result with special=True."""
-        template = self.chat_template if isinstance(self.chat_template, str) and self.chat_template else _CHATML
+        template = self.chat_template if isinstance(self.chat_template, str) and self.chat_template else None
+        if template is None:  # ChatML, the format of the fallback llama.cpp and HF use most
+            parts = [f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages]
+            if add_generation_prompt:
+                parts.append("<|im_start|>assistant\n")
+            return "".join(parts)
         try:
             import jinja2
             from jinja2.sandbox import ImmutableSandboxedEnvironment
         except ImportError:
-            raise _fail("rendering a chat template needs jinja2; run `pip install jinja2`") from None
+            raise _fail("rendering the model's chat template needs jinja2; run `pip install jinja2`") from None
 
         def raise_exception(message):
             raise jinja2.exceptions.TemplateError(message)
@@ -625,5 +639,5 @@ class Tokenizer:
                    **extra}
         try:
             return env.from_string(template).render(**context)
-        except jinja2.exceptions.TemplateError as e:
-            raise _fail(f"the model's chat template failed: {e}") from None
+        except (jinja2.exceptions.TemplateError, TypeError, ValueError, KeyError, IndexError) as e:
+            raise _fail(f"the model's chat template failed: {type(e).__name__}: {e}") from None

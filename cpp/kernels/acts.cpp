@@ -79,6 +79,7 @@ const Luts& luts() {
 // magnitude maps to an integer k in [64, 127]; the k with the smallest worst-case error wins
 // (ties: the larger k). Integer-valued and dyadic tables (E2M1, fp4, E2M3, ints) come out exact.
 void int8_table(const float* vals, int n, int8_t* table, float& tscale) {
+    if (n <= 0 || n > kTableSize) return;
     float amax = 0.0f;
     for (int c = 0; c < n; ++c) amax = std::max(amax, std::fabs(vals[c]));
     std::memset(table, 0, static_cast<size_t>(n));

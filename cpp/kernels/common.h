@@ -39,10 +39,33 @@ inline float bits_to_f32(uint32_t b) {
 // 2^(e-127); e = 0 is the subnormal 2^-127. (255 gives inf: the data was validated at load time.)
 inline float e8m0_scale(uint8_t e) { return bits_to_f32(e ? static_cast<uint32_t>(e) << 23 : 0x00400000u); }
 
+// out[t] (|)= ((src[t] >> s) & mask) << shift for t < n, eight bytes at a time in a 64-bit word
+// (SWAR): after the word shift, bits that crossed a byte boundary sit above the mask and are cleared
+// (s + width <= 8), and the code's own bits never pass bit 7 (shift + width <= 8). Little-endian
+// byte order, as on every target (x86-64, aarch64).
+inline void plane_run(const uint8_t* src, int64_t n, int s, unsigned mask, int shift, uint8_t* out, bool first) {
+    const uint64_t m8 = 0x0101010101010101ull * mask;
+    int64_t t = 0;
+    for (; t + 8 <= n; t += 8) {
+        uint64_t v;
+        std::memcpy(&v, src + t, 8);
+        v = ((v >> s) & m8) << shift;
+        if (!first) {
+            uint64_t o;
+            std::memcpy(&o, out + t, 8);
+            v |= o;
+        }
+        std::memcpy(out + t, &v, 8);
+    }
+    for (; t < n; ++t) {
+        const unsigned c = ((static_cast<unsigned>(src[t]) >> s) & mask) << shift;
+        out[t] = static_cast<uint8_t>(first ? c : (out[t] | c));
+    }
+}
+
 // Codes of elements [i0, i1) of one G-element block whose planes start at `planes` (bit-plane layout
 // of docs/layouts.md): plane p of width w is G*w/8 bytes, and its byte j holds element j + k*stride
-// in bits k*w. Each run inside one k is a shift-and-mask loop over consecutive bytes, which the
-// compiler vectorizes with the file's ISA.
+// in bits k*w. Each run inside one k is a shift-and-mask over consecutive bytes.
 inline void unpack_range(const uint8_t* planes, int64_t G, int bits, int64_t i0, int64_t i1, uint8_t* codes) {
     int widths[3];
     const int np = quant::plane_widths(bits, widths);
@@ -51,17 +74,10 @@ inline void unpack_range(const uint8_t* planes, int64_t G, int bits, int64_t i0,
         const int w = widths[pl];
         const int64_t stride = G * w / 8;
         const unsigned mask = (1u << w) - 1u;
-        for (int64_t i = i0; i < i1;) {
-            const int64_t k = i / stride, j0 = i - k * stride;
-            const int64_t n = (i1 - i < stride - j0) ? i1 - i : stride - j0;
-            const int s = static_cast<int>(k) * w;
-            const uint8_t* src = planes + j0;
-            uint8_t* out = codes + (i - i0);
-            if (pl == 0) {
-                for (int64_t t = 0; t < n; ++t) out[t] = static_cast<uint8_t>((src[t] >> s) & mask);
-            } else {
-                for (int64_t t = 0; t < n; ++t) out[t] = static_cast<uint8_t>(out[t] | (((src[t] >> s) & mask) << shift));
-            }
+        int64_t k = i0 ? i0 / stride : 0, j = i0 - k * stride;  // a whole block needs no division
+        for (int64_t i = i0; i < i1; ++k, j = 0) {
+            const int64_t n = (i1 - i < stride - j) ? i1 - i : stride - j;
+            plane_run(planes + j, n, static_cast<int>(k) * w, mask, shift, codes + (i - i0), pl == 0);
             i += n;
         }
         planes += stride;

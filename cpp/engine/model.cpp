@@ -1,0 +1,598 @@
+#include "engine/model.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <stdexcept>
+#include <string>
+
+#include "engine/ops.h"
+#include "engine/thread_pool.h"
+#include "kernels/kernels.h"
+#include "quant/fpconv.h"
+#include "quant/traits.h"
+
+namespace quantconv::engine {
+namespace {
+
+using quant::Layout;
+using quant::TypeParams;
+
+[[noreturn]] void fail(const std::string& msg) { throw std::runtime_error(msg); }
+
+std::string shape_str(const std::vector<int64_t>& s) {
+    std::string out = "(";
+    for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+    return out + (s.size() == 1 ? ",)" : ")");
+}
+
+// Whether two prepared types describe the same layout (then prepared activations are interchangeable).
+bool same_type(const TypeParams& a, const TypeParams& b) {
+    if (a.layout != b.layout || a.block_size != b.block_size || a.elem_bits != b.elem_bits || a.asym != b.asym ||
+        a.bfp_mant != b.bfp_mant || a.blog_bits != b.blog_bits || a.elem.kind != b.elem.kind ||
+        a.elem.ebits != b.elem.ebits || a.elem.mbits != b.elem.mbits || a.elem.bias != b.elem.bias ||
+        a.elem.neg_zero != b.elem.neg_zero)
+        return false;
+    return std::memcmp(a.codebook, b.codebook, sizeof a.codebook) == 0 && std::memcmp(a.lut, b.lut, sizeof a.lut) == 0;
+}
+
+bool is_float_layout(Layout l) { return l == Layout::F32 || l == Layout::F16 || l == Layout::BF16; }
+
+// 64-byte aligned owned storage.
+template <class T>
+class Buffer {
+   public:
+    Buffer() = default;
+    explicit Buffer(size_t n) { resize(n); }
+    ~Buffer() { std::free(ptr_); }
+    Buffer(const Buffer&) = delete;
+    Buffer& operator=(const Buffer&) = delete;
+    void resize(size_t n) {
+        std::free(ptr_);
+        ptr_ = nullptr;
+        n_ = n;
+        const size_t bytes = ((n * sizeof(T) + 63) / 64) * 64;
+        if (bytes) {
+            ptr_ = static_cast<T*>(std::aligned_alloc(64, bytes));
+            if (!ptr_) throw std::bad_alloc();
+            std::memset(static_cast<void*>(ptr_), 0, bytes);
+        }
+    }
+    T* data() { return ptr_; }
+    const T* data() const { return ptr_; }
+    size_t size() const { return n_; }
+
+   private:
+    T* ptr_ = nullptr;
+    size_t n_ = 0;
+};
+
+}  // namespace
+
+// A linear layer (or the embedding table): rows of packed weights.
+struct Weight {
+    std::string name;
+    TypeParams p;
+    const uint8_t* data = nullptr;
+    size_t row_bytes = 0;
+    int64_t rows = 0, cols = 0;
+};
+
+struct LayerW {
+    std::vector<float> attn_norm, ffn_norm;
+    Weight q, k, v, o, gate, up, down;
+    std::vector<float> bq, bk, bv, bo;  // empty: no bias
+    bool k_shares_q = false, v_shares_q = false, v_shares_k = false, up_shares_gate = false;
+};
+
+// Prepared activations of up to n_batch vectors for one weight type.
+struct ActsSlot {
+    Buffer<uint8_t> buf;
+    size_t stride = 0;  // acts_bytes of the type in use (set at prepare time)
+};
+
+struct Model::Impl {
+    std::vector<LayerW> layers;
+    Weight tok_embd, output;
+    std::vector<float> output_norm;
+    std::vector<float> rope_cos, rope_sin;  // [n_ctx][rope_dim / 2]
+    // KV cache: per layer [n_head_kv][n_ctx][head_dim], fp32 or fp16
+    Buffer<float> k32, v32;
+    Buffer<uint16_t> k16, v16;
+    size_t kv_layer_stride = 0;
+    // scratch for n_batch tokens
+    Buffer<float> x, xn, q, k, v, att, proj, gate, up, scores;
+    ActsSlot a_q, a_k, a_v, a_o, a_gate, a_up, a_down, a_out;
+    std::unique_ptr<ThreadPool> pool;
+    std::atomic<int64_t> task_counter{0};
+};
+
+namespace {
+
+// ---- construction helpers -----------------------------------------------------------------------
+
+const TensorView& need(const std::map<std::string, TensorView>& t, const std::string& name) {
+    auto it = t.find(name);
+    if (it == t.end()) fail("the model has no tensor '" + name + "'");
+    return it->second;
+}
+
+void check_bytes(const std::string& name, const TensorView& tv, int64_t rows, int64_t cols) {
+    int64_t rb = 0;
+    try {
+        rb = quant::row_bytes(tv.type, cols);
+    } catch (const std::exception& e) {
+        fail("tensor '" + name + "' (" + tv.spec + ", shape " + shape_str(tv.shape) + "): " + e.what());
+    }
+    const auto need_bytes = static_cast<size_t>(rows) * static_cast<size_t>(rb);
+    if (tv.nbytes != need_bytes)
+        fail("tensor '" + name + "' (" + tv.spec + ", shape " + shape_str(tv.shape) + ") holds " +
+             std::to_string(tv.nbytes) + " bytes, expected " + std::to_string(need_bytes));
+    if (!tv.data && need_bytes) fail("tensor '" + name + "' has no data");
+}
+
+Weight matrix(const std::map<std::string, TensorView>& t, const std::string& name, int64_t rows, int64_t cols) {
+    const TensorView& tv = need(t, name);
+    if (tv.shape.size() != 2 || tv.shape[0] != rows || tv.shape[1] != cols)
+        fail("tensor '" + name + "' has shape " + shape_str(tv.shape) + ", expected (" + std::to_string(rows) + ", " +
+             std::to_string(cols) + ")");
+    check_bytes(name, tv, rows, cols);
+    Weight w;
+    w.name = name;
+    w.p = tv.type;
+    w.data = tv.data;
+    w.rows = rows;
+    w.cols = cols;
+    w.row_bytes = static_cast<size_t>(quant::row_bytes(tv.type, cols));
+    return w;
+}
+
+// A 1-D tensor decoded to floats (norm weights, biases, rope factors).
+std::vector<float> vector_of(const std::map<std::string, TensorView>& t, const std::string& name, int64_t n) {
+    const TensorView& tv = need(t, name);
+    if (!(tv.shape.size() == 1 && tv.shape[0] == n) && !(tv.shape.size() == 2 && tv.shape[0] == 1 && tv.shape[1] == n))
+        fail("tensor '" + name + "' has shape " + shape_str(tv.shape) + ", expected (" + std::to_string(n) + ",)");
+    check_bytes(name, tv, 1, n);
+    std::vector<float> out(static_cast<size_t>(n));
+    const quant::Status st = quant::dequantize_row(tv.type, tv.data, out.data(), n);
+    if (!st.ok())
+        fail("tensor '" + name + "' holds invalid data: " + quant::status_message(st.code) +
+             (st.block >= 0 ? " (block " + std::to_string(st.block) + ")" : ""));
+    for (float f : out)
+        if (!std::isfinite(f)) fail("tensor '" + name + "' holds a non-finite value");
+    return out;
+}
+
+std::vector<float> optional_vector(const std::map<std::string, TensorView>& t, const std::string& name, int64_t n) {
+    if (t.find(name) == t.end()) return {};
+    return vector_of(t, name, n);
+}
+
+// ---- numerics -------------------------------------------------------------------------------------
+
+void rms_norm(const float* x, const float* w, float* out, int64_t n, double eps) {
+    double ss = 0.0;
+    for (int64_t i = 0; i < n; ++i) ss += static_cast<double>(x[i]) * static_cast<double>(x[i]);
+    const auto scale = static_cast<float>(1.0 / std::sqrt(ss / static_cast<double>(n) + eps));
+    for (int64_t i = 0; i < n; ++i) out[i] = w[i] * (x[i] * scale);
+}
+
+inline float silu(float g) { return g / (1.0f + std::exp(-g)); }
+
+}  // namespace
+
+// ---- Model ----------------------------------------------------------------------------------------
+
+Model::Model(const Config& config, const std::map<std::string, TensorView>& tensors, int64_t n_ctx, int n_threads)
+    : cfg_(config), n_ctx_(n_ctx), impl_(std::make_unique<Impl>()) {
+    Config& c = cfg_;
+    if (c.arch != "llama" && c.arch != "qwen2")
+        fail("unsupported architecture '" + c.arch + "' (the engine runs llama and qwen2)");
+    auto positive = [](const char* key, int64_t v) {
+        if (v <= 0) fail(std::string("config '") + key + "' must be positive, got " + std::to_string(v));
+    };
+    positive("n_embd", c.n_embd);
+    positive("n_layer", c.n_layer);
+    positive("n_head", c.n_head);
+    positive("n_head_kv", c.n_head_kv);
+    positive("n_ff", c.n_ff);
+    positive("n_vocab", c.n_vocab);
+    if (n_ctx <= 0) fail("n_ctx must be positive, got " + std::to_string(n_ctx));
+    if (c.head_dim == 0) {
+        if (c.n_embd % c.n_head)
+            fail("n_embd " + std::to_string(c.n_embd) + " is not divisible by n_head " + std::to_string(c.n_head));
+        c.head_dim = c.n_embd / c.n_head;
+    }
+    positive("head_dim", c.head_dim);
+    if (c.n_head % c.n_head_kv)
+        fail("n_head " + std::to_string(c.n_head) + " is not a multiple of n_head_kv " + std::to_string(c.n_head_kv));
+    if (c.rope_dim == 0) c.rope_dim = c.head_dim;
+    if (c.rope_dim < 0 || c.rope_dim > c.head_dim || c.rope_dim % 2)
+        fail("rope_dim " + std::to_string(c.rope_dim) + " must be even and at most head_dim " + std::to_string(c.head_dim));
+    if (!(c.rope_base > 0.0) || !std::isfinite(c.rope_base)) fail("rope_base must be a positive number");
+    if (!(c.rope_scale > 0.0) || !std::isfinite(c.rope_scale)) fail("rope_scale must be a positive number");
+    if (!(c.rms_eps >= 0.0) || !std::isfinite(c.rms_eps)) fail("rms_eps must be a non-negative number");
+    if (c.n_batch <= 0) c.n_batch = 256;
+    c.n_batch = std::min(c.n_batch, n_ctx);
+
+    Impl& m = *impl_;
+    const int64_t E = c.n_embd, hd = c.head_dim, nq = c.n_head * hd, nkv = c.n_head_kv * hd, F = c.n_ff;
+
+    // ---- weights
+    m.tok_embd = matrix(tensors, "token_embd.weight", c.n_vocab, E);
+    m.output_norm = vector_of(tensors, "output_norm.weight", E);
+    m.output = tensors.count("output.weight") ? matrix(tensors, "output.weight", c.n_vocab, E) : m.tok_embd;
+    m.layers.resize(static_cast<size_t>(c.n_layer));
+    for (int64_t i = 0; i < c.n_layer; ++i) {
+        LayerW& L = m.layers[static_cast<size_t>(i)];
+        const std::string b = "blk." + std::to_string(i) + ".";
+        L.attn_norm = vector_of(tensors, b + "attn_norm.weight", E);
+        L.ffn_norm = vector_of(tensors, b + "ffn_norm.weight", E);
+        L.q = matrix(tensors, b + "attn_q.weight", nq, E);
+        L.k = matrix(tensors, b + "attn_k.weight", nkv, E);
+        L.v = matrix(tensors, b + "attn_v.weight", nkv, E);
+        L.o = matrix(tensors, b + "attn_output.weight", E, nq);
+        L.gate = matrix(tensors, b + "ffn_gate.weight", F, E);
+        L.up = matrix(tensors, b + "ffn_up.weight", F, E);
+        L.down = matrix(tensors, b + "ffn_down.weight", E, F);
+        L.bq = optional_vector(tensors, b + "attn_q.bias", nq);
+        L.bk = optional_vector(tensors, b + "attn_k.bias", nkv);
+        L.bv = optional_vector(tensors, b + "attn_v.bias", nkv);
+        L.bo = optional_vector(tensors, b + "attn_output.bias", E);
+        L.k_shares_q = same_type(L.k.p, L.q.p);
+        L.v_shares_q = same_type(L.v.p, L.q.p);
+        L.v_shares_k = same_type(L.v.p, L.k.p);
+        L.up_shares_gate = same_type(L.up.p, L.gate.p);
+    }
+
+    // ---- RoPE tables: theta(pos, i) = pos * inv_freq[i], as transformers computes it in float32
+    const int64_t half = c.rope_dim / 2;
+    std::vector<float> factors;
+    if (tensors.count("rope_freqs.weight")) {
+        factors = vector_of(tensors, "rope_freqs.weight", half);
+        for (float f : factors)
+            if (!(f > 0.0f)) fail("tensor 'rope_freqs.weight' holds a factor that is not positive");
+    }
+    std::vector<float> inv_freq(static_cast<size_t>(half));
+    for (int64_t i = 0; i < half; ++i) {
+        const float expo = static_cast<float>(2 * i) / static_cast<float>(c.rope_dim);
+        const auto pw = static_cast<float>(std::pow(c.rope_base, static_cast<double>(expo)));
+        float f = 1.0f / pw;
+        if (!factors.empty()) f /= factors[static_cast<size_t>(i)];
+        if (c.rope_scale != 1.0) f /= static_cast<float>(c.rope_scale);
+        inv_freq[static_cast<size_t>(i)] = f;
+    }
+    m.rope_cos.resize(static_cast<size_t>(n_ctx * half));
+    m.rope_sin.resize(static_cast<size_t>(n_ctx * half));
+    for (int64_t pos = 0; pos < n_ctx; ++pos)
+        for (int64_t i = 0; i < half; ++i) {
+            const float theta = static_cast<float>(pos) * inv_freq[static_cast<size_t>(i)];
+            m.rope_cos[static_cast<size_t>(pos * half + i)] = static_cast<float>(std::cos(static_cast<double>(theta)));
+            m.rope_sin[static_cast<size_t>(pos * half + i)] = static_cast<float>(std::sin(static_cast<double>(theta)));
+        }
+
+    // ---- KV cache
+    m.kv_layer_stride = static_cast<size_t>(c.n_head_kv) * static_cast<size_t>(n_ctx) * static_cast<size_t>(hd);
+    const size_t kv_total = m.kv_layer_stride * static_cast<size_t>(c.n_layer);
+    if (c.kv_type == KvType::F32) {
+        m.k32.resize(kv_total);
+        m.v32.resize(kv_total);
+    } else {
+        m.k16.resize(kv_total);
+        m.v16.resize(kv_total);
+    }
+
+    // ---- scratch
+    const auto B = static_cast<size_t>(c.n_batch);
+    m.x.resize(B * static_cast<size_t>(E));
+    m.xn.resize(B * static_cast<size_t>(E));
+    m.q.resize(B * static_cast<size_t>(nq));
+    m.k.resize(B * static_cast<size_t>(nkv));
+    m.v.resize(B * static_cast<size_t>(nkv));
+    m.att.resize(B * static_cast<size_t>(nq));
+    m.proj.resize(B * static_cast<size_t>(E));
+    m.gate.resize(B * static_cast<size_t>(F));
+    m.up.resize(B * static_cast<size_t>(F));
+    auto size_slot = [&](ActsSlot& s, auto member) {
+        size_t mx = 0;
+        for (const LayerW& L : m.layers) {
+            const Weight& w = L.*member;
+            mx = std::max(mx, kernels::acts_bytes(w.p, w.cols));
+        }
+        s.buf.resize(mx * B);
+    };
+    size_slot(m.a_q, &LayerW::q);
+    size_slot(m.a_k, &LayerW::k);
+    size_slot(m.a_v, &LayerW::v);
+    size_slot(m.a_o, &LayerW::o);
+    size_slot(m.a_gate, &LayerW::gate);
+    size_slot(m.a_up, &LayerW::up);
+    size_slot(m.a_down, &LayerW::down);
+    m.a_out.buf.resize(kernels::acts_bytes(m.output.p, E) * B);
+
+    set_threads(n_threads);
+    if (c.validate) validate();
+}
+
+Model::~Model() = default;
+
+int Model::n_threads() const { return impl_->pool ? impl_->pool->size() : 1; }
+
+void Model::set_threads(int n) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (n < 1) n = 1;
+    if (n > 1024) n = 1024;
+    Impl& m = *impl_;
+    if (m.pool && m.pool->size() == n) return;
+    m.pool.reset();
+    m.pool = std::make_unique<ThreadPool>(n);
+    m.scores.resize(static_cast<size_t>(n) * static_cast<size_t>(n_ctx_));
+}
+
+void Model::reset() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    n_past_ = 0;
+}
+
+// Decodes every row of every block-typed weight once, so that forbidden values (E8M0 255, inf/NaN
+// fp16 scales, NaN element codes) are reported here instead of turning into NaN logits later.
+void Model::validate() {
+    Impl& m = *impl_;
+    std::vector<const Weight*> ws = {&m.tok_embd};
+    if (m.output.data != m.tok_embd.data) ws.push_back(&m.output);
+    for (const LayerW& L : m.layers)
+        for (const Weight* w : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) ws.push_back(w);
+    int64_t max_cols = 0;
+    for (const Weight* w : ws) max_cols = std::max(max_cols, w->cols);
+    const int n = m.pool->size();
+    std::vector<float> scratch(static_cast<size_t>(n) * static_cast<size_t>(max_cols));
+    std::mutex err_mutex;
+    std::string error;
+    for (const Weight* w : ws) {
+        if (is_float_layout(w->p.layout)) continue;
+        m.pool->run([&](int i, int nt) {
+            int64_t r0, r1;
+            split_range(w->rows, i, nt, 1, r0, r1);
+            float* buf = scratch.data() + static_cast<size_t>(i) * static_cast<size_t>(max_cols);
+            for (int64_t r = r0; r < r1; ++r) {
+                const quant::Status st = quant::dequantize_row(w->p, w->data + static_cast<size_t>(r) * w->row_bytes, buf, w->cols);
+                if (!st.ok()) {
+                    std::lock_guard<std::mutex> lock(err_mutex);
+                    if (error.empty())
+                        error = "tensor '" + w->name + "' holds invalid data in row " + std::to_string(r) +
+                                (st.block >= 0 ? ", block " + std::to_string(st.block) : "") + ": " +
+                                quant::status_message(st.code) + "; re-export the file";
+                    return;
+                }
+            }
+        });
+        if (!error.empty()) fail(error);
+    }
+}
+
+void Model::eval(const int32_t* tokens, int64_t T, bool all_logits, float* out) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (T <= 0) throw std::invalid_argument("eval needs at least one token");
+    if (n_past_ + T > n_ctx_)
+        throw std::out_of_range("context overflow: " + std::to_string(n_past_) + " tokens in the cache + " +
+                                std::to_string(T) + " new ones > n_ctx " + std::to_string(n_ctx_) +
+                                "; reset() or open the model with a larger n_ctx");
+    for (int64_t t = 0; t < T; ++t)
+        if (tokens[t] < 0 || tokens[t] >= cfg_.n_vocab)
+            throw std::invalid_argument("token id " + std::to_string(tokens[t]) + " at position " + std::to_string(t) +
+                                        " is outside the vocabulary [0, " + std::to_string(cfg_.n_vocab) + ")");
+    for (int64_t t0 = 0; t0 < T; t0 += cfg_.n_batch) {
+        const int64_t nt = std::min(cfg_.n_batch, T - t0);
+        const bool last = t0 + nt == T;
+        float* logits = all_logits ? out + t0 * cfg_.n_vocab : (last ? out : nullptr);
+        forward(tokens + t0, nt, logits, all_logits);
+    }
+}
+
+// ---- the forward pass of one batch of T <= n_batch tokens at positions n_past_ ... ----------------
+
+namespace {
+
+struct LinearJob {
+    const Weight* w;
+    const uint8_t* acts;
+    float* y;     // T x ldy
+    int64_t ldy;  // = w->rows for the scratch buffers
+};
+
+// Part i of n of the rows of up to 4 linear layers sharing one parallel region (rows of all the jobs
+// concatenated and split evenly).
+void linear_part(const LinearJob* jobs, int n_jobs, int64_t T, int i, int n) {
+    int64_t total = 0;
+    for (int j = 0; j < n_jobs; ++j) total += jobs[j].w->rows;
+    int64_t b, e;
+    split_range(total, i, n, 16, b, e);
+    int64_t base = 0;
+    for (int j = 0; j < n_jobs; ++j) {
+        const Weight& w = *jobs[j].w;
+        const int64_t r0 = std::max<int64_t>(b - base, 0), r1 = std::min<int64_t>(e - base, w.rows);
+        if (r0 < r1) {
+            if (T == 1)
+                kernels::matvec(w.p, w.data, w.row_bytes, w.cols, jobs[j].acts, jobs[j].y + r0, r0, r1);
+            else
+                kernels::matmul(w.p, w.data, w.row_bytes, w.cols, jobs[j].acts, T, jobs[j].y, jobs[j].ldy, r0, r1);
+        }
+        base += w.rows;
+    }
+}
+
+}  // namespace
+
+void Model::forward(const int32_t* tokens, int64_t T, float* logits, bool all_logits) {
+    Impl& m = *impl_;
+    const Config& c = cfg_;
+    ThreadPool& pool = *m.pool;
+    const int64_t E = c.n_embd, hd = c.head_dim, nq = c.n_head * hd, nkv = c.n_head_kv * hd, F = c.n_ff;
+    const int64_t half = c.rope_dim / 2, group = c.n_head / c.n_head_kv;
+    const int64_t n_past = n_past_;
+    const bool kv16 = c.kv_type == KvType::F16;
+    const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
+
+    // Runs fn(t) for every token t, on the pool when the batch is large enough to be worth it.
+    auto for_tokens = [&](auto&& fn) {
+        if (T < 4 || pool.size() == 1) {
+            for (int64_t t = 0; t < T; ++t) fn(t);
+        } else {
+            pool.run([&](int i, int n) {
+                int64_t t0, t1;
+                split_range(T, i, n, 1, t0, t1);
+                for (int64_t t = t0; t < t1; ++t) fn(t);
+            });
+        }
+    };
+    // Prepares activations of T vectors X (stride ldx) for w into slot.
+    auto prepare = [&](const Weight& w, const float* X, int64_t ldx, ActsSlot& slot) {
+        slot.stride = kernels::acts_bytes(w.p, w.cols);
+        uint8_t* base = slot.buf.data();
+        const size_t stride = slot.stride;
+        for_tokens([&](int64_t t) { kernels::prepare_acts(w.p, X + t * ldx, w.cols, base + static_cast<size_t>(t) * stride); });
+    };
+
+    // ---- embeddings
+    for_tokens([&](int64_t t) {
+        const Weight& w = m.tok_embd;
+        const quant::Status st = quant::dequantize_row(w.p, w.data + static_cast<size_t>(tokens[t]) * w.row_bytes,
+                                                       m.x.data() + t * E, E);
+        (void)st;  // validated at load time
+    });
+
+    for (int64_t l = 0; l < c.n_layer; ++l) {
+        const LayerW& L = m.layers[static_cast<size_t>(l)];
+        const size_t kv_off = static_cast<size_t>(l) * m.kv_layer_stride;
+
+        // ---- attention block
+        for_tokens([&](int64_t t) { rms_norm(m.x.data() + t * E, L.attn_norm.data(), m.xn.data() + t * E, E, c.rms_eps); });
+        prepare(L.q, m.xn.data(), E, m.a_q);
+        const uint8_t* ak = m.a_q.buf.data();
+        if (!L.k_shares_q) {
+            prepare(L.k, m.xn.data(), E, m.a_k);
+            ak = m.a_k.buf.data();
+        }
+        const uint8_t* av = L.v_shares_q ? m.a_q.buf.data() : L.v_shares_k ? ak : nullptr;
+        if (!av) {
+            prepare(L.v, m.xn.data(), E, m.a_v);
+            av = m.a_v.buf.data();
+        }
+        {
+            const LinearJob jobs[3] = {{&L.q, m.a_q.buf.data(), m.q.data(), nq},
+                                       {&L.k, ak, m.k.data(), nkv},
+                                       {&L.v, av, m.v.data(), nkv}};
+            pool.run([&](int i, int n) { linear_part(jobs, 3, T, i, n); });
+        }
+        // biases, RoPE, cache store
+        for_tokens([&](int64_t t) {
+            float* q = m.q.data() + t * nq;
+            float* k = m.k.data() + t * nkv;
+            float* v = m.v.data() + t * nkv;
+            if (!L.bq.empty()) add_inplace(q, L.bq.data(), nq);
+            if (!L.bk.empty()) add_inplace(k, L.bk.data(), nkv);
+            if (!L.bv.empty()) add_inplace(v, L.bv.data(), nkv);
+            const int64_t pos = n_past + t;
+            const float* cs = m.rope_cos.data() + pos * half;
+            const float* sn = m.rope_sin.data() + pos * half;
+            const bool neox = c.rope_style == RopeStyle::Neox;
+            for (int64_t h = 0; h < c.n_head; ++h) rope(q + h * hd, cs, sn, half, neox);
+            for (int64_t h = 0; h < c.n_head_kv; ++h) {
+                rope(k + h * hd, cs, sn, half, neox);
+                const size_t off = kv_off + (static_cast<size_t>(h) * static_cast<size_t>(n_ctx_) + static_cast<size_t>(pos)) *
+                                                static_cast<size_t>(hd);
+                if (kv16) {
+                    to_fp16(k + h * hd, m.k16.data() + off, hd);
+                    to_fp16(v + h * hd, m.v16.data() + off, hd);
+                } else {
+                    std::memcpy(m.k32.data() + off, k + h * hd, static_cast<size_t>(hd) * sizeof(float));
+                    std::memcpy(m.v32.data() + off, v + h * hd, static_cast<size_t>(hd) * sizeof(float));
+                }
+            }
+        });
+        // attention: one task per (token, head), handed out dynamically (later tokens see more keys)
+        m.task_counter.store(0, std::memory_order_relaxed);
+        const int64_t n_tasks = T * c.n_head;
+        pool.run([&](int i, int) {
+            float* sc = m.scores.data() + static_cast<size_t>(i) * static_cast<size_t>(n_ctx_);
+            for (;;) {
+                const int64_t task = m.task_counter.fetch_add(1, std::memory_order_relaxed);
+                if (task >= n_tasks) break;
+                const int64_t t = task / c.n_head, h = task % c.n_head, g = h / group;
+                const int64_t n_keys = n_past + t + 1;
+                const float* q = m.q.data() + t * nq + h * hd;
+                float* o = m.att.data() + t * nq + h * hd;
+                const size_t off = kv_off + static_cast<size_t>(g) * static_cast<size_t>(n_ctx_) * static_cast<size_t>(hd);
+                if (kv16)
+                    attend_f16(q, m.k16.data() + off, m.v16.data() + off, n_keys, hd, scale, sc, o);
+                else
+                    attend_f32(q, m.k32.data() + off, m.v32.data() + off, n_keys, hd, scale, sc, o);
+            }
+        });
+        prepare(L.o, m.att.data(), nq, m.a_o);
+        {
+            const LinearJob job{&L.o, m.a_o.buf.data(), m.proj.data(), E};
+            pool.run([&](int i, int n) { linear_part(&job, 1, T, i, n); });
+        }
+        for_tokens([&](int64_t t) {
+            float* x = m.x.data() + t * E;
+            add_inplace(x, m.proj.data() + t * E, E);
+            if (!L.bo.empty()) add_inplace(x, L.bo.data(), E);
+            rms_norm(x, L.ffn_norm.data(), m.xn.data() + t * E, E, c.rms_eps);
+        });
+
+        // ---- MLP: gate and up in one region, SwiGLU on each thread's own rows
+        prepare(L.gate, m.xn.data(), E, m.a_gate);
+        const uint8_t* au = m.a_gate.buf.data();
+        if (!L.up_shares_gate) {
+            prepare(L.up, m.xn.data(), E, m.a_up);
+            au = m.a_up.buf.data();
+        }
+        pool.run([&](int i, int n) {
+            int64_t r0, r1;
+            split_range(F, i, n, 16, r0, r1);
+            if (r0 >= r1) return;
+            if (T == 1) {
+                kernels::matvec(L.gate.p, L.gate.data, L.gate.row_bytes, E, m.a_gate.buf.data(), m.gate.data() + r0, r0, r1);
+                kernels::matvec(L.up.p, L.up.data, L.up.row_bytes, E, au, m.up.data() + r0, r0, r1);
+            } else {
+                kernels::matmul(L.gate.p, L.gate.data, L.gate.row_bytes, E, m.a_gate.buf.data(), T, m.gate.data(), F, r0, r1);
+                kernels::matmul(L.up.p, L.up.data, L.up.row_bytes, E, au, T, m.up.data(), F, r0, r1);
+            }
+            for (int64_t t = 0; t < T; ++t) {
+                float* g = m.gate.data() + t * F;
+                const float* u = m.up.data() + t * F;
+                for (int64_t r = r0; r < r1; ++r) g[r] = silu(g[r]) * u[r];
+            }
+        });
+        prepare(L.down, m.gate.data(), F, m.a_down);
+        {
+            const LinearJob job{&L.down, m.a_down.buf.data(), m.proj.data(), E};
+            pool.run([&](int i, int n) { linear_part(&job, 1, T, i, n); });
+        }
+        for_tokens([&](int64_t t) { add_inplace(m.x.data() + t * E, m.proj.data() + t * E, E); });
+    }
+    n_past_ += T;
+
+    // ---- output head
+    if (!logits) return;
+    const int64_t t_first = all_logits ? 0 : T - 1;
+    const int64_t n_out = T - t_first;
+    for (int64_t t = t_first; t < T; ++t)
+        rms_norm(m.x.data() + t * E, m.output_norm.data(), m.xn.data() + (t - t_first) * E, E, c.rms_eps);
+    {
+        const Weight& w = m.output;
+        const int64_t saved_T = T;
+        (void)saved_T;
+        m.a_out.stride = kernels::acts_bytes(w.p, E);
+        for (int64_t t = 0; t < n_out; ++t)
+            kernels::prepare_acts(w.p, m.xn.data() + t * E, E, m.a_out.buf.data() + static_cast<size_t>(t) * m.a_out.stride);
+        const LinearJob job{&w, m.a_out.buf.data(), logits, c.n_vocab};
+        pool.run([&](int i, int n) { linear_part(&job, 1, n_out, i, n); });
+    }
+}
+
+}  // namespace quantconv::engine

@@ -1,0 +1,85 @@
+// The llama-family decoder (Llama 2/3, Mistral, SmolLM, Qwen2) over packed GGUF weight rows.
+//
+// Per layer: RMSNorm -> Q, K, V projections (+ optional biases) -> RoPE -> grouped-query attention
+// over a KV cache -> output projection (+ optional bias) -> residual -> RMSNorm -> SwiGLU MLP (gate,
+// up, down) -> residual; then the final RMSNorm and the output head (output.weight, or the token
+// embedding when tied). Weights are never dequantized into memory: every projection goes through
+// kernels::matvec (one token) or kernels::matmul (a batch of tokens), split over a thread pool by
+// output rows. The weight bytes belong to the caller (a memory-mapped file) and must outlive the Model.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "quant/types.h"
+
+namespace quantconv::engine {
+
+enum class RopeStyle : uint8_t {
+    Norm,  // rotates adjacent pairs (2i, 2i+1): llama.cpp's "llama" graph (q/k rows permuted on export)
+    Neox,  // rotates pairs (i, i + rope_dim/2): HF's rotate_half, llama.cpp's "qwen2" graph
+};
+
+enum class KvType : uint8_t { F32, F16 };
+
+struct Config {
+    std::string arch;  // "llama" | "qwen2"
+    int64_t n_embd = 0, n_layer = 0, n_head = 0, n_head_kv = 0, n_ff = 0, n_vocab = 0;
+    int64_t head_dim = 0;  // 0: n_embd / n_head
+    int64_t rope_dim = 0;  // 0: head_dim
+    double rope_base = 10000.0;
+    RopeStyle rope_style = RopeStyle::Norm;
+    double rope_scale = 1.0;  // linear scaling: positions are divided by it
+    double rms_eps = 1e-6;
+    KvType kv_type = KvType::F32;
+    int64_t n_batch = 256;  // tokens per prefill step (scratch is sized for it)
+    bool validate = true;   // decode every block-typed weight row once at load to reject corrupt data
+};
+
+// One tensor of the file: its type, its bytes and its shape in numpy order ((rows, cols) or (n,)).
+struct TensorView {
+    quant::TypeParams type;  // prepared
+    std::string spec;        // for messages
+    const uint8_t* data = nullptr;
+    size_t nbytes = 0;
+    std::vector<int64_t> shape;
+};
+
+class Model {
+   public:
+    // Validates the config and every tensor the model needs (presence, shape, size, and the data of
+    // block types: E8M0 255, non-finite fp16 scales); throws std::runtime_error naming the tensor.
+    Model(const Config& config, const std::map<std::string, TensorView>& tensors, int64_t n_ctx, int n_threads);
+    ~Model();
+    Model(const Model&) = delete;
+    Model& operator=(const Model&) = delete;
+
+    const Config& config() const { return cfg_; }
+    int64_t n_ctx() const { return n_ctx_; }
+    int64_t n_past() const { return n_past_; }
+    int n_threads() const;
+
+    void reset();
+    void set_threads(int n);
+
+    // Appends T tokens to the cache and writes the logits of every token (out: T * n_vocab floats)
+    // or of the last one (n_vocab floats). Throws std::out_of_range when n_past + T > n_ctx and
+    // std::invalid_argument for a token id outside [0, n_vocab); the cache is unchanged then.
+    void eval(const int32_t* tokens, int64_t T, bool all_logits, float* out);
+
+   private:
+    struct Impl;
+    void validate();
+    void forward(const int32_t* tokens, int64_t T, float* logits, bool all_logits);
+    Config cfg_;
+    int64_t n_ctx_ = 0;
+    int64_t n_past_ = 0;
+    std::unique_ptr<Impl> impl_;
+    std::mutex mutex_;  // one eval at a time
+};
+
+}  // namespace quantconv::engine

@@ -1,0 +1,57 @@
+// The engine's small vector routines (everything that is not a weight matmul): attention over the
+// KV cache, fp16 conversion, RoPE. Each has a portable version (ops.cpp) and, on x86, an AVX2/F16C
+// one (ops_avx2.cpp) picked once at run time.
+#pragma once
+
+#include <cstdint>
+
+namespace quantconv::engine {
+
+inline void add_inplace(float* x, const float* y, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) x[i] += y[i];
+}
+
+// Rotates v (one head) by the angles whose cos/sin are given for `half` pairs: adjacent pairs
+// (2i, 2i+1) for the norm style, (i, i + half) for neox. Dimensions past 2 * half are left alone.
+inline void rope(float* v, const float* cs, const float* sn, int64_t half, bool neox) {
+    if (neox) {
+        for (int64_t i = 0; i < half; ++i) {
+            const float x0 = v[i], x1 = v[i + half];
+            v[i] = x0 * cs[i] - x1 * sn[i];
+            v[i + half] = x0 * sn[i] + x1 * cs[i];
+        }
+    } else {
+        for (int64_t i = 0; i < half; ++i) {
+            const float x0 = v[2 * i], x1 = v[2 * i + 1];
+            v[2 * i] = x0 * cs[i] - x1 * sn[i];
+            v[2 * i + 1] = x0 * sn[i] + x1 * cs[i];
+        }
+    }
+}
+
+// float32 -> IEEE binary16, round to nearest even (overflow to inf).
+void to_fp16(const float* x, uint16_t* out, int64_t n);
+
+// One query head against n keys / values (rows of hd values, consecutive): out = softmax(scale * K q) V.
+// scores: n floats of scratch.
+void attend_f32(const float* q, const float* K, const float* V, int64_t n, int64_t hd, float scale, float* scores,
+                float* out);
+void attend_f16(const float* q, const uint16_t* K, const uint16_t* V, int64_t n, int64_t hd, float scale,
+                float* scores, float* out);
+
+// Which implementation is in use ("avx2" or "scalar").
+const char* ops_isa();
+
+namespace detail {
+struct OpsTable {
+    void (*to_fp16)(const float*, uint16_t*, int64_t);
+    void (*attend_f32)(const float*, const float*, const float*, int64_t, int64_t, float, float*, float*);
+    void (*attend_f16)(const float*, const uint16_t*, const uint16_t*, int64_t, int64_t, float, float*, float*);
+    const char* name;
+};
+#if defined(__x86_64__) || defined(_M_X64)
+const OpsTable& ops_avx2_table();  // ops_avx2.cpp
+#endif
+}  // namespace detail
+
+}  // namespace quantconv::engine

@@ -1,0 +1,142 @@
+// AVX2 + FMA + F16C versions of the engine's vector routines (compiled with those flags only; picked
+// at run time by ops.cpp). Self-contained on purpose: no inline helpers shared with other files, so
+// no AVX2 copy of a shared inline function can leak into code that runs on older CPUs.
+#include <immintrin.h>
+
+#include <cmath>
+#include <cstdint>
+
+#include "engine/ops.h"
+
+namespace quantconv::engine {
+namespace {
+
+inline float hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+// e^x for x <= 0 (softmax after subtracting the max): range reduction to r in [-ln2/2, ln2/2] and a
+// degree-6 polynomial; relative error about 2e-7. Inputs below -87 give 0.
+inline __m256 exp_neg(__m256 x) {
+    const __m256 lo = _mm256_set1_ps(-87.0f);
+    const __m256 tiny = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
+    x = _mm256_max_ps(x, lo);
+    const __m256 fx = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(fx), _mm256_set1_epi32(127)), 23);
+    const __m256 y = _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+    return _mm256_andnot_ps(tiny, y);
+}
+
+inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load8(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+inline float load1(const float* p) { return *p; }
+inline float load1(const uint16_t* p) { return _cvtsh_ss(*p); }
+
+template <class KV>
+float dot_q(const float* q, const KV* k, int64_t hd) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    int64_t d = 0;
+    for (; d + 16 <= hd; d += 16) {
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), load8(k + d), a0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + d + 8), load8(k + d + 8), a1);
+    }
+    for (; d + 8 <= hd; d += 8) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), load8(k + d), a0);
+    float s = hsum(_mm256_add_ps(a0, a1));
+    for (; d < hd; ++d) s += q[d] * load1(k + d);
+    return s;
+}
+
+template <class KV>
+void attend(const float* q, const KV* K, const KV* V, int64_t n, int64_t hd, float scale, float* scores, float* out) {
+    // scores and their max
+    float mx = -INFINITY;
+    int64_t j = 0;
+    for (; j < n; ++j) {
+        const float s = scale * dot_q(q, K + j * hd, hd);
+        scores[j] = s;
+        mx = s > mx ? s : mx;
+    }
+    // exponentials and their sum
+    const __m256 m8 = _mm256_set1_ps(mx);
+    __m256 vsum = _mm256_setzero_ps();
+    j = 0;
+    for (; j + 8 <= n; j += 8) {
+        const __m256 e = exp_neg(_mm256_sub_ps(_mm256_loadu_ps(scores + j), m8));
+        _mm256_storeu_ps(scores + j, e);
+        vsum = _mm256_add_ps(vsum, e);
+    }
+    float sum = hsum(vsum);
+    for (; j < n; ++j) {
+        const float e = std::exp(scores[j] - mx);
+        scores[j] = e;
+        sum += e;
+    }
+    const float inv = 1.0f / sum;
+    // out = sum_j p_j V_j, 32 dimensions at a time in registers
+    int64_t d0 = 0;
+    for (; d0 + 32 <= hd; d0 += 32) {
+        __m256 o0 = _mm256_setzero_ps(), o1 = _mm256_setzero_ps(), o2 = _mm256_setzero_ps(), o3 = _mm256_setzero_ps();
+        for (j = 0; j < n; ++j) {
+            const __m256 p = _mm256_broadcast_ss(scores + j);
+            const KV* v = V + j * hd + d0;
+            o0 = _mm256_fmadd_ps(p, load8(v), o0);
+            o1 = _mm256_fmadd_ps(p, load8(v + 8), o1);
+            o2 = _mm256_fmadd_ps(p, load8(v + 16), o2);
+            o3 = _mm256_fmadd_ps(p, load8(v + 24), o3);
+        }
+        const __m256 s = _mm256_set1_ps(inv);
+        _mm256_storeu_ps(out + d0, _mm256_mul_ps(o0, s));
+        _mm256_storeu_ps(out + d0 + 8, _mm256_mul_ps(o1, s));
+        _mm256_storeu_ps(out + d0 + 16, _mm256_mul_ps(o2, s));
+        _mm256_storeu_ps(out + d0 + 24, _mm256_mul_ps(o3, s));
+    }
+    for (; d0 + 8 <= hd; d0 += 8) {
+        __m256 o0 = _mm256_setzero_ps();
+        for (j = 0; j < n; ++j) o0 = _mm256_fmadd_ps(_mm256_broadcast_ss(scores + j), load8(V + j * hd + d0), o0);
+        _mm256_storeu_ps(out + d0, _mm256_mul_ps(o0, _mm256_set1_ps(inv)));
+    }
+    for (; d0 < hd; ++d0) {
+        float o = 0.0f;
+        for (j = 0; j < n; ++j) o += scores[j] * load1(V + j * hd + d0);
+        out[d0] = o * inv;
+    }
+}
+
+void to_fp16_avx2(const float* x, uint16_t* out, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i),
+                         _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    for (; i < n; ++i) out[i] = _cvtss_sh(x[i], _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+}
+
+void attend_f32_avx2(const float* q, const float* K, const float* V, int64_t n, int64_t hd, float scale, float* scores,
+                     float* out) {
+    attend<float>(q, K, V, n, hd, scale, scores, out);
+}
+
+void attend_f16_avx2(const float* q, const uint16_t* K, const uint16_t* V, int64_t n, int64_t hd, float scale,
+                     float* scores, float* out) {
+    attend<uint16_t>(q, K, V, n, hd, scale, scores, out);
+}
+
+const detail::OpsTable kAvx2 = {to_fp16_avx2, attend_f32_avx2, attend_f16_avx2, "avx2"};
+
+}  // namespace
+
+const detail::OpsTable& detail::ops_avx2_table() { return kAvx2; }
+
+}  // namespace quantconv::engine
