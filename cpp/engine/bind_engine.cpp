@@ -8,10 +8,12 @@
 //
 // config keys: arch ("llama" | "qwen2"), n_embd, n_layer, n_head, n_head_kv, n_ff, n_vocab, head_dim,
 // rope_dim, rope_base, rope_style ("norm" | "neox"), rope_scale (1.0), rms_eps, and optionally
-// kv_type ("f32" | "f16", default f32), n_batch (256), validate (True).
+// kv_type ("f32" | "f16", default f32), n_batch (256), validate (True), exact (False: force the kernels'
+// exact float32 path during this model's evals; the process-wide switch is restored afterwards).
 // The data arrays are views of the memory-mapped file: the Model keeps references to them.
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
+#include <nanobind/stl/string.h>
 
 #include <cstring>
 #include <map>
@@ -92,6 +94,8 @@ e::Config config_from_dict(const nb::dict& d) {
     c.n_batch = cfg_int(d, "n_batch", 256, false);
     nb::object val = cfg_get(d, "validate");
     c.validate = val.is_none() ? true : nb::cast<bool>(val);
+    nb::object ex = cfg_get(d, "exact");
+    c.exact = ex.is_none() ? false : nb::cast<bool>(ex);
     return c;
 }
 

@@ -107,7 +107,6 @@ struct Model::Impl {
     Buffer<float> x, xn, q, k, v, att, proj, gate, up, scores;
     ActsSlot a_q, a_k, a_v, a_o, a_gate, a_up, a_down, a_out;
     std::unique_ptr<ThreadPool> pool;
-    std::atomic<int64_t> task_counter{0};
 };
 
 namespace {
@@ -353,10 +352,10 @@ void Model::validate() {
     std::string error;
     for (const Weight* w : ws) {
         if (is_float_layout(w->p.layout)) continue;
-        m.pool->run([&](int i, int nt) {
+        m.pool->run(std::min<int64_t>(w->rows, 8 * n), [&](int64_t ch, int64_t nch, int thread) {
             int64_t r0, r1;
-            split_range(w->rows, i, nt, 1, r0, r1);
-            float* buf = scratch.data() + static_cast<size_t>(i) * static_cast<size_t>(max_cols);
+            split_range(w->rows, ch, nch, 1, r0, r1);
+            float* buf = scratch.data() + static_cast<size_t>(thread) * static_cast<size_t>(max_cols);
             for (int64_t r = r0; r < r1; ++r) {
                 const quant::Status st = quant::dequantize_row(w->p, w->data + static_cast<size_t>(r) * w->row_bytes, buf, w->cols);
                 if (!st.ok()) {
@@ -384,6 +383,16 @@ void Model::eval(const int32_t* tokens, int64_t T, bool all_logits, float* out) 
         if (tokens[t] < 0 || tokens[t] >= cfg_.n_vocab)
             throw std::invalid_argument("token id " + std::to_string(tokens[t]) + " at position " + std::to_string(t) +
                                         " is outside the vocabulary [0, " + std::to_string(cfg_.n_vocab) + ")");
+    // exact: the kernels' switch is process-wide; force it for this call and put it back after
+    struct ExactGuard {
+        bool on, prev;
+        explicit ExactGuard(bool want) : on(want), prev(want && kernels::exact()) {
+            if (on) kernels::set_exact(true);
+        }
+        ~ExactGuard() {
+            if (on) kernels::set_exact(prev);
+        }
+    } exact_guard(cfg_.exact);
     for (int64_t t0 = 0; t0 < T; t0 += cfg_.n_batch) {
         const int64_t nt = std::min(cfg_.n_batch, T - t0);
         const bool last = t0 + nt == T;
@@ -403,13 +412,27 @@ struct LinearJob {
     int64_t ldy;  // = w->rows for the scratch buffers
 };
 
-// Part i of n of the rows of up to 4 linear layers sharing one parallel region (rows of all the jobs
-// concatenated and split evenly).
-void linear_part(const LinearJob* jobs, int n_jobs, int64_t T, int i, int n) {
+constexpr int64_t kRowAlign = 16;  // chunk boundaries fall on multiples of this many rows
+
+// How many chunks to cut `rows` output rows into for n threads: several per thread (dynamic
+// balancing, robust to a thread the OS doesn't run), none smaller than kRowAlign rows.
+int64_t row_chunks(int64_t rows, int n) {
+    const int64_t most = (rows + kRowAlign - 1) / kRowAlign;
+    return std::max<int64_t>(1, std::min<int64_t>(most, n == 1 ? 1 : 8 * n));
+}
+
+int64_t total_rows(const LinearJob* jobs, int n_jobs) {
     int64_t total = 0;
     for (int j = 0; j < n_jobs; ++j) total += jobs[j].w->rows;
+    return total;
+}
+
+// Chunk i of n of the rows of up to 4 linear layers sharing one parallel region (rows of all the jobs
+// concatenated and split evenly).
+void linear_part(const LinearJob* jobs, int n_jobs, int64_t T, int64_t i, int64_t n) {
+    const int64_t total = total_rows(jobs, n_jobs);
     int64_t b, e;
-    split_range(total, i, n, 16, b, e);
+    split_range(total, i, n, kRowAlign, b, e);
     int64_t base = 0;
     for (int j = 0; j < n_jobs; ++j) {
         const Weight& w = *jobs[j].w;
@@ -432,7 +455,7 @@ void Model::forward(const int32_t* tokens, int64_t T, float* logits, bool all_lo
     ThreadPool& pool = *m.pool;
     const int64_t E = c.n_embd, hd = c.head_dim, nq = c.n_head * hd, nkv = c.n_head_kv * hd, F = c.n_ff;
     const int64_t half = c.rope_dim / 2, group = c.n_head / c.n_head_kv;
-    const int64_t n_past = n_past_;
+    const int64_t n_past = n_past_.load(std::memory_order_relaxed);
     const bool kv16 = c.kv_type == KvType::F16;
     const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
 
@@ -441,12 +464,12 @@ void Model::forward(const int32_t* tokens, int64_t T, float* logits, bool all_lo
         if (T < 4 || pool.size() == 1) {
             for (int64_t t = 0; t < T; ++t) fn(t);
         } else {
-            pool.run([&](int i, int n) {
-                int64_t t0, t1;
-                split_range(T, i, n, 1, t0, t1);
-                for (int64_t t = t0; t < t1; ++t) fn(t);
-            });
+            pool.run(T, [&](int64_t t, int64_t, int) { fn(t); });
         }
+    };
+    auto run_linear = [&](const LinearJob* jobs, int n_jobs, int64_t n_tok) {
+        pool.run(row_chunks(total_rows(jobs, n_jobs), pool.size()),
+                 [&](int64_t ch, int64_t nch, int) { linear_part(jobs, n_jobs, n_tok, ch, nch); });
     };
     // Prepares activations of T vectors X (stride ldx) for w into slot.
     auto prepare = [&](const Weight& w, const float* X, int64_t ldx, ActsSlot& slot) {
@@ -485,7 +508,7 @@ void Model::forward(const int32_t* tokens, int64_t T, float* logits, bool all_lo
             const LinearJob jobs[3] = {{&L.q, m.a_q.buf.data(), m.q.data(), nq},
                                        {&L.k, ak, m.k.data(), nkv},
                                        {&L.v, av, m.v.data(), nkv}};
-            pool.run([&](int i, int n) { linear_part(jobs, 3, T, i, n); });
+            run_linear(jobs, 3, T);
         }
         // biases, RoPE, cache store
         for_tokens([&](int64_t t) {
@@ -513,14 +536,13 @@ void Model::forward(const int32_t* tokens, int64_t T, float* logits, bool all_lo
                 }
             }
         });
-        // attention: one task per (token, head), handed out dynamically (later tokens see more keys)
-        m.task_counter.store(0, std::memory_order_relaxed);
+        // attention: one chunk per (token, head), handed out dynamically (later tokens see more keys)
         const int64_t n_tasks = T * c.n_head;
-        pool.run([&](int i, int) {
-            float* sc = m.scores.data() + static_cast<size_t>(i) * static_cast<size_t>(n_ctx_);
-            for (;;) {
-                const int64_t task = m.task_counter.fetch_add(1, std::memory_order_relaxed);
-                if (task >= n_tasks) break;
+        pool.run(std::min(n_tasks, ThreadPool::kMaxChunks), [&](int64_t ch, int64_t nch, int thread) {
+            float* sc = m.scores.data() + static_cast<size_t>(thread) * static_cast<size_t>(n_ctx_);
+            int64_t k0, k1;
+            split_range(n_tasks, ch, nch, 1, k0, k1);
+            for (int64_t task = k0; task < k1; ++task) {
                 const int64_t t = task / c.n_head, h = task % c.n_head, g = h / group;
                 const int64_t n_keys = n_past + t + 1;
                 const float* q = m.q.data() + t * nq + h * hd;
@@ -535,7 +557,7 @@ void Model::forward(const int32_t* tokens, int64_t T, float* logits, bool all_lo
         prepare(L.o, m.att.data(), nq, m.a_o);
         {
             const LinearJob job{&L.o, m.a_o.buf.data(), m.proj.data(), E};
-            pool.run([&](int i, int n) { linear_part(&job, 1, T, i, n); });
+            run_linear(&job, 1, T);
         }
         for_tokens([&](int64_t t) {
             float* x = m.x.data() + t * E;
@@ -551,9 +573,9 @@ void Model::forward(const int32_t* tokens, int64_t T, float* logits, bool all_lo
             prepare(L.up, m.xn.data(), E, m.a_up);
             au = m.a_up.buf.data();
         }
-        pool.run([&](int i, int n) {
+        pool.run(row_chunks(F, pool.size()), [&](int64_t ch, int64_t nch, int) {
             int64_t r0, r1;
-            split_range(F, i, n, 16, r0, r1);
+            split_range(F, ch, nch, kRowAlign, r0, r1);
             if (r0 >= r1) return;
             if (T == 1) {
                 kernels::matvec(L.gate.p, L.gate.data, L.gate.row_bytes, E, m.a_gate.buf.data(), m.gate.data() + r0, r0, r1);
@@ -571,7 +593,7 @@ void Model::forward(const int32_t* tokens, int64_t T, float* logits, bool all_lo
         prepare(L.down, m.gate.data(), F, m.a_down);
         {
             const LinearJob job{&L.down, m.a_down.buf.data(), m.proj.data(), E};
-            pool.run([&](int i, int n) { linear_part(&job, 1, T, i, n); });
+            run_linear(&job, 1, T);
         }
         for_tokens([&](int64_t t) { add_inplace(m.x.data() + t * E, m.proj.data() + t * E, E); });
     }
@@ -585,13 +607,11 @@ void Model::forward(const int32_t* tokens, int64_t T, float* logits, bool all_lo
         rms_norm(m.x.data() + t * E, m.output_norm.data(), m.xn.data() + (t - t_first) * E, E, c.rms_eps);
     {
         const Weight& w = m.output;
-        const int64_t saved_T = T;
-        (void)saved_T;
         m.a_out.stride = kernels::acts_bytes(w.p, E);
         for (int64_t t = 0; t < n_out; ++t)
             kernels::prepare_acts(w.p, m.xn.data() + t * E, E, m.a_out.buf.data() + static_cast<size_t>(t) * m.a_out.stride);
         const LinearJob job{&w, m.a_out.buf.data(), logits, c.n_vocab};
-        pool.run([&](int i, int n) { linear_part(&job, 1, n_out, i, n); });
+        run_linear(&job, 1, n_out);
     }
 }
 

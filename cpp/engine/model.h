@@ -8,6 +8,7 @@
 // output rows. The weight bytes belong to the caller (a memory-mapped file) and must outlive the Model.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -38,6 +39,7 @@ struct Config {
     KvType kv_type = KvType::F32;
     int64_t n_batch = 256;  // tokens per prefill step (scratch is sized for it)
     bool validate = true;   // decode every block-typed weight row once at load to reject corrupt data
+    bool exact = false;     // force the kernels' exact float32 path while this model computes
 };
 
 // One tensor of the file: its type, its bytes and its shape in numpy order ((rows, cols) or (n,)).
@@ -60,7 +62,7 @@ class Model {
 
     const Config& config() const { return cfg_; }
     int64_t n_ctx() const { return n_ctx_; }
-    int64_t n_past() const { return n_past_; }
+    int64_t n_past() const { return n_past_.load(std::memory_order_relaxed); }
     int n_threads() const;
 
     void reset();
@@ -77,7 +79,7 @@ class Model {
     void forward(const int32_t* tokens, int64_t T, float* logits, bool all_logits);
     Config cfg_;
     int64_t n_ctx_ = 0;
-    int64_t n_past_ = 0;
+    std::atomic<int64_t> n_past_{0};
     std::unique_ptr<Impl> impl_;
     std::mutex mutex_;  // one eval at a time
 };

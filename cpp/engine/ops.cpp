@@ -1,6 +1,7 @@
 #include "engine/ops.h"
 
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 
 #include "quant/fpconv.h"
@@ -87,6 +88,8 @@ void attend_f16_scalar(const float* q, const uint16_t* K, const uint16_t* V, int
 const detail::OpsTable kScalar = {to_fp16_scalar, attend_f32_scalar, attend_f16_scalar, "scalar"};
 
 const detail::OpsTable& pick() {
+    // QUANTCONV_ISA=scalar (the kernels' switch) also selects the portable routines here
+    if (const char* env = std::getenv("QUANTCONV_ISA"); env && std::strcmp(env, "scalar") == 0) return kScalar;
 #if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))

@@ -1,7 +1,8 @@
 // Python access to the dot-product kernels, for tests and benchmarks (compiled into quantconv._ext
 // only; see the bind_*.cpp rule in cpp/CMakeLists.txt):
 //   _ext.matvec(descriptor, W, x, exact, isa=None, repeat=1) -> float32[rows]
-//   _ext.available_isas() -> list[str]
+//   _ext.available_isas() -> list[str], _ext.active_kernel_isa() -> str
+//   _ext.fast_path(descriptor, cols) -> bool
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/optional.h>
@@ -14,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/internal.h"
 #include "kernels/kernels.h"
 #include "quant/traits.h"
 
@@ -87,6 +89,10 @@ FloatOut matvec_py(const nb::dict& descriptor, const ByteMatrix& W, const FloatV
     return FloatOut(raw, 1, shape, owner);
 }
 
+bool fast_path_py(const nb::dict& descriptor, int64_t cols) {
+    return kernels::fast_supported(g_from_descriptor(descriptor), cols);
+}
+
 std::vector<std::string> available_isas_py() {
     std::vector<std::string> out;
     const kernels::Isa keep = kernels::active_isa();
@@ -114,6 +120,8 @@ void bind_kernels(nb::module_& m, ParamsFromDescriptor from_descriptor) {
           "kernel table ('scalar', 'avx2', 'avx512', 'neon'; None = the active one). repeat runs the matvec "
           "that many times (benchmarks; the result is the same).");
     m.def("available_isas", &available_isas_py, "Kernel tables this CPU can run, e.g. ['scalar', 'avx2'].");
+    m.def("fast_path", &fast_path_py, nb::arg("descriptor"), nb::arg("cols"),
+          "Whether matvec has an integer fast path for this type and row length (else it always runs exact).");
     m.def("active_kernel_isa", []() { return std::string(kernels::isa_name(kernels::active_isa())); },
           "The kernel table matvec uses by default (QUANTCONV_ISA or the best the CPU has).");
 }

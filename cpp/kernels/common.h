@@ -39,6 +39,15 @@ inline float bits_to_f32(uint32_t b) {
 // 2^(e-127); e = 0 is the subnormal 2^-127. (255 gives inf: the data was validated at load time.)
 inline float e8m0_scale(uint8_t e) { return bits_to_f32(e ? static_cast<uint32_t>(e) << 23 : 0x00400000u); }
 
+// Whether the lut is sign-magnitude: lut[c + half] == -lut[c] for every c < half (as values, so
+// +0 and -0 match). True for the minifloat, bfp and blog layouts; false for two's complement ints.
+inline bool sign_magnitude(const BlockFmt& f) {
+    const int half = 1 << (f.bits - 1);
+    for (int c = 0; c < half; ++c)
+        if (!(f.lut[c + half] == -f.lut[c])) return false;
+    return true;
+}
+
 // out[t] (|)= ((src[t] >> s) & mask) << shift for t < n, eight bytes at a time in a 64-bit word
 // (SWAR): after the word shift, bits that crossed a byte boundary sit above the mask and are cleared
 // (s + width <= 8), and the code's own bits never pass bit 7 (shift + width <= 8). Little-endian

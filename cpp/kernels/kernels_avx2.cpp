@@ -1,14 +1,16 @@
 // AVX2 + FMA + F16C kernels (built with those flags only; dispatch.cpp checks CPUID first).
 //
-// Exact paths decode 8 weights at a time to float: 4-bit codes through a 16-float lut held in two
-// registers (vpermps + blend), 8-bit and other codes through vgatherdps (or vcvtdq2ps for int8
-// codes), then w = d * v (+ m) with a separate multiply (no FMA: the same rounding as dequantize)
-// and an FMA into the accumulator.
+// Exact paths decode 8 weights at a time to float: codes come straight from the bit planes
+// (x86_planes.h), values from a lut held in registers (vpermps + blends; up to 32 entries, or 64
+// for sign-magnitude luts) or through vgatherdps, or by vcvtdq2ps for int8 codes; then w = d * v
+// (+ m) with a separate multiply (no FMA: the same rounding as dequantize) and an FMA into the
+// accumulator.
 // Fast paths: 32 weight codes -> 32 int8 via vpshufb from the acts' int8 table (ggml's IQ4_NL way),
 // x q8 activations with the vpmaddubsw sign trick, per q8 block one int32x8 -> float FMA.
 #include <immintrin.h>
 
 #include "kernels/common.h"
+#include "kernels/x86_planes.h"
 
 namespace quantconv::kernels {
 namespace {
@@ -132,16 +134,61 @@ float exact_nib4(const uint8_t* row, const Plan& pl, const Acts& a) {
     return hsum(_mm256_add_ps(acc0, acc1));
 }
 
-// n codes (one byte each) against x: lut gathers, or a conversion when the code is the int8 value.
-template <Hdr H, bool Int8>
-inline float dot_codes(const uint8_t* codes, int64_t n, const float* lut, float d, float m, const float* x, __m256& acc) {
+// Code -> element value decoders for 8 codes at a time (dot_codes below).
+struct Int8Codes {  // the code byte is the int8 value (Q8_0, IntSym8)
+    __m256 operator()(__m128i c8) const { return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(c8)); }
+};
+
+struct GatherLut {  // any lut (those too large for RegLut / SignedLut)
+    const float* lut;
+    __m256 operator()(__m128i c8) const { return _mm256_i32gather_ps(lut, _mm256_cvtepu8_epi32(c8), 4); }
+};
+
+// Luts of up to 32 entries held in NR registers: vpermps in each, then a blend tree on the index
+// bits above the low 3 (moved into the sign bit, which is what vblendvps reads). Cheaper than
+// vgatherdps, which is slow on several cores (notably AMD's).
+template <int NR>
+struct RegLut {
+    __m256 t[NR];
+    explicit RegLut(const float* lut) {  // TypeParams::lut has 256 entries: reading 8 * NR is safe
+        for (int r = 0; r < NR; ++r) t[r] = _mm256_loadu_ps(lut + 8 * r);
+    }
+    __m256 operator()(__m128i c8) const { return lookup(_mm256_cvtepu8_epi32(c8)); }
+    __m256 lookup(__m256i idx) const {  // index bits above 3 + log2(NR) are ignored
+        __m256 v[NR];
+        for (int r = 0; r < NR; ++r) v[r] = _mm256_permutevar8x32_ps(t[r], idx);
+        int n = NR;
+        for (int bit = 3; n > 1; ++bit, n /= 2) {
+            const __m256 sel = _mm256_castsi256_ps(_mm256_slli_epi32(idx, 31 - bit));
+            for (int r = 0; r < n / 2; ++r) v[r] = _mm256_blendv_ps(v[2 * r], v[2 * r + 1], sel);
+        }
+        return v[0];
+    }
+};
+
+// Sign-magnitude luts (minifloats, bfp, blog: lut[c + half] == -lut[c]): the magnitude from half the
+// table, the sign from the top code bit. Halves the registers and blends of RegLut; "-0" codes give
+// -0.0f instead of +0.0f, which no dot product can tell apart.
+template <int NR>
+struct SignedLut {
+    RegLut<NR> mag;
+    int sign_shift;  // moves the top code bit to bit 31
+    SignedLut(const float* lut, int bits) : mag(lut), sign_shift(32 - bits) {}
+    __m256 operator()(__m128i c8) const {
+        const __m256i idx = _mm256_cvtepu8_epi32(c8);
+        const __m256i sign = _mm256_and_si256(_mm256_slli_epi32(idx, sign_shift), _mm256_set1_epi32(INT32_MIN));
+        return _mm256_xor_ps(mag.lookup(idx), _mm256_castsi256_ps(sign));
+    }
+};
+
+// n codes (one byte each) against x, decoded by dec; returns the scalar tail's sum.
+template <Hdr H, class Dec>
+inline float dot_codes(const uint8_t* codes, int64_t n, const Dec& dec, const float* lut, float d, float m,
+                       const float* x, __m256& acc) {
     const __m256 vd = _mm256_set1_ps(d), vm = _mm256_set1_ps(m);
     int64_t i = 0;
     for (; i + 8 <= n; i += 8) {
-        const __m128i c8 = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(codes + i));
-        __m256 v;
-        if constexpr (Int8) v = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(c8));
-        else v = _mm256_i32gather_ps(lut, _mm256_cvtepu8_epi32(c8), 4);
+        const __m256 v = dec(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(codes + i)));
         acc = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), scale_exact<H>(v, vd, vm), acc);
     }
     float tail = 0.0f;
@@ -150,8 +197,8 @@ inline float dot_codes(const uint8_t* codes, int64_t n, const float* lut, float 
 }
 
 // 8-bit codes: the plane is the codes.
-template <Hdr H, bool Int8>
-float exact_byte(const uint8_t* row, const Plan& pl, const Acts& a) {
+template <Hdr H, class Dec>
+float exact_byte(const uint8_t* row, const Plan& pl, const Acts& a, const Dec& dec) {
     const BlockFmt& f = pl.f;
     __m256 acc = _mm256_setzero_ps();
     float tail = 0.0f;
@@ -159,17 +206,31 @@ float exact_byte(const uint8_t* row, const Plan& pl, const Acts& a) {
     for (int64_t b = 0; b < pl.cols / f.G; ++b, row += f.block_bytes, x += f.G) {
         float d, m;
         header<H>(row, d, m);
-        tail += dot_codes<H, Int8>(row + f.hdr_bytes, f.G, f.lut, d, m, x, acc);
+        tail += dot_codes<H>(row + f.hdr_bytes, f.G, dec, f.lut, d, m, x, acc);
     }
     return hsum(acc) + tail;
 }
 
-// Any code width: unpack a chunk of codes, then gather.
-template <Hdr H>
-float exact_generic(const uint8_t* row, const Plan& pl, const Acts& a) {
+// Any code width: codes straight from the planes, 8 at a time, where the planes allow it; else
+// unpack a chunk of codes into a buffer, then decode them.
+template <Hdr H, class Dec>
+float exact_generic(const uint8_t* row, const Plan& pl, const Acts& a, const Dec& dec) {
     const BlockFmt& f = pl.f;
     __m256 acc = _mm256_setzero_ps();
     float tail = 0.0f;
+    if (PlaneReader<8>::fits(f)) {
+        PlaneReader<8> rd(f);
+        const float* x = a.x;
+        for (int64_t b = 0; b < pl.cols / f.G; ++b, row += f.block_bytes, x += f.G) {
+            float d, m;
+            header<H>(row, d, m);
+            const __m256 vd = _mm256_set1_ps(d), vm = _mm256_set1_ps(m);
+            rd.start(row + f.hdr_bytes);
+            for (int64_t i = 0; i < f.G; i += 8)
+                acc = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), scale_exact<H>(dec(rd.next()), vd, vm), acc);
+        }
+        return hsum(acc);
+    }
     alignas(32) uint8_t codes[kChunk];
     const float* x = a.x;
     for (int64_t b = 0; b < pl.cols / f.G; ++b, row += f.block_bytes, x += f.G) {
@@ -178,7 +239,7 @@ float exact_generic(const uint8_t* row, const Plan& pl, const Acts& a) {
         for (int64_t i0 = 0; i0 < f.G; i0 += kChunk) {
             const int64_t n = f.G - i0 < kChunk ? f.G - i0 : kChunk;
             unpack_range(row + f.hdr_bytes, f.G, f.bits, i0, i0 + n, codes);
-            tail += dot_codes<H, false>(codes, n, f.lut, d, m, x + i0, acc);
+            tail += dot_codes<H>(codes, n, dec, f.lut, d, m, x + i0, acc);
         }
     }
     return hsum(acc) + tail;
@@ -187,12 +248,26 @@ float exact_generic(const uint8_t* row, const Plan& pl, const Acts& a) {
 template <Hdr H>
 float exact_planes_h(const uint8_t* row, const Plan& pl, const Acts& a) {
     const BlockFmt& f = pl.f;
-    if (f.bits == 4 && f.G % 16 == 0) return exact_nib4<H>(row, pl, a);
-    if (f.bits == 8) {
-        const bool int8 = pl.p->layout == Layout::Q8_0 || pl.p->layout == Layout::IntSym;  // lut[c] == (int8)c
-        return int8 ? exact_byte<H, true>(row, pl, a) : exact_byte<H, false>(row, pl, a);
+    switch (f.bits) {
+        case 1:
+        case 2:
+        case 3: return exact_generic<H>(row, pl, a, RegLut<1>(f.lut));
+        case 4:
+            if (f.G % 16 == 0) return exact_nib4<H>(row, pl, a);
+            return exact_generic<H>(row, pl, a, RegLut<2>(f.lut));
+        case 5:
+            if (sign_magnitude(f)) return exact_generic<H>(row, pl, a, SignedLut<2>(f.lut, 5));
+            return exact_generic<H>(row, pl, a, RegLut<4>(f.lut));
+        case 6:
+            if (sign_magnitude(f)) return exact_generic<H>(row, pl, a, SignedLut<4>(f.lut, 6));
+            return exact_generic<H>(row, pl, a, GatherLut{f.lut});  // RegLut<8> spills: slower
+        case 7:
+            if (sign_magnitude(f)) return exact_generic<H>(row, pl, a, SignedLut<8>(f.lut, 7));
+            return exact_generic<H>(row, pl, a, GatherLut{f.lut});
+        default:  // 8: the code byte is the int8 value (Q8_0, IntSym8) or indexes the lut
+            if (pl.p->layout == Layout::Q8_0 || pl.p->layout == Layout::IntSym) return exact_byte<H>(row, pl, a, Int8Codes{});
+            return exact_byte<H>(row, pl, a, GatherLut{f.lut});
     }
-    return exact_generic<H>(row, pl, a);
 }
 
 float exact_planes(const uint8_t* row, const Plan& pl, const Acts& a) {

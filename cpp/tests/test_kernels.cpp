@@ -62,7 +62,7 @@ struct Weights {
 uint16_t random_fp16(std::mt19937& rng, int emin, int emax, bool any_sign) {
     const uint32_t e = static_cast<uint32_t>(std::uniform_int_distribution<int>(emin, emax)(rng));
     const uint32_t man = rng() & 0x3FFu;
-    const uint32_t sign = any_sign ? (rng() & 1u) << 15 : 0u;
+    const uint32_t sign = any_sign ? static_cast<uint32_t>(rng() & 1u) << 15 : 0u;
     return static_cast<uint16_t>(sign | (e << 10) | man);
 }
 

@@ -1,0 +1,132 @@
+"""Speed of the quantconv engine against stock llama.cpp on the reference model, measured in one run
+(interleaved, median of --reps), with the targets of the runtime issue printed as ratios:
+
+- SF4 g128 (embeddings/output Q8_0) decode >= 1.3x llama.cpp IQ4_NL (embeddings/output Q8_0), prefill >= 1.0x
+- Q8_0 and F16: decode and prefill >= 1.0x llama.cpp on the very same file
+- MX types and NF4/E2M1 variants: within 15% of SF4
+
+Also: decode tok/s as a fraction of the memory-bandwidth roofline (bytes read per token / measured
+read bandwidth).
+
+    python bench/speed.py [--threads 2] [--reps 3] [--json out.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from quantconv.convert.export import export
+from quantconv.convert.sources import open_source
+from quantconv.formats.gguf_reader import GGUFFile
+from quantconv.runtime import bench as b
+from quantconv.runtime import peer_llama_cpp
+from quantconv.runtime.engine import Engine
+
+SAME_FILE = ["q8_0", "f16", "q4_0", "mxfp4"]            # ours vs llama.cpp on the very same file
+VS_SF4 = ["nf4", "fp4", "fp4-sp", "mxfp4", "mxfp6", "mxfp8", "mxint8", "int4:asym"]
+
+
+def read_bandwidth_gb_s(mb: int = 512, reps: int = 5) -> float:
+    """Best of a few full reads of a buffer far larger than the caches (numpy sum: one thread)."""
+    a = np.ones(mb * (1 << 20) // 8)
+    best = 0.0
+    for _ in range(reps):
+        t = time.perf_counter()
+        a.sum()
+        best = max(best, a.nbytes / (time.perf_counter() - t) / 1e9)
+    return best
+
+
+def bytes_per_token(path: Path) -> int:
+    """Weights one decode step reads: every matrix once, the embedding one row, the head (tied or not)."""
+    with GGUFFile(path) as f:
+        names = {t.name: t for t in f.tensors}
+        total = sum(t.nbytes for t in f.tensors if t.name != "token_embd.weight")
+        emb = names["token_embd.weight"]
+        total += emb.nbytes // emb.shape[0]
+        if "output.weight" not in names:
+            total += emb.nbytes
+    return total
+
+
+def llama_quantize(src: Path, dst: Path, ftype: int) -> None:
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = ftype
+    params.output_tensor_type = 8          # GGML_TYPE_Q8_0
+    params.token_embedding_type = 8
+    params.nthread = os.cpu_count() or 1
+    if llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params) != 0:
+        raise RuntimeError(f"llama.cpp could not quantize {src}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--prompt", type=int, default=512)
+    ap.add_argument("--gen", type=int, default=64)
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    ctx = args.prompt + args.gen + 32
+    tmp = Path(tempfile.mkdtemp())
+    source = open_source(None)
+    files = {}
+    for spec in ["sf4", *SAME_FILE, *VS_SF4]:
+        if spec not in files:
+            files[spec] = tmp / f"{spec.replace(':', '-')}.gguf"
+            export(source, files[spec], spec)
+    files["iq4_nl"] = tmp / "iq4_nl.gguf"
+    llama_quantize(files["f16"], files["iq4_nl"], 25)      # LLAMA_FTYPE_MOSTLY_IQ4_NL
+
+    bandwidth = read_bandwidth_gb_s()
+    rows = []
+
+    def run(pairs):
+        runners = {}
+        for label, kind, path in pairs:
+            if kind == "ours":
+                runners[label] = b.engine_runner(Engine(path, n_ctx=ctx, n_threads=args.threads))
+            else:
+                runners[label] = b.llama_cpp_runner(peer_llama_cpp.load(str(path), ctx=ctx, threads=args.threads))
+        return b.measure(runners, 49152, args.prompt, args.gen, args.reps)
+
+    res = run([("sf4", "ours", files["sf4"]), ("iq4_nl", "llama", files["iq4_nl"])])
+    sf4 = res["sf4"]
+    rows.append(("SF4 g128 vs llama.cpp IQ4_NL", "sf4", res["sf4"], res["iq4_nl"], 1.3, 1.0))
+    for spec in SAME_FILE:
+        r = run([(spec, "ours", files[spec]), (f"llama-{spec}", "llama", files[spec])])
+        rows.append((f"{spec} vs llama.cpp {spec} (same file)", spec, r[spec], r[f"llama-{spec}"], 1.0, 1.0))
+    for spec in VS_SF4:
+        r = run([(spec, "ours", files[spec]), ("sf4", "ours", files["sf4"])])
+        rows.append((f"{spec} vs quantconv SF4", spec, r[spec], r["sf4"], 0.85, None))
+
+    print(f"\nreference model, {args.threads} threads, prompt {args.prompt}, gen {args.gen}, median of "
+          f"{args.reps}; read bandwidth {bandwidth:.1f} GB/s (numpy, 1 thread)\n")
+    print("| comparison | ours prefill | peer prefill | ratio | ours decode | peer decode | ratio | target | "
+          "decode / roofline |\n|---|---|---|---|---|---|---|---|---|")
+    out = []
+    for name, spec, ours, peer, dec_target, pre_target in rows:
+        roofline = bandwidth * 1e9 / bytes_per_token(files[spec])
+        rp, rd = ours.prefill_tok_s / peer.prefill_tok_s, ours.decode_tok_s / peer.decode_tok_s
+        target = f"decode >= {dec_target}x" + (f", prefill >= {pre_target}x" if pre_target else "")
+        met = rd >= dec_target and (pre_target is None or rp >= pre_target)
+        print(f"| {name} | {ours.prefill_tok_s:.0f} | {peer.prefill_tok_s:.0f} | {rp:.2f}x | {ours.decode_tok_s:.1f} | "
+              f"{peer.decode_tok_s:.1f} | {rd:.2f}x | {target}: {'met' if met else 'NOT met'} | "
+              f"{ours.decode_tok_s / roofline:.2f} |")
+        out.append({"comparison": name, "ours": ours.as_dict(), "peer": peer.as_dict(), "prefill_ratio": rp,
+                    "decode_ratio": rd, "target_met": met, "roofline_fraction": ours.decode_tok_s / roofline})
+    if args.json:
+        Path(args.json).write_text(json.dumps({"threads": args.threads, "bandwidth_gb_s": bandwidth, "rows": out},
+                                              indent=2))
+
+
+if __name__ == "__main__":
+    main()

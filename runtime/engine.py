@@ -1,0 +1,198 @@
+"""Run a quantconv GGUF file with the C++ engine (quantconv._ext.Model): no torch at run time.
+
+    with Engine("model.gguf", n_ctx=2048) as eng:
+        logits = eng.eval(token_ids)              # (n_vocab,) float32 for the last token
+        all_logits = eng.eval(more_ids, all_logits=True)   # (T, n_vocab), appended to the cache
+
+The file stays memory-mapped: the engine reads the packed weight rows in place (the arrays handed to
+the C++ model are zero-copy views of the map) and never dequantizes a weight matrix into memory.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from quantconv.errors import QuantconvError
+from quantconv.formats.gguf_reader import GGUFFile
+
+SUPPORTED_ARCHS = {"llama": "norm", "qwen2": "neox"}  # GGUF architecture -> RoPE style of llama.cpp's graph
+_FIX = "re-export it with quantconv"
+LAYER_TENSORS = ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up",
+                 "ffn_down")
+OPTIONAL_LAYER_TENSORS = ("attn_q.bias", "attn_k.bias", "attn_v.bias", "attn_output.bias")
+
+
+def _ext():
+    try:
+        from quantconv import _ext
+    except ImportError as e:  # pragma: no cover - a broken install
+        raise QuantconvError(f"the quantconv C++ extension is not built ({e}); reinstall quantconv") from None
+    return _ext
+
+
+def _uint(f: GGUFFile, key: str, default: Any = None, required: bool = True) -> Any:
+    if key not in f.kv:
+        if required and default is None:
+            raise QuantconvError(f"{f.path} lacks metadata '{key}'; {_FIX}")
+        return default
+    v = f.kv[key]
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise QuantconvError(f"{f.path} has metadata '{key}' = {v!r}, expected an integer "
+                             "(per-layer values are not supported); " + _FIX)
+    return v
+
+
+def _float(f: GGUFFile, key: str, default: float) -> float:
+    v = f.kv.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise QuantconvError(f"{f.path} has metadata '{key}' = {v!r}, expected a number; {_FIX}")
+    return float(v)
+
+
+def model_config(f: GGUFFile) -> dict[str, Any]:
+    """The _ext.Model config dict for a GGUF file (QuantconvError for what the engine can't run)."""
+    arch = f.kv.get("general.architecture")
+    if arch not in SUPPORTED_ARCHS:
+        raise QuantconvError(f"{f.path} is a '{arch}' model; the quantconv engine runs "
+                             f"{', '.join(SUPPORTED_ARCHS)} GGUF files")
+    a = arch
+    n_embd = _uint(f, f"{a}.embedding_length")
+    n_head = _uint(f, f"{a}.attention.head_count")
+    if "token_embd.weight" not in f:
+        raise QuantconvError(f"{f.path} has no tensor 'token_embd.weight'; {_FIX}")
+    if n_head <= 0:
+        raise QuantconvError(f"{f.path} has {a}.attention.head_count = {n_head}; {_FIX}")
+    head_dim = _uint(f, f"{a}.attention.key_length", n_embd // n_head)
+    value_dim = _uint(f, f"{a}.attention.value_length", head_dim)
+    if value_dim != head_dim:
+        raise QuantconvError(f"{f.path} has attention key length {head_dim} != value length {value_dim}, "
+                             "which the quantconv engine doesn't run")
+    rope_scale = 1.0
+    scaling = f.kv.get(f"{a}.rope.scaling.type", "none")
+    if scaling == "linear":
+        rope_scale = _float(f, f"{a}.rope.scaling.factor", 1.0)
+        if not rope_scale > 0:
+            raise QuantconvError(f"{f.path} has rope scaling factor {rope_scale}; {_FIX}")
+    elif scaling not in ("none", None, ""):
+        raise QuantconvError(f"{f.path} uses RoPE scaling '{scaling}', which the quantconv engine doesn't run "
+                             "(supported: none, linear, Llama 3 rope_freqs)")
+    return {
+        "arch": arch,
+        "n_embd": n_embd,
+        "n_layer": _uint(f, f"{a}.block_count"),
+        "n_head": n_head,
+        "n_head_kv": _uint(f, f"{a}.attention.head_count_kv", n_head),
+        "n_ff": _uint(f, f"{a}.feed_forward_length"),
+        "n_vocab": int(f.tensor("token_embd.weight").shape[0]),
+        "head_dim": head_dim,
+        "rope_dim": _uint(f, f"{a}.rope.dimension_count", head_dim),
+        "rope_base": _float(f, f"{a}.rope.freq_base", 10000.0),
+        "rope_style": SUPPORTED_ARCHS[arch],
+        "rope_scale": rope_scale,
+        "rms_eps": _float(f, f"{a}.attention.layer_norm_rms_epsilon", 1e-5),
+    }
+
+
+def model_tensors(f: GGUFFile, n_layer: int) -> dict[str, tuple[dict, np.ndarray, tuple[int, ...]]]:
+    """name -> (type descriptor, zero-copy 1-D uint8 view of the bytes, numpy shape) for the engine."""
+    names = ["token_embd.weight", "output_norm.weight"]
+    names += [n for n in ("output.weight", "rope_freqs.weight") if n in f]
+    for i in range(n_layer):
+        names += [f"blk.{i}.{t}.weight" for t in LAYER_TENSORS]
+        names += [f"blk.{i}.{t}" for t in OPTIONAL_LAYER_TENSORS if f"blk.{i}.{t}" in f]
+    out = {}
+    for name in names:
+        if name not in f:
+            raise QuantconvError(f"{f.path} has no tensor '{name}'; {_FIX}")
+        t = f.tensor(name)
+        if t.dtype is None:
+            raise QuantconvError(f"{f.path} holds tensor '{name}' as {t.type_name}, which the quantconv engine "
+                                 f"can't run; {_FIX}")
+        out[name] = (t.dtype.descriptor(), f.raw(name).reshape(-1), tuple(int(d) for d in t.shape))
+    return out
+
+
+class Engine:
+    """A GGUF model loaded into the C++ engine, with its KV cache.
+
+    n_threads defaults to os.cpu_count(). exact=True runs this model's matmuls on the kernels' exact
+    float32 path (no int8 activations); exact=False uses the process setting (the fast path unless
+    QUANTCONV_EXACT=1).
+    kv_type is the cache precision ("f32" or "f16"); n_batch the most tokens one prefill step takes
+    (longer inputs are split); validate=True decodes every quantized weight row once at load to refuse
+    corrupt scales (E8M0 255, inf/NaN fp16) with a message naming the tensor.
+    """
+
+    def __init__(self, path, n_ctx: int = 2048, n_threads: int | None = None, exact: bool = False,
+                 kv_type: str = "f32", n_batch: int = 256, validate: bool = True):
+        ext = _ext()
+        self.path = os.fspath(path)
+        if int(n_ctx) <= 0:
+            raise QuantconvError(f"n_ctx must be positive, got {n_ctx}")
+        self._file = GGUFFile(self.path)
+        try:
+            self.config = model_config(self._file)
+            self.config.update(kv_type=kv_type, n_batch=int(n_batch), exact=bool(exact),
+                               validate=bool(validate))
+            tensors = model_tensors(self._file, self.config["n_layer"])
+            n_threads = int(n_threads or os.cpu_count() or 1)
+            try:
+                self._model = ext.Model(self.config, tensors, int(n_ctx), n_threads)
+            except ValueError as e:
+                raise QuantconvError(f"{self.path}: {e}; {_FIX}") from None
+            del tensors
+        except BaseException:
+            self._model = None
+            self._file.close()
+            raise
+        self.n_ctx = int(n_ctx)
+
+    # ---- state ------------------------------------------------------------------------------------
+    def _live(self):
+        if self._model is None:
+            raise QuantconvError(f"the engine for {self.path} is closed")
+        return self._model
+
+    @property
+    def n_past(self) -> int:
+        return self._live().n_past
+
+    @property
+    def n_vocab(self) -> int:
+        return self.config["n_vocab"]
+
+    @property
+    def n_threads(self) -> int:
+        return self._live().n_threads
+
+    def set_threads(self, n: int) -> None:
+        self._live().set_threads(int(n))
+
+    def reset(self) -> None:
+        self._live().reset()
+
+    # ---- compute ----------------------------------------------------------------------------------
+    def eval(self, tokens, all_logits: bool = False) -> np.ndarray:
+        """Append tokens to the cache; float32 logits (T, n_vocab) if all_logits else (n_vocab,)."""
+        model = self._live()
+        ids = np.ascontiguousarray(np.asarray(tokens).reshape(-1))
+        if ids.size and not np.issubdtype(ids.dtype, np.integer):
+            raise QuantconvError(f"token ids must be integers, got {ids.dtype}")
+        if ids.size and (ids.min() < 0 or ids.max() >= self.n_vocab):
+            bad = int(ids[(ids < 0) | (ids >= self.n_vocab)][0])
+            raise QuantconvError(f"token id {bad} is outside the vocabulary [0, {self.n_vocab})")
+        return model.eval(ids.astype(np.int32, copy=False), bool(all_logits))
+
+    def close(self) -> None:
+        self._model = None  # drops the views into the map first
+        if getattr(self, "_file", None) is not None:
+            self._file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
