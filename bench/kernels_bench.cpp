@@ -3,6 +3,7 @@
 //   cpp/tests/run_native_tests.sh        # builds build/cpp-tests/libquantconv_quant.a
 //   g++ -O2 -std=c++17 -Icpp bench/kernels_bench.cpp build/cpp-tests/libquantconv_quant.a -lpthread -o /tmp/kb
 //   /tmp/kb [isa ...]                    # default: every ISA this CPU runs
+//   KB_TYPES='q4_0;sf4:group=64' /tmp/kb avx2
 //
 // Weights are random codes with realistic block scales (fp16 around 2^-6..2^0, E8M0 2^-9..2^3): tiny
 // scales would make float products subnormal, which costs Intel cores a microcode assist per
@@ -95,7 +96,10 @@ int main(int argc, char** argv) {
         {"bfp:mant=6,block=128", quant::make_bfp_params(6, 128)},
         {"int6:group=32", quant::make_int_params(6, false, 32)},
     };
-    const char* only = std::getenv("KB_TYPES");  // comma-separated subset
+    const char* only = std::getenv("KB_TYPES");  // a subset, names separated by ';'
+    auto wanted_type = [&](const std::string& name) {
+        return !only || (";" + std::string(only) + ";").find(";" + name + ";") != std::string::npos;
+    };
     std::vector<kernels::Isa> isas;
     for (kernels::Isa isa : {kernels::Isa::Scalar, kernels::Isa::AVX2, kernels::Isa::AVX512, kernels::Isa::NEON}) {
         bool wanted = argc == 1;
@@ -110,7 +114,7 @@ int main(int argc, char** argv) {
     }
     std::printf("%-14s %10s %7s %10s %10s\n", "type", "shape", "isa", "exact us", "fast us");
     for (const auto& [name, p] : types) {
-        if (only && std::string(",") .append(only).append(",").find("," + name + ",") == std::string::npos) continue;
+        if (!wanted_type(name)) continue;
         for (const auto& [rows, cols] : {std::pair<int64_t, int64_t>{1536, 576}, {576, 1536}}) {
             if (p.block_size && cols % p.block_size) continue;
             for (kernels::Isa isa : isas) {

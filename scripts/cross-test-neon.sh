@@ -55,6 +55,7 @@ for arg in "$@"; do
     -DSANITIZE=ON|-DSANITIZE=on|-DSANITIZE=1|-DSANITIZE=TRUE)
       link=()
       runner="$qemu -L /usr/aarch64-linux-gnu"
+      export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=0}"  # LeakSanitizer cannot run under qemu-user
       build="$build-sanitize" ;;
   esac
 done

@@ -219,3 +219,24 @@ def test_per_channel_long_and_odd_rows(cols):
         for isa in ISAS:
             y = ext.matvec(dt.descriptor(), packed, x, exact=True, isa=isa)
             assert np.all(np.abs(y - ref) <= 1e-5 * scale), f"{spec} cols={cols} [{isa}]"
+
+
+def _run_python(code: str, **env: str):
+    import os
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **env})
+
+
+def test_quantconv_isa_env():
+    """QUANTCONV_ISA picks the table; naming one the CPU lacks is an error, not a silent fallback."""
+    code = "from quantconv import _ext; print(_ext.active_kernel_isa())"
+    ok = _run_python(code, QUANTCONV_ISA="scalar")
+    assert ok.returncode == 0 and ok.stdout.strip() == "scalar", ok.stderr
+    missing = [isa for isa in ("avx2", "avx512", "neon") if isa not in ISAS]
+    if missing:
+        bad = _run_python(code, QUANTCONV_ISA=missing[0])
+        assert bad.returncode != 0 and missing[0] in bad.stderr
+    bogus = _run_python(code, QUANTCONV_ISA="sse9")
+    assert bogus.returncode != 0 and "QUANTCONV_ISA" in bogus.stderr

@@ -3,6 +3,7 @@
 // Activations are prepared by this one portable code for every ISA, so every table sees the same
 // q8 values and the fast paths of two ISAs differ only in summation order.
 #include <algorithm>
+#include <cassert>
 #include <cmath>
 #include <cstring>
 
@@ -216,6 +217,7 @@ Acts view_acts(const void* acts) {
     const auto* base = static_cast<const uint8_t*>(acts);
     ActsHeader h;
     std::memcpy(&h, base, sizeof h);
+    assert(h.magic == kActsMagic && "acts buffer not filled by prepare_acts");
     Acts a;
     a.cols = h.cols;
     a.has_q8 = h.has_q8 != 0;

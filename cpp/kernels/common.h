@@ -39,6 +39,9 @@ inline float bits_to_f32(uint32_t b) {
 // 2^(e-127); e = 0 is the subnormal 2^-127. (255 gives inf: the data was validated at load time.)
 inline float e8m0_scale(uint8_t e) { return bits_to_f32(e ? static_cast<uint32_t>(e) << 23 : 0x00400000u); }
 
+// Bit planes of a code width (docs/layouts.md): 8, 4, 2, 1 -> 1; 6, 5, 3 -> 2; 7 -> 3.
+constexpr int plane_count(int bits) { return bits == 7 ? 3 : (bits == 3 || bits == 5 || bits == 6) ? 2 : 1; }
+
 // Whether the lut is sign-magnitude: lut[c + half] == -lut[c] for every c < half (as values, so
 // +0 and -0 match). True for the minifloat, bfp and blog layouts; false for two's complement ints.
 inline bool sign_magnitude(const BlockFmt& f) {

@@ -213,13 +213,14 @@ float exact_byte(const uint8_t* row, const Plan& pl, const Acts& a, const Dec& d
 
 // Any code width: codes straight from the planes, 8 at a time, where the planes allow it; else
 // unpack a chunk of codes into a buffer, then decode them.
-template <Hdr H, class Dec>
+template <Hdr H, int Bits, class Dec>
 float exact_generic(const uint8_t* row, const Plan& pl, const Acts& a, const Dec& dec) {
     const BlockFmt& f = pl.f;
     __m256 acc = _mm256_setzero_ps();
     float tail = 0.0f;
-    if (PlaneReader<8>::fits(f)) {
-        PlaneReader<8> rd(f);
+    using Reader = PlaneReader<8, plane_count(Bits)>;
+    if (Reader::fits(f)) {
+        Reader rd(f);
         const float* x = a.x;
         for (int64_t b = 0; b < pl.cols / f.G; ++b, row += f.block_bytes, x += f.G) {
             float d, m;
@@ -249,21 +250,21 @@ template <Hdr H>
 float exact_planes_h(const uint8_t* row, const Plan& pl, const Acts& a) {
     const BlockFmt& f = pl.f;
     switch (f.bits) {
-        case 1:
-        case 2:
-        case 3: return exact_generic<H>(row, pl, a, RegLut<1>(f.lut));
+        case 1: return exact_generic<H, 1>(row, pl, a, RegLut<1>(f.lut));
+        case 2: return exact_generic<H, 2>(row, pl, a, RegLut<1>(f.lut));
+        case 3: return exact_generic<H, 3>(row, pl, a, RegLut<1>(f.lut));
         case 4:
             if (f.G % 16 == 0) return exact_nib4<H>(row, pl, a);
-            return exact_generic<H>(row, pl, a, RegLut<2>(f.lut));
+            return exact_generic<H, 4>(row, pl, a, RegLut<2>(f.lut));
         case 5:
-            if (sign_magnitude(f)) return exact_generic<H>(row, pl, a, SignedLut<2>(f.lut, 5));
-            return exact_generic<H>(row, pl, a, RegLut<4>(f.lut));
+            if (sign_magnitude(f)) return exact_generic<H, 5>(row, pl, a, SignedLut<2>(f.lut, 5));
+            return exact_generic<H, 5>(row, pl, a, RegLut<4>(f.lut));
         case 6:
-            if (sign_magnitude(f)) return exact_generic<H>(row, pl, a, SignedLut<4>(f.lut, 6));
-            return exact_generic<H>(row, pl, a, GatherLut{f.lut});  // RegLut<8> spills: slower
+            if (sign_magnitude(f)) return exact_generic<H, 6>(row, pl, a, SignedLut<4>(f.lut, 6));
+            return exact_generic<H, 6>(row, pl, a, GatherLut{f.lut});  // RegLut<8> spills: slower
         case 7:
-            if (sign_magnitude(f)) return exact_generic<H>(row, pl, a, SignedLut<8>(f.lut, 7));
-            return exact_generic<H>(row, pl, a, GatherLut{f.lut});
+            if (sign_magnitude(f)) return exact_generic<H, 7>(row, pl, a, SignedLut<8>(f.lut, 7));
+            return exact_generic<H, 7>(row, pl, a, GatherLut{f.lut});
         default:  // 8: the code byte is the int8 value (Q8_0, IntSym8) or indexes the lut
             if (pl.p->layout == Layout::Q8_0 || pl.p->layout == Layout::IntSym) return exact_byte<H>(row, pl, a, Int8Codes{});
             return exact_byte<H>(row, pl, a, GatherLut{f.lut});

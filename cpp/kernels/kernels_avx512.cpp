@@ -187,13 +187,14 @@ inline float dot_codes(const uint8_t* codes, int64_t n, const Dec& dec, const fl
 }
 
 // Any code width: 8-bit planes are the codes; others are unpacked a chunk at a time.
-template <Hdr H, class Dec>
+template <Hdr H, int Bits, class Dec>
 float exact_codes(const uint8_t* row, const Plan& pl, const Acts& a, const Dec& dec) {
     constexpr int64_t kChunk = 256;
     const BlockFmt& f = pl.f;
     __m512 acc = _mm512_setzero_ps();
-    if (f.bits < 8 && PlaneReader<16>::fits(f)) {  // codes straight from the planes
-        PlaneReader<16> rd(f);
+    using Reader = PlaneReader<16, plane_count(Bits)>;
+    if (Bits < 8 && Reader::fits(f)) {  // codes straight from the planes
+        Reader rd(f);
         const float* x = a.x;
         for (int64_t b = 0; b < pl.cols / f.G; ++b, row += f.block_bytes, x += f.G) {
             float d, m;
@@ -228,22 +229,22 @@ template <Hdr H>
 float exact_planes_h(const uint8_t* row, const Plan& pl, const Acts& a) {
     const BlockFmt& f = pl.f;
     switch (f.bits) {
-        case 1:
-        case 2:
-        case 3: return exact_codes<H>(row, pl, a, RegLut<8>(f.lut));
+        case 1: return exact_codes<H, 1>(row, pl, a, RegLut<8>(f.lut));
+        case 2: return exact_codes<H, 2>(row, pl, a, RegLut<8>(f.lut));
+        case 3: return exact_codes<H, 3>(row, pl, a, RegLut<8>(f.lut));
         case 4:
             if (f.G % 32 == 0) return exact_nib4<H>(row, pl, a);
-            return exact_codes<H>(row, pl, a, RegLut<16>(f.lut));
-        case 5: return exact_codes<H>(row, pl, a, RegLut<32>(f.lut));
+            return exact_codes<H, 4>(row, pl, a, RegLut<16>(f.lut));
+        case 5: return exact_codes<H, 5>(row, pl, a, RegLut<32>(f.lut));
         case 6:
-            if (sign_magnitude(f)) return exact_codes<H>(row, pl, a, SignedLut<32>(f.lut, 6));
-            return exact_codes<H>(row, pl, a, RegLut<64>(f.lut));
+            if (sign_magnitude(f)) return exact_codes<H, 6>(row, pl, a, SignedLut<32>(f.lut, 6));
+            return exact_codes<H, 6>(row, pl, a, RegLut<64>(f.lut));
         case 7:
-            if (sign_magnitude(f)) return exact_codes<H>(row, pl, a, SignedLut<64>(f.lut, 7));
-            return exact_codes<H>(row, pl, a, GatherLut{f.lut});
+            if (sign_magnitude(f)) return exact_codes<H, 7>(row, pl, a, SignedLut<64>(f.lut, 7));
+            return exact_codes<H, 7>(row, pl, a, GatherLut{f.lut});
         default:
-            if (pl.p->layout == Layout::Q8_0 || pl.p->layout == Layout::IntSym) return exact_codes<H>(row, pl, a, Int8Codes{});
-            return exact_codes<H>(row, pl, a, GatherLut{f.lut});
+            if (pl.p->layout == Layout::Q8_0 || pl.p->layout == Layout::IntSym) return exact_codes<H, 8>(row, pl, a, Int8Codes{});
+            return exact_codes<H, 8>(row, pl, a, GatherLut{f.lut});
     }
 }
 

@@ -12,22 +12,24 @@ namespace {
 
 // The codes of a block's elements in order, Step (8 or 16) at a time, each plane read with one load,
 // a shift by its k * width (elements j + k*stride sit in bits k*w of byte j), a mask, and a shift to
-// its place in the code. Needs every plane's stride (G*w/8 bytes) to be a multiple of Step.
-template <int Step>
+// its place in the code. Needs every plane's stride (G*w/8 bytes) to be a multiple of Step. NP, the
+// plane count of the code width (plane_widths), is a template argument so that the per-plane state
+// stays in registers: kept in memory, its updates chain through store-to-load forwarding.
+template <int Step, int NP>
 class PlaneReader {
    public:
     static bool fits(const BlockFmt& f) {
         int w[3];
-        const int np = quant::plane_widths(f.bits, w);
-        for (int p = 0; p < np; ++p)
+        if (quant::plane_widths(f.bits, w) != NP) return false;
+        for (int p = 0; p < NP; ++p)
             if ((f.G * w[p] / 8) % Step != 0) return false;
-        return np > 0;
+        return true;
     }
     explicit PlaneReader(const BlockFmt& f) {
-        np_ = quant::plane_widths(f.bits, width_);
+        quant::plane_widths(f.bits, width_);
         int shift = 0;
         int64_t off = 0;
-        for (int p = 0; p < np_; ++p) {
+        for (int p = 0; p < NP; ++p) {
             stride_[p] = f.G * width_[p] / 8;
             offset_[p] = off;
             off += stride_[p];
@@ -37,7 +39,7 @@ class PlaneReader {
         }
     }
     void start(const uint8_t* planes) {
-        for (int p = 0; p < np_; ++p) {
+        for (int p = 0; p < NP; ++p) {
             at_[p] = planes + offset_[p];
             left_[p] = stride_[p];
             k_[p] = 0;
@@ -45,7 +47,7 @@ class PlaneReader {
     }
     __m128i next() {
         __m128i c = _mm_setzero_si128();
-        for (int p = 0; p < np_; ++p) {
+        for (int p = 0; p < NP; ++p) {
             __m128i v;
             if constexpr (Step == 8) v = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(at_[p]));
             else v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(at_[p]));
@@ -63,12 +65,11 @@ class PlaneReader {
     }
 
    private:
-    int np_ = 0;
-    int width_[3] = {};
-    int64_t stride_[3] = {}, offset_[3] = {}, left_[3] = {};
-    int k_[3] = {};
-    const uint8_t* at_[3] = {};
-    __m128i out_shift_[3], mask_[3];
+    int width_[3] = {};  // plane_widths writes up to 3
+    int64_t stride_[NP] = {}, offset_[NP] = {}, left_[NP] = {};
+    int k_[NP] = {};
+    const uint8_t* at_[NP] = {};
+    __m128i out_shift_[NP], mask_[NP];
 };
 
 }  // namespace
