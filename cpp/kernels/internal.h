@@ -25,12 +25,11 @@ struct Acts {
     const float* d = nullptr;    // cols/32 q8 scales (amax/127)
     const float* xsum = nullptr; // cols/32 float sums of x over each q8 block (offsets of asym weights)
     const int8_t* q = nullptr;   // cols int8 values, q = round(x / d)
-    const int8_t* table = nullptr;  // weight code -> int8 element (4-bit layouts: 16 entries)
+    const int8_t* table = nullptr;  // weight code -> int8 element (16 entries; MX E2M3: 64)
     float tscale = 0.0f;            // element value = table[code] * tscale
 };
 
 Acts view_acts(const void* acts);
-
 
 // Whether (p, cols) has an integer fast path (decided here, the same for every ISA, so that acts
 // prepared once work with every table): Q8_0, Q4_0, Q4_1, NVFP4; IntSym 4/8 bits; IntAsym 4 bits;

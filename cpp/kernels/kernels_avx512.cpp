@@ -123,6 +123,12 @@ float exact_nib4(const uint8_t* row, const Plan& pl, const Acts& a) {
     return hsum(_mm512_add_ps(acc0, acc1));
 }
 
+// The AVX2 row's exact path, for block geometries the 512-bit code does not cover. (Indexing rows
+// directly: KernelTable::row is an inline function, which an ISA file must not emit; see common.h.)
+float avx2_exact(const uint8_t* row, const Plan& pl, const Acts& a) {
+    return avx2_table().rows[static_cast<size_t>(pl.p->layout)].exact(row, pl, a);
+}
+
 // Code -> element value decoders for 16 codes at a time.
 struct Int8Codes {  // the code byte is the int8 value (Q8_0, IntSym8)
     __m512 operator()(__m128i c16) const { return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(c16)); }
@@ -164,65 +170,32 @@ struct SignedLut {
     }
 };
 
-template <Hdr H>
-inline float scale_exact1(float v, float d, float m) {
-    if constexpr (H == Hdr::E8M0) return v * d;
-    else if constexpr (H == Hdr::F16Affine) return d * v + m;
-    else return d * v;
-}
-
-// n codes (one byte each) against x; returns the scalar tail's sum.
-template <Hdr H, class Dec>
-inline float dot_codes(const uint8_t* codes, int64_t n, const Dec& dec, const float* lut, float d, float m,
-                       const float* x, __m512& acc) {
-    const __m512 vd = _mm512_set1_ps(d), vm = _mm512_set1_ps(m);
-    int64_t i = 0;
-    for (; i + 16 <= n; i += 16) {
-        const __m512 v = dec(_mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + i)));
-        acc = _mm512_fmadd_ps(_mm512_loadu_ps(x + i), scale_exact<H>(v, vd, vm), acc);
-    }
-    float tail = 0.0f;
-    for (; i < n; ++i) tail += x[i] * scale_exact1<H>(lut[codes[i]], d, m);
-    return tail;
-}
-
-// Any code width: 8-bit planes are the codes; others are unpacked a chunk at a time.
+// Any code width: 8-bit planes are the codes; other codes come straight from the planes, 16 at a
+// time. Blocks whose planes are narrower than that (a 2-bit plane of a 32-element block is 8 bytes)
+// go to the AVX2 kernel, which reads 8 at a time (decoding into a buffer instead would stall on
+// store-to-load forwarding).
 template <Hdr H, int Bits, class Dec>
 float exact_codes(const uint8_t* row, const Plan& pl, const Acts& a, const Dec& dec) {
-    constexpr int64_t kChunk = 256;
     const BlockFmt& f = pl.f;
-    __m512 acc = _mm512_setzero_ps();
     using Reader = PlaneReader<16, plane_count(Bits)>;
-    if (Bits < 8 && Reader::fits(f)) {  // codes straight from the planes
-        Reader rd(f);
-        const float* x = a.x;
-        for (int64_t b = 0; b < pl.cols / f.G; ++b, row += f.block_bytes, x += f.G) {
-            float d, m;
-            header<H>(row, d, m);
-            const __m512 vd = _mm512_set1_ps(d), vm = _mm512_set1_ps(m);
-            rd.start(row + f.hdr_bytes);
-            for (int64_t i = 0; i < f.G; i += 16)
-                acc = _mm512_fmadd_ps(_mm512_loadu_ps(x + i), scale_exact<H>(dec(rd.next()), vd, vm), acc);
-        }
-        return hsum(acc);
-    }
-    float tail = 0.0f;
-    alignas(64) uint8_t codes[kChunk];
+    if ((Bits < 8 && !Reader::fits(f)) || (Bits == 8 && f.G % 16 != 0)) return avx2_exact(row, pl, a);
+    __m512 acc = _mm512_setzero_ps();
     const float* x = a.x;
+    Reader rd(f);
     for (int64_t b = 0; b < pl.cols / f.G; ++b, row += f.block_bytes, x += f.G) {
         float d, m;
         header<H>(row, d, m);
-        if (f.bits == 8) {
-            tail += dot_codes<H>(row + f.hdr_bytes, f.G, dec, f.lut, d, m, x, acc);
-            continue;
-        }
-        for (int64_t i0 = 0; i0 < f.G; i0 += kChunk) {
-            const int64_t n = f.G - i0 < kChunk ? f.G - i0 : kChunk;
-            unpack_range(row + f.hdr_bytes, f.G, f.bits, i0, i0 + n, codes);
-            tail += dot_codes<H>(codes, n, dec, f.lut, d, m, x + i0, acc);
+        const __m512 vd = _mm512_set1_ps(d), vm = _mm512_set1_ps(m);
+        const uint8_t* codes = row + f.hdr_bytes;
+        if constexpr (Bits != 8) rd.start(codes);
+        for (int64_t i = 0; i < f.G; i += 16) {
+            __m128i c;
+            if constexpr (Bits == 8) c = _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + i));
+            else c = rd.next();
+            acc = _mm512_fmadd_ps(_mm512_loadu_ps(x + i), scale_exact<H>(dec(c), vd, vm), acc);
         }
     }
-    return hsum(acc) + tail;
+    return hsum(acc);
 }
 
 template <Hdr H>
