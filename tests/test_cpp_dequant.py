@@ -354,8 +354,11 @@ def test_bad_data_array_raises():
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("cmake") is None, reason="cmake is not installed")
 @pytest.mark.skipif(not any(shutil.which(c) for c in ("c++", "g++", "clang++")), reason="no C++ compiler")
-def test_native_cpp_tests():
+@pytest.mark.parametrize("flags", [[], ["-DSANITIZE=ON"]], ids=["plain", "asan-ubsan"])
+def test_native_cpp_tests(flags):
+    """The standalone C++ tests (dequantization and every kernel table the CPU runs), also under
+    AddressSanitizer + UndefinedBehaviorSanitizer."""
     script = ROOT / "cpp" / "tests" / "run_native_tests.sh"
-    proc = subprocess.run(["bash", str(script)], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(["bash", str(script), *flags], cwd=ROOT, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, f"run_native_tests.sh failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     assert "checks passed" in proc.stdout
