@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.shared_data import data_file, find
+
 from quantconv.convert.export import export
 from quantconv.convert.sources import open_source
 from quantconv.errors import QuantconvError
@@ -18,7 +20,7 @@ from .tiny_models import VOCAB_SIZE, make_tiny_hf_model
 
 TOL = 1e-3  # max |logit difference| versus transformers in float32
 SEQ = 48
-TEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext-2-raw-test.txt"
+TEXT = find("wikitext-2-raw-test.txt")
 LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                "original_max_position_embeddings": 64}
 
@@ -374,7 +376,7 @@ def test_reference_model_top1_agrees_with_llama_cpp(tmp_path):
     except QuantconvError as e:
         pytest.skip(str(e))
     if not TEXT.exists():
-        pytest.skip(f"{TEXT} not found")
+        data_file(TEXT.name)  # skips, or fails under CI
     out = tmp_path / "smollm2-f16.gguf"
     export(open_source(None), out, "f16")
     ref_model = llama_cpp.Llama(model_path=str(out), n_ctx=512, n_batch=512, logits_all=True, verbose=False)

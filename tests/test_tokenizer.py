@@ -11,11 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.shared_data import data_file, find
+
 from quantconv.errors import QuantconvError
 from quantconv.formats.gguf_reader import GGUFFile
 from quantconv.runtime.tokenizer import Tokenizer, _compiled_family, _gpt2_byte_chars, _split_words
 
-TEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext-2-raw-test.txt"
+TEXT = find("wikitext-2-raw-test.txt")
 
 VARIED = [
     "The quick brown fox jumps over the lazy dog.",
@@ -55,7 +57,7 @@ needs_llama_cpp = pytest.mark.skipif(_llama_cpp() is None, reason="llama-cpp-pyt
 
 def _text() -> str:
     if not TEXT.is_file():
-        pytest.skip(f"{TEXT} not found")
+        data_file(TEXT.name)  # skips, or fails under CI
     return TEXT.read_text(encoding="utf-8")
 
 
