@@ -14,7 +14,7 @@ from rich.table import Table
 from quantconv.errors import QuantconvError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Quantize Hugging Face causal LMs into GGUF files and inspect them.")
+                  help="Quantize Hugging Face causal LMs into GGUF files; inspect, run, evaluate and benchmark them.")
 out = Console()
 err = Console(stderr=True)
 
@@ -173,8 +173,8 @@ def evaluate(
     exact: bool = typer.Option(False, "--exact", help="exact float kernels"),
     as_json: bool = typer.Option(False, "--json", help='print {"ppl": ..., "tokens": ...}'),
 ):
-    """Perplexity: whole text tokenized without BOS, consecutive windows of --ctx tokens, every position
-    after the first of each window scored."""
+    """Perplexity: the text tokenized without BOS, consecutive windows of --ctx tokens, every position after
+    the first of each window scored."""
     from pathlib import Path
 
     import numpy as np
