@@ -128,13 +128,19 @@ namespace {
 
 // The row kernel for this call: the active table's fast path when the acts carry q8 blocks and the
 // exact switch is off (a table without one borrows the scalar fast path, so results never depend
-// on which paths an ISA happens to implement), else its exact path.
-vec_dot_fn pick(const quant::TypeParams& p, const Acts& a) {
+// on which paths an ISA happens to implement), else its exact path. `tile`, when non-null, is the
+// matching kTileTokens-token kernel (matmul).
+vec_dot_fn pick(const quant::TypeParams& p, const Acts& a, tile_dot_fn* tile = nullptr) {
     const KernelRow& row = table_of(active_isa()).row(p.layout);
+    if (tile) *tile = nullptr;
     if (a.has_q8 && !exact()) {
-        if (row.fast) return row.fast;
+        if (row.fast) {
+            if (tile) *tile = row.fast_tile;
+            return row.fast;
+        }
         if (const vec_dot_fn f = scalar_table().row(p.layout).fast) return f;
     }
+    if (tile) *tile = row.exact_tile;
     return row.exact;
 }
 
@@ -154,19 +160,31 @@ void matmul(const quant::TypeParams& p, const uint8_t* W, size_t row_bytes, int6
     const size_t stride = acts_bytes(p, cols);
     const auto* base = static_cast<const uint8_t*>(acts);
     const Plan pl = make_plan(p, cols);
-    const vec_dot_fn dot = pick(p, view_acts(base));
+    tile_dot_fn tdot = nullptr;
+    const vec_dot_fn dot = pick(p, view_acts(base), &tdot);
     // Token tiles whose activations stay in L2 (~256 KiB) while every row streams past them once;
-    // inside a tile each row (in L1) meets all the tile's tokens. Each (row, token) is the same dot as
-    // matvec computes, so the results match T matvecs bit for bit.
+    // inside a tile each row (in L1) meets all the tile's tokens, kTileTokens at a time through the
+    // table's tile kernel where it has one (each decoded weight block then serves several tokens),
+    // the rest one by one. A tile kernel repeats the vec_dot's arithmetic per token, so the results
+    // match T matvecs bit for bit.
     constexpr size_t kL2Budget = 256 * 1024;
-    const int64_t tile = std::clamp<int64_t>(static_cast<int64_t>(kL2Budget / std::max<size_t>(stride, 1)), 1, 64);
+    int64_t tile = std::clamp<int64_t>(static_cast<int64_t>(kL2Budget / std::max<size_t>(stride, 1)), 1, 64);
+    if (tdot && tile >= kTileTokens) tile -= tile % kTileTokens;
     Acts tile_acts[64];
     for (int64_t t0 = 0; t0 < T; t0 += tile) {
         const int64_t nt = std::min(tile, T - t0);
         for (int64_t t = 0; t < nt; ++t) tile_acts[t] = view_acts(base + static_cast<size_t>(t0 + t) * stride);
         for (int64_t r = r0; r < r1; ++r) {
             const uint8_t* row = W + static_cast<size_t>(r) * row_bytes;
-            for (int64_t t = 0; t < nt; ++t) Y[(t0 + t) * ldy + r] = dot(row, pl, tile_acts[t]);
+            int64_t t = 0;
+            if (tdot) {
+                float out[kTileTokens];
+                for (; t + kTileTokens <= nt; t += kTileTokens) {
+                    tdot(row, pl, tile_acts + t, out);
+                    for (int k = 0; k < kTileTokens; ++k) Y[(t0 + t + k) * ldy + r] = out[k];
+                }
+            }
+            for (; t < nt; ++t) Y[(t0 + t) * ldy + r] = dot(row, pl, tile_acts[t]);
         }
     }
 }

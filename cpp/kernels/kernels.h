@@ -39,7 +39,9 @@ void matvec(const quant::TypeParams& p, const uint8_t* W, size_t row_bytes, int6
             const void* acts, float* y, int64_t r0, int64_t r1);
 
 // Batched (prefill): for T input vectors, Y[t * ldy + r] = dot(row r of W, X_t) for r in [r0, r1).
-// acts: T consecutive prepare_acts buffers of acts_bytes(p, cols) each.
+// acts: T consecutive prepare_acts buffers of acts_bytes(p, cols) each. Where the ISA has tile
+// kernels (AVX2: F32/F16/BF16 exact; 4-bit, 8-bit and MXFP4 fast paths) each decoded weight block
+// serves several tokens; the results still equal T matvecs bit for bit.
 void matmul(const quant::TypeParams& p, const uint8_t* W, size_t row_bytes, int64_t cols,
             const void* acts, int64_t T, float* Y, int64_t ldy, int64_t r0, int64_t r1);
 

@@ -106,6 +106,71 @@ float exact_bf16(const uint8_t* row, const Plan& pl, const Acts& a) {
         [&](int64_t i) { return bits_to_f32(static_cast<uint32_t>(rd16(row + 2 * i)) << 16); });
 }
 
+// kTileTokens tokens at once, two per pass: each converted weight vector serves both tokens. Per
+// token the accumulators and the order of the sums are dot_float_row's (4 accumulators: 8 for the
+// pair, which fit in registers with the weights), so the results equal the matvec's bit for bit.
+static_assert(kTileTokens % 2 == 0, "dot_float_tile takes the tokens in pairs");
+template <class Load8, class Load1>
+inline void dot_float_tile(int64_t n, const Acts* a, float* out, Load8 load8, Load1 load1) {
+    for (int t = 0; t < kTileTokens; t += 2) {
+        const float *x = a[t].x, *z = a[t + 1].x;
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+        int64_t i = 0;
+        for (; i + 32 <= n; i += 32) {
+            const __m256 w0 = load8(i), w1 = load8(i + 8), w2 = load8(i + 16), w3 = load8(i + 24);
+            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), w0, a0);
+            b0 = _mm256_fmadd_ps(_mm256_loadu_ps(z + i), w0, b0);
+            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 8), w1, a1);
+            b1 = _mm256_fmadd_ps(_mm256_loadu_ps(z + i + 8), w1, b1);
+            a2 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 16), w2, a2);
+            b2 = _mm256_fmadd_ps(_mm256_loadu_ps(z + i + 16), w2, b2);
+            a3 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 24), w3, a3);
+            b3 = _mm256_fmadd_ps(_mm256_loadu_ps(z + i + 24), w3, b3);
+        }
+        for (; i + 8 <= n; i += 8) {
+            const __m256 w0 = load8(i);
+            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), w0, a0);
+            b0 = _mm256_fmadd_ps(_mm256_loadu_ps(z + i), w0, b0);
+        }
+        float s = hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+        float u = hsum(_mm256_add_ps(_mm256_add_ps(b0, b1), _mm256_add_ps(b2, b3)));
+        for (; i < n; ++i) {
+            const float w = load1(i);
+            s += x[i] * w;
+            u += z[i] * w;
+        }
+        out[t] = s;
+        out[t + 1] = u;
+    }
+}
+
+void exact_f32_tile(const uint8_t* row, const Plan& pl, const Acts* a, float* out) {
+    dot_float_tile(
+        pl.cols, a, out, [&](int64_t i) { return _mm256_loadu_ps(reinterpret_cast<const float*>(row + 4 * i)); },
+        [&](int64_t i) {
+            float w;
+            std::memcpy(&w, row + 4 * i, sizeof w);
+            return w;
+        });
+}
+
+void exact_f16_tile(const uint8_t* row, const Plan& pl, const Acts* a, float* out) {
+    dot_float_tile(
+        pl.cols, a, out,
+        [&](int64_t i) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 2 * i))); },
+        [&](int64_t i) { return h2f(row + 2 * i); });
+}
+
+void exact_bf16_tile(const uint8_t* row, const Plan& pl, const Acts* a, float* out) {
+    dot_float_tile(
+        pl.cols, a, out,
+        [&](int64_t i) {
+            const __m256i h = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 2 * i)));
+            return _mm256_castsi256_ps(_mm256_slli_epi32(h, 16));
+        },
+        [&](int64_t i) { return bits_to_f32(static_cast<uint32_t>(rd16(row + 2 * i)) << 16); });
+}
+
 // ---- exact: plane-coded layouts -----------------------------------------------------------------
 
 // 4-bit codes, G a multiple of 16: each 8 plane bytes hold elements j..j+7 (low nibbles) and
@@ -448,6 +513,140 @@ float fast_nvfp4(const uint8_t* row, const Plan& pl, const Acts& a) {
     return hsum(acc);
 }
 
+// ---- fast paths, kTileTokens tokens at once (matmul) ------------------------------------------
+// The same per-token arithmetic as fast_nib4 / fast_i8 (so the same results), with each weight block
+// decoded (and its sign taken) once for all the tile's tokens.
+
+template <Hdr H, bool U>
+void fast_nib4_tile(const uint8_t* row, const Plan& pl, const Acts* a, float* out) {
+    constexpr int NT = kTileTokens;
+    const BlockFmt& f = pl.f;
+    const __m256i tab = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a[0].table)));
+    const __m256i m4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+    const float ts = a[0].tscale;
+    __m256 acc0[NT], acc1[NT];
+    float off[NT];
+    for (int t = 0; t < NT; ++t) {
+        acc0[t] = acc1[t] = _mm256_setzero_ps();
+        off[t] = 0.0f;
+    }
+    const int64_t nb = pl.cols / f.G;
+    if (f.G == 32) {
+        for (int64_t b = 0; b < nb; ++b, row += f.block_bytes) {
+            float d, m;
+            header<H>(row, d, m);
+            const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + f.hdr_bytes));
+            const __m256i w = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(v, 4), v), m4);
+            const float dw = d * ts;
+            if constexpr (U) {
+                for (int t = 0; t < NT; ++t) {
+                    const __m256i s = _mm256_madd_epi16(_mm256_maddubs_epi16(w, load32(a[t].q + 32 * b)), ones);
+                    off[t] += m * a[t].xsum[b];
+                    acc0[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(dw * a[t].d[b]), acc0[t]);
+                }
+            } else {
+                const __m256i ws = _mm256_shuffle_epi8(tab, w), aw = _mm256_sign_epi8(ws, ws);
+                for (int t = 0; t < NT; ++t) {
+                    const __m256i q = _mm256_sign_epi8(load32(a[t].q + 32 * b), ws);
+                    const __m256i s = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, q), ones);
+                    acc0[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(dw * a[t].d[b]), acc0[t]);
+                }
+            }
+        }
+        for (int t = 0; t < NT; ++t) out[t] = hsum(acc0[t]) + off[t];
+        return;
+    }
+    const int64_t nh = f.G / 64;
+    for (int64_t b = 0; b < nb; ++b, row += f.block_bytes) {
+        float d, m;
+        header<H>(row, d, m);
+        const float dw = d * ts;
+        const int64_t kb = b * f.G / 32;
+        const uint8_t* nib = row + f.hdr_bytes;
+        for (int64_t c = 0; c < nh; ++c) {
+            const __m256i v = load32(nib + 32 * c);
+            __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+            const int64_t kl = kb + c, kh = kb + nh + c;
+            __m256i alo = lo, ahi = hi;
+            if constexpr (!U) {
+                lo = _mm256_shuffle_epi8(tab, lo);
+                hi = _mm256_shuffle_epi8(tab, hi);
+                alo = _mm256_sign_epi8(lo, lo);
+                ahi = _mm256_sign_epi8(hi, hi);
+            }
+            for (int t = 0; t < NT; ++t) {
+                __m256i ql = load32(a[t].q + 32 * kl), qh = load32(a[t].q + 32 * kh);
+                if constexpr (!U) {
+                    ql = _mm256_sign_epi8(ql, lo);
+                    qh = _mm256_sign_epi8(qh, hi);
+                }
+                const __m256i sl = _mm256_madd_epi16(_mm256_maddubs_epi16(alo, ql), ones);
+                const __m256i sh = _mm256_madd_epi16(_mm256_maddubs_epi16(ahi, qh), ones);
+                acc0[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sl), _mm256_set1_ps(dw * a[t].d[kl]), acc0[t]);
+                acc1[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sh), _mm256_set1_ps(dw * a[t].d[kh]), acc1[t]);
+            }
+        }
+        if constexpr (U)
+            for (int t = 0; t < NT; ++t)
+                for (int64_t k = 0; k < f.G / 32; ++k) off[t] += m * a[t].xsum[kb + k];
+    }
+    for (int t = 0; t < NT; ++t) out[t] = hsum(_mm256_add_ps(acc0[t], acc1[t])) + off[t];
+}
+
+template <Hdr H>
+void fast_i8_tile(const uint8_t* row, const Plan& pl, const Acts* a, float* out) {
+    constexpr int NT = kTileTokens;
+    const BlockFmt& f = pl.f;
+    const __m256i ones = _mm256_set1_epi16(1);
+    const float ts = a[0].tscale;
+    __m256 acc0[NT], acc1[NT];
+    for (int t = 0; t < NT; ++t) acc0[t] = acc1[t] = _mm256_setzero_ps();
+    const int64_t per = f.G / 32;
+    for (int64_t b = 0; b < pl.cols / f.G; ++b, row += f.block_bytes) {
+        float d, m;
+        header<H>(row, d, m);
+        const float dw = d * ts;
+        const int64_t kb = b * per;
+        const uint8_t* w = row + f.hdr_bytes;
+        int64_t k = 0;
+        for (; k + 2 <= per; k += 2) {
+            const __m256i w0 = load32(w + 32 * k), w1 = load32(w + 32 * k + 32);
+            const __m256i a0 = _mm256_sign_epi8(w0, w0), a1 = _mm256_sign_epi8(w1, w1);
+            for (int t = 0; t < NT; ++t) {
+                const __m256i q0 = _mm256_sign_epi8(load32(a[t].q + 32 * (kb + k)), w0);
+                const __m256i q1 = _mm256_sign_epi8(load32(a[t].q + 32 * (kb + k + 1)), w1);
+                const __m256i s0 = _mm256_madd_epi16(_mm256_maddubs_epi16(a0, q0), ones);
+                const __m256i s1 = _mm256_madd_epi16(_mm256_maddubs_epi16(a1, q1), ones);
+                acc0[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s0), _mm256_set1_ps(dw * a[t].d[kb + k]), acc0[t]);
+                acc1[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s1), _mm256_set1_ps(dw * a[t].d[kb + k + 1]), acc1[t]);
+            }
+        }
+        if (k < per) {
+            const __m256i w0 = load32(w + 32 * k), a0 = _mm256_sign_epi8(w0, w0);
+            for (int t = 0; t < NT; ++t) {
+                const __m256i q0 = _mm256_sign_epi8(load32(a[t].q + 32 * (kb + k)), w0);
+                const __m256i s0 = _mm256_madd_epi16(_mm256_maddubs_epi16(a0, q0), ones);
+                acc0[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s0), _mm256_set1_ps(dw * a[t].d[kb + k]), acc0[t]);
+            }
+        }
+    }
+    for (int t = 0; t < NT; ++t) out[t] = hsum(_mm256_add_ps(acc0[t], acc1[t]));
+}
+
+void fast_intsym_tile(const uint8_t* row, const Plan& pl, const Acts* a, float* out) {
+    if (pl.f.bits == 4) fast_nib4_tile<Hdr::F16, false>(row, pl, a, out);
+    else fast_i8_tile<Hdr::F16>(row, pl, a, out);
+}
+
+void fast_mx_tile(const uint8_t* row, const Plan& pl, const Acts* a, float* out) {
+    switch (pl.p->elem.kind) {
+        case ElemKind::E2M1: fast_nib4_tile<Hdr::E8M0, false>(row, pl, a, out); return;
+        case ElemKind::Int8: fast_i8_tile<Hdr::E8M0>(row, pl, a, out); return;
+        default:
+            for (int t = 0; t < kTileTokens; ++t) out[t] = fast_e2m3(row, pl, a[t]);
+    }
+}
+
 float fast_intsym(const uint8_t* row, const Plan& pl, const Acts& a) {
     return pl.f.bits == 4 ? fast_nib4<Hdr::F16, false>(row, pl, a) : fast_i8<Hdr::F16>(row, pl, a);
 }
@@ -460,23 +659,24 @@ float fast_mx(const uint8_t* row, const Plan& pl, const Acts& a) {
     }
 }
 
-const KernelTable kAvx2 = {Isa::AVX2,
-                           {
-                               {exact_f32, nullptr},                              // F32
-                               {exact_f16, nullptr},                              // F16
-                               {exact_bf16, nullptr},                             // BF16
-                               {exact_planes, fast_intsym},                       // IntSym
-                               {exact_planes, fast_nib4<Hdr::F16Affine, true>},   // IntAsym
-                               {exact_planes, fast_nib4<Hdr::F16, false>},        // Codebook4
-                               {exact_planes, fast_mx},                           // Mx
-                               {exact_planes, nullptr},                           // Bfp
-                               {exact_planes, nullptr},                           // Bmf
-                               {exact_planes, nullptr},                           // Blog
-                               {exact_planes, fast_i8<Hdr::F16>},                 // Q8_0
-                               {exact_planes, fast_nib4<Hdr::F16, false>},        // Q4_0
-                               {exact_planes, fast_nib4<Hdr::F16Affine, true>},   // Q4_1
-                               {exact_nvfp4, fast_nvfp4},                         // NVFP4
-                           }};
+const KernelTable kAvx2 = {
+    Isa::AVX2,
+    {
+        {exact_f32, nullptr, exact_f32_tile, nullptr},                                                      // F32
+        {exact_f16, nullptr, exact_f16_tile, nullptr},                                                      // F16
+        {exact_bf16, nullptr, exact_bf16_tile, nullptr},                                                    // BF16
+        {exact_planes, fast_intsym, nullptr, fast_intsym_tile},                                             // IntSym
+        {exact_planes, fast_nib4<Hdr::F16Affine, true>, nullptr, fast_nib4_tile<Hdr::F16Affine, true>},     // IntAsym
+        {exact_planes, fast_nib4<Hdr::F16, false>, nullptr, fast_nib4_tile<Hdr::F16, false>},               // Codebook4
+        {exact_planes, fast_mx, nullptr, fast_mx_tile},                                                     // Mx
+        {exact_planes, nullptr},                                                                            // Bfp
+        {exact_planes, nullptr},                                                                            // Bmf
+        {exact_planes, nullptr},                                                                            // Blog
+        {exact_planes, fast_i8<Hdr::F16>, nullptr, fast_i8_tile<Hdr::F16>},                                 // Q8_0
+        {exact_planes, fast_nib4<Hdr::F16, false>, nullptr, fast_nib4_tile<Hdr::F16, false>},               // Q4_0
+        {exact_planes, fast_nib4<Hdr::F16Affine, true>, nullptr, fast_nib4_tile<Hdr::F16Affine, true>},     // Q4_1
+        {exact_nvfp4, fast_nvfp4},                                                                          // NVFP4
+    }};
 
 }  // namespace
 
