@@ -74,17 +74,19 @@ def main() -> None:
     ap.add_argument("--prompt", type=int, default=512)
     ap.add_argument("--gen", type=int, default=64)
     ap.add_argument("--json")
+    ap.add_argument("--no-vs-sf4", action="store_true", help="skip the MX / NF4 / E2M1 rows")
     args = ap.parse_args()
     ctx = args.prompt + args.gen + 32
     tmp = Path(tempfile.mkdtemp())
     source = open_source(None)
     files = {}
-    for spec in ["sf4", *SAME_FILE, *VS_SF4]:
+    vs_sf4 = [] if args.no_vs_sf4 else VS_SF4
+    for spec in ["sf4", *SAME_FILE, *vs_sf4]:
         if spec not in files:
             files[spec] = tmp / f"{spec.replace(':', '-')}.gguf"
             export(source, files[spec], spec)
     files["iq4_nl"] = tmp / "iq4_nl.gguf"
-    llama_quantize(files["f16"], files["iq4_nl"], 25)      # LLAMA_FTYPE_MOSTLY_IQ4_NL
+    llama_quantize(files["f16"], files["iq4_nl"], 25)      # LLAMA_FTYPE_MOSTLY_IQ4_NL (logs to stderr)
 
     bandwidth = read_bandwidth_gb_s()
     rows = []
@@ -104,7 +106,7 @@ def main() -> None:
     for spec in SAME_FILE:
         r = run([(spec, "ours", files[spec]), (f"llama-{spec}", "llama", files[spec])])
         rows.append((f"{spec} vs llama.cpp {spec} (same file)", spec, r[spec], r[f"llama-{spec}"], 1.0, 1.0))
-    for spec in VS_SF4:
+    for spec in vs_sf4:
         r = run([(spec, "ours", files[spec]), ("sf4", "ours", files["sf4"])])
         rows.append((f"{spec} vs quantconv SF4", spec, r[spec], r["sf4"], 0.85, None))
 
