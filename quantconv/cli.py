@@ -124,13 +124,11 @@ def inspect(
 
 
 def _open_model(file: str, ctx: int, threads: Optional[int], exact: bool):
-    from quantconv.formats.gguf_reader import GGUFFile
     from quantconv.runtime.engine import Engine
     from quantconv.runtime.tokenizer import Tokenizer
 
-    with GGUFFile(file) as f:
-        tokenizer = Tokenizer.from_gguf_metadata(f.kv)
-    return Engine(file, n_ctx=ctx, n_threads=threads, exact=exact), tokenizer
+    engine = Engine(file, n_ctx=ctx, n_threads=threads, exact=exact)
+    return engine, Tokenizer.from_gguf_metadata(engine.kv)
 
 
 @app.command()

@@ -160,6 +160,11 @@ class Engine:
         return self._live().n_past
 
     @property
+    def kv(self) -> dict[str, Any]:
+        """The file's metadata (tokenizer, recipe, ...), as read once at load."""
+        return self._file.kv
+
+    @property
     def n_vocab(self) -> int:
         return self.config["n_vocab"]
 

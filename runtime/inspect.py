@@ -1,14 +1,12 @@
 """What `quantconv inspect` reports about a GGUF file: tensors, types, sizes, recipe (no torch)."""
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import numpy as np
 
+from quantconv.convert.plan import LINEAR   # numpy-only module: the one definition of "linear layer"
 from quantconv.formats.gguf_reader import GGUFFile
-
-LINEAR = re.compile(r"^blk\.\d+\.(attn_q|attn_k|attn_v|attn_output|ffn_gate|ffn_up|ffn_down)\.weight$")
 
 
 def describe_file(path: str) -> dict[str, Any]:

@@ -11,11 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.dtype_cases import registry_specs
+
 ext = pytest.importorskip("quantconv._ext")
 registry = pytest.importorskip("quantconv.formats.registry")
 from quantconv.errors import QuantconvError  # noqa: E402
 
-get_dtype, list_dtypes = registry.get_dtype, registry.list_dtypes
+get_dtype = registry.get_dtype
 
 ROOT = Path(__file__).resolve().parents[1]
 COLS = 256          # a multiple of every block size below; per-channel rows are one 256-value block
@@ -49,16 +51,7 @@ def _variant_specs() -> list[str]:
     return specs
 
 
-def _all_specs() -> list[str]:
-    seen, out = set(), []
-    for spec in [d.spec for d in list_dtypes()] + _variant_specs():
-        if spec not in seen:
-            seen.add(spec)
-            out.append(spec)
-    return out
-
-
-ALL_SPECS = _all_specs()
+ALL_SPECS = registry_specs(_variant_specs())
 
 
 def _dtype(spec: str):
