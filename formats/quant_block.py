@@ -24,16 +24,31 @@ class BFPCodec:
     def block_bytes(self, block: int) -> int:
         return 1 + bitplanes.packed_bytes(self.mant, block)
 
-    def quantize_blocks(self, x: np.ndarray) -> np.ndarray:
-        x = x.astype(np.float64)
-        amax = np.abs(x).max(axis=1, keepdims=True)
+    # fit / encode / decode / pack: see CodebookCodec. Params: (shared exponent byte,).
+    def fit(self, x: np.ndarray) -> tuple:
+        amax = np.abs(x.astype(np.float64)).max(axis=1, keepdims=True)
         big_e = np.clip(_floor_log2(amax) + 1, -127, 127)
-        e = np.where(amax > 0, big_e + 127, 0).astype(np.uint8)
-        step = np.ldexp(1.0, e.astype(np.int64) - 127 - (self.mant - 1))
+        return (np.where(amax > 0, big_e + 127, 0).astype(np.uint8),)
+
+    def encode(self, x: np.ndarray, params: tuple) -> np.ndarray:
+        x = x.astype(np.float64)
         mag_bits = self.mant - 1
+        step = np.ldexp(1.0, params[0].astype(np.int64) - 127 - mag_bits)
         mag = np.minimum(np.rint(np.abs(x) / step), (1 << mag_bits) - 1).astype(np.uint8)
-        codes = mag | (((x < 0) & (mag > 0)).astype(np.uint8) << np.uint8(mag_bits))
-        return np.concatenate([e, bitplanes.pack(codes, self.mant)], axis=1)
+        return mag | (((x < 0) & (mag > 0)).astype(np.uint8) << np.uint8(mag_bits))
+
+    def decode(self, codes: np.ndarray, params: tuple) -> np.ndarray:
+        mag_bits = self.mant - 1
+        mag = (codes & ((1 << mag_bits) - 1)).astype(np.float64)
+        sign = np.where(codes >> mag_bits, -1.0, 1.0)
+        return (sign * mag * e8m0_value(params[0]) * 2.0 ** -mag_bits + 0.0).astype(np.float32)
+
+    def pack(self, codes: np.ndarray, params: tuple) -> np.ndarray:
+        return np.concatenate([params[0], bitplanes.pack(codes, self.mant)], axis=1)
+
+    def quantize_blocks(self, x: np.ndarray) -> np.ndarray:
+        params = self.fit(x)
+        return self.pack(self.encode(x, params), params)
 
     def dequantize_blocks(self, data: np.ndarray, block: int) -> np.ndarray:
         mag_bits = self.mant - 1
@@ -60,16 +75,29 @@ class BlockLogCodec:
         k = np.arange(self.k_max + 1)
         return np.where(k == 0, 0.0, np.ldexp(1.0, k - self.k_max))
 
-    def quantize_blocks(self, x: np.ndarray) -> np.ndarray:
-        x = x.astype(np.float64)
-        amax = np.abs(x).max(axis=1, keepdims=True)
+    def fit(self, x: np.ndarray) -> tuple:
+        amax = np.abs(x.astype(np.float64)).max(axis=1, keepdims=True)
         big_e = _floor_log2(amax)
         big_e = big_e + (amax >= 1.5 * np.ldexp(1.0, big_e))  # round the top up when closer to 2^(E+1)
-        e = np.where(amax > 0, np.clip(big_e + 127, 0, 254), 0).astype(np.uint8)
-        y = np.abs(x) / np.ldexp(1.0, e.astype(np.int64) - 127)
+        return (np.where(amax > 0, np.clip(big_e + 127, 0, 254), 0).astype(np.uint8),)
+
+    def encode(self, x: np.ndarray, params: tuple) -> np.ndarray:
+        x = x.astype(np.float64)
+        y = np.abs(x) / np.ldexp(1.0, params[0].astype(np.int64) - 127)
         k = NearestCode(tuple(self.magnitudes()))(y)
-        codes = k | (((x < 0) & (k > 0)).astype(np.uint8) << np.uint8(self.bits - 1))
-        return np.concatenate([e, bitplanes.pack(codes, self.bits)], axis=1)
+        return k | (((x < 0) & (k > 0)).astype(np.uint8) << np.uint8(self.bits - 1))
+
+    def decode(self, codes: np.ndarray, params: tuple) -> np.ndarray:
+        k = codes & self.k_max
+        sign = np.where(codes >> (self.bits - 1), -1.0, 1.0)
+        return (sign * self.magnitudes()[k] * e8m0_value(params[0]) + 0.0).astype(np.float32)
+
+    def pack(self, codes: np.ndarray, params: tuple) -> np.ndarray:
+        return np.concatenate([params[0], bitplanes.pack(codes, self.bits)], axis=1)
+
+    def quantize_blocks(self, x: np.ndarray) -> np.ndarray:
+        params = self.fit(x)
+        return self.pack(self.encode(x, params), params)
 
     def dequantize_blocks(self, data: np.ndarray, block: int) -> np.ndarray:
         codes = bitplanes.unpack(data[:, 1:], self.bits, block)

@@ -55,10 +55,23 @@ class CodebookCodec:
             y = np.where(d == 0, 0.0, x / np.where(d == 0, 1, d))
         return self._nearest(y)
 
+    # --- the split API (fit / encode / decode / pack) that calibrated algorithms use: GPTQ fits a
+    # group's parameters once, then rounds column after column on that fixed grid.
+    def fit(self, x: np.ndarray) -> tuple:
+        return (self.scales(x.astype(np.float32, copy=False)),)
+
+    def encode(self, x: np.ndarray, params: tuple) -> np.ndarray:
+        return self.codes(x.astype(np.float32, copy=False), params[0])
+
+    def decode(self, codes: np.ndarray, params: tuple) -> np.ndarray:
+        return params[0] * np.asarray(self.table, dtype=np.float32)[codes]
+
+    def pack(self, codes: np.ndarray, params: tuple) -> np.ndarray:
+        return np.concatenate([fp16_bytes(params[0]), bitplanes.pack(codes, 4)], axis=1)
+
     def quantize_blocks(self, x: np.ndarray) -> np.ndarray:
-        x = x.astype(np.float32, copy=False)
-        d = self.scales(x)
-        return np.concatenate([fp16_bytes(d), bitplanes.pack(self.codes(x, d), 4)], axis=1)
+        params = self.fit(x)
+        return self.pack(self.encode(x, params), params)
 
     def dequantize_blocks(self, data: np.ndarray, block: int) -> np.ndarray:
         d = fp16_from_bytes(data[:, 0:2])

@@ -19,14 +19,26 @@ class Q4_0Codec:
     def block_bytes(self, block: int) -> int:
         return 2 + block // 2
 
-    def quantize_blocks(self, x: np.ndarray) -> np.ndarray:
+    # fit / encode / decode / pack: see CodebookCodec. Params: (d, 1/d) in float32, d stored as fp16.
+    def fit(self, x: np.ndarray) -> tuple:
         x = x.astype(np.float32, copy=False)
         peak = np.take_along_axis(x, np.abs(x).argmax(axis=1)[:, None], axis=1)
         d = peak / np.float32(-8)
         with np.errstate(divide="ignore"):
-            inv = np.where(d == 0, np.float32(0), np.float32(1) / d)
-        u = np.clip(np.trunc(x * inv + np.float32(8.5)), 0, 15).astype(np.uint8)
-        return np.concatenate([fp16_bytes(d), bitplanes.pack(u, 4)], axis=1)
+            return d, np.where(d == 0, np.float32(0), np.float32(1) / d)
+
+    def encode(self, x: np.ndarray, params: tuple) -> np.ndarray:
+        return np.clip(np.trunc(x.astype(np.float32) * params[1] + np.float32(8.5)), 0, 15).astype(np.uint8)
+
+    def decode(self, codes: np.ndarray, params: tuple) -> np.ndarray:
+        return params[0].astype(np.float16).astype(np.float32) * (codes.astype(np.float32) - 8)
+
+    def pack(self, codes: np.ndarray, params: tuple) -> np.ndarray:
+        return np.concatenate([fp16_bytes(params[0]), bitplanes.pack(codes, 4)], axis=1)
+
+    def quantize_blocks(self, x: np.ndarray) -> np.ndarray:
+        params = self.fit(x)
+        return self.pack(self.encode(x, params), params)
 
     def dequantize_blocks(self, data: np.ndarray, block: int) -> np.ndarray:
         d = fp16_from_bytes(data[:, :2])
@@ -66,15 +78,35 @@ class NVFP4Codec:
     def block_bytes(self, block: int) -> int:
         return block // self.sub + block // 2
 
-    def quantize_blocks(self, x: np.ndarray) -> np.ndarray:
+    # fit / encode / decode / pack: see CodebookCodec. Params: (UE4M3 byte per 16 values,), so x may be
+    # any whole number of 16-value sub-blocks (GPTQ fits one sub-block at a time: fit_unit).
+    fit_unit = 16
+
+    def fit(self, x: np.ndarray) -> tuple:
         n, g = x.shape
-        xs = x.astype(np.float32).reshape(n * g // self.sub, self.sub)
-        scale_bytes = fp32_to_ue4m3(np.abs(xs).max(axis=1) / np.float32(6))
-        d = ue4m3_half(scale_bytes)[:, None]
-        errs = np.abs(d[:, :, None] * _GGML_E2M1_DOUBLED[None, None, :] - xs[:, :, None])
-        codes = np.argmin(errs, axis=-1).astype(np.uint8)
-        packed = bitplanes.pack(codes, 4).reshape(n, -1)
-        return np.concatenate([scale_bytes.reshape(n, -1), packed], axis=1)
+        xs = x.astype(np.float32).reshape(n, g // self.sub, self.sub)
+        return (fp32_to_ue4m3(np.abs(xs).max(axis=2) / np.float32(6)),)
+
+    def _scale_per_value(self, params: tuple, cols: int) -> np.ndarray:
+        d = ue4m3_half(params[0])
+        return np.repeat(d, max(1, cols // d.shape[1]), axis=1) if d.shape[1] != cols else d
+
+    def encode(self, x: np.ndarray, params: tuple) -> np.ndarray:
+        d = self._scale_per_value(params, x.shape[1])
+        errs = np.abs(d[:, :, None] * _GGML_E2M1_DOUBLED[None, None, :] - x.astype(np.float32)[:, :, None])
+        return np.argmin(errs, axis=-1).astype(np.uint8)
+
+    def decode(self, codes: np.ndarray, params: tuple) -> np.ndarray:
+        return self._scale_per_value(params, codes.shape[1]) * _GGML_E2M1_DOUBLED[codes]
+
+    def pack(self, codes: np.ndarray, params: tuple) -> np.ndarray:
+        n, g = codes.shape
+        packed = bitplanes.pack(codes.reshape(n * g // self.sub, self.sub), 4).reshape(n, -1)
+        return np.concatenate([params[0].reshape(n, -1), packed], axis=1)
+
+    def quantize_blocks(self, x: np.ndarray) -> np.ndarray:
+        params = self.fit(x)
+        return self.pack(self.encode(x, params), params)
 
     def dequantize_blocks(self, data: np.ndarray, block: int) -> np.ndarray:
         n = data.shape[0]

@@ -26,26 +26,42 @@ class IntCodec:
     def block_bytes(self, block: int) -> int:
         return (4 if self.asym else 2) + bitplanes.packed_bytes(self.bits, block)
 
-    def quantize_blocks(self, x: np.ndarray) -> np.ndarray:
+    # fit / encode / decode / pack: see CodebookCodec. Params: (d, 1/d) or (d, min, 1/d), float32 as
+    # ggml computes them; the file (and so decode) holds them rounded to fp16.
+    def fit(self, x: np.ndarray) -> tuple:
         x = x.astype(np.float32, copy=False)
         if self.asym:
-            return self._quantize_asym(x)
-        qmax = (1 << (self.bits - 1)) - 1
-        d = np.abs(x).max(axis=1, keepdims=True) / np.float32(qmax)
+            lo = x.min(axis=1, keepdims=True)
+            d = (x.max(axis=1, keepdims=True) - lo) / np.float32((1 << self.bits) - 1)
+        else:
+            d = np.abs(x).max(axis=1, keepdims=True) / np.float32((1 << (self.bits - 1)) - 1)
         with np.errstate(divide="ignore"):
             inv = np.where(d == 0, np.float32(0), np.float32(1) / d)
-        q = np.clip(roundf(x * inv), -qmax - 1, qmax).astype(np.int16)
-        codes = (q & ((1 << self.bits) - 1)).astype(np.uint8)  # b-bit two's complement
-        return np.concatenate([fp16_bytes(d), bitplanes.pack(codes, self.bits)], axis=1)
+        return (d, lo, inv) if self.asym else (d, inv)
 
-    def _quantize_asym(self, x: np.ndarray) -> np.ndarray:
-        levels = (1 << self.bits) - 1
-        lo = x.min(axis=1, keepdims=True)
-        d = (x.max(axis=1, keepdims=True) - lo) / np.float32(levels)
-        with np.errstate(divide="ignore"):
-            inv = np.where(d == 0, np.float32(0), np.float32(1) / d)
-        u = np.clip(np.trunc((x - lo) * inv + np.float32(0.5)), 0, levels).astype(np.uint8)
-        return np.concatenate([fp16_bytes(d), fp16_bytes(lo), bitplanes.pack(u, self.bits)], axis=1)
+    def encode(self, x: np.ndarray, params: tuple) -> np.ndarray:
+        x = x.astype(np.float32, copy=False)
+        if self.asym:
+            _, lo, inv = params
+            return np.clip(np.trunc((x - lo) * inv + np.float32(0.5)), 0, (1 << self.bits) - 1).astype(np.uint8)
+        qmax = (1 << (self.bits - 1)) - 1
+        q = np.clip(roundf(x * params[1]), -qmax - 1, qmax).astype(np.int16)
+        return (q & ((1 << self.bits) - 1)).astype(np.uint8)  # b-bit two's complement
+
+    def decode(self, codes: np.ndarray, params: tuple) -> np.ndarray:
+        d = params[0].astype(np.float16).astype(np.float32)
+        if self.asym:
+            return d * codes.astype(np.float32) + params[1].astype(np.float16).astype(np.float32)
+        q = np.where(codes >= (1 << (self.bits - 1)), codes.astype(np.int16) - (1 << self.bits), codes)
+        return d * q.astype(np.float32)
+
+    def pack(self, codes: np.ndarray, params: tuple) -> np.ndarray:
+        head = [fp16_bytes(params[0]), fp16_bytes(params[1])] if self.asym else [fp16_bytes(params[0])]
+        return np.concatenate([*head, bitplanes.pack(codes, self.bits)], axis=1)
+
+    def quantize_blocks(self, x: np.ndarray) -> np.ndarray:
+        params = self.fit(x)
+        return self.pack(self.encode(x, params), params)
 
     def dequantize_blocks(self, data: np.ndarray, block: int) -> np.ndarray:
         d = fp16_from_bytes(data[:, 0:2])

@@ -19,10 +19,22 @@ class MinifloatBlockCodec:
     def block_bytes(self, block: int) -> int:
         return 1 + bitplanes.packed_bytes(self.element.bits, block)
 
+    # fit / encode / decode / pack: see CodebookCodec. Params: (E8M0 byte,).
+    def fit(self, x: np.ndarray) -> tuple:
+        return (e8m0_exponent(np.abs(x).max(axis=1, keepdims=True), self.element.emax),)
+
+    def encode(self, x: np.ndarray, params: tuple) -> np.ndarray:
+        return self.element.quantize(x.astype(np.float64) / e8m0_value(params[0]))
+
+    def decode(self, codes: np.ndarray, params: tuple) -> np.ndarray:
+        return (self.element.decode(codes) * e8m0_value(params[0])).astype(np.float32)
+
+    def pack(self, codes: np.ndarray, params: tuple) -> np.ndarray:
+        return np.concatenate([params[0], bitplanes.pack(codes, self.element.bits)], axis=1)
+
     def quantize_blocks(self, x: np.ndarray) -> np.ndarray:
-        e = e8m0_exponent(np.abs(x).max(axis=1, keepdims=True), self.element.emax)
-        codes = self.element.quantize(x.astype(np.float64) / e8m0_value(e))
-        return np.concatenate([e, bitplanes.pack(codes, self.element.bits)], axis=1)
+        params = self.fit(x)
+        return self.pack(self.encode(x, params), params)
 
     def dequantize_blocks(self, data: np.ndarray, block: int) -> np.ndarray:
         scale = e8m0_value(data[:, :1])
@@ -37,10 +49,22 @@ class MXInt8Codec:
     def block_bytes(self, block: int) -> int:
         return 1 + block
 
+    def fit(self, x: np.ndarray) -> tuple:
+        return (e8m0_exponent(np.abs(x).max(axis=1, keepdims=True), 0),)
+
+    def encode(self, x: np.ndarray, params: tuple) -> np.ndarray:
+        q = np.clip(np.rint(x.astype(np.float64) / e8m0_value(params[0]) * 64), -127, 127).astype(np.int8)
+        return q.view(np.uint8)
+
+    def decode(self, codes: np.ndarray, params: tuple) -> np.ndarray:
+        return (codes.view(np.int8).astype(np.float64) / 64 * e8m0_value(params[0])).astype(np.float32)
+
+    def pack(self, codes: np.ndarray, params: tuple) -> np.ndarray:
+        return np.concatenate([params[0], codes], axis=1)
+
     def quantize_blocks(self, x: np.ndarray) -> np.ndarray:
-        e = e8m0_exponent(np.abs(x).max(axis=1, keepdims=True), 0)
-        q = np.clip(np.rint(x.astype(np.float64) / e8m0_value(e) * 64), -127, 127).astype(np.int8)
-        return np.concatenate([e, q.view(np.uint8)], axis=1)
+        params = self.fit(x)
+        return self.pack(self.encode(x, params), params)
 
     def dequantize_blocks(self, data: np.ndarray, block: int) -> np.ndarray:
         q = np.ascontiguousarray(data[:, 1:]).view(np.int8).astype(np.float64)
@@ -64,15 +88,25 @@ class GGMLMXFP4Codec:
     def block_bytes(self, block: int) -> int:
         return 1 + block // 2
 
-    def quantize_blocks(self, x: np.ndarray) -> np.ndarray:
-        x = x.astype(np.float32, copy=False)
-        amax = np.abs(x).max(axis=1, keepdims=True)
+    def fit(self, x: np.ndarray) -> tuple:
+        amax = np.abs(x.astype(np.float32, copy=False)).max(axis=1, keepdims=True)
         with np.errstate(divide="ignore"):
-            e = np.clip(np.where(amax > 0, np.floor(np.log2(amax)) - 2 + 127, 0), 0, 254).astype(np.uint8)
-        d = ggml_e8m0_half(e)
-        errs = np.abs(d[:, :, None] * _GGML_E2M1_DOUBLED[None, None, :] - x[:, :, None])
-        codes = np.argmin(errs, axis=-1).astype(np.uint8)
-        return np.concatenate([e, bitplanes.pack(codes, 4)], axis=1)
+            return (np.clip(np.where(amax > 0, np.floor(np.log2(amax)) - 2 + 127, 0), 0, 254).astype(np.uint8),)
+
+    def encode(self, x: np.ndarray, params: tuple) -> np.ndarray:
+        d = ggml_e8m0_half(params[0])
+        errs = np.abs(d[:, :, None] * _GGML_E2M1_DOUBLED[None, None, :] - x.astype(np.float32)[:, :, None])
+        return np.argmin(errs, axis=-1).astype(np.uint8)
+
+    def decode(self, codes: np.ndarray, params: tuple) -> np.ndarray:
+        return ggml_e8m0_half(params[0]) * _GGML_E2M1_DOUBLED[codes]
+
+    def pack(self, codes: np.ndarray, params: tuple) -> np.ndarray:
+        return np.concatenate([params[0], bitplanes.pack(codes, 4)], axis=1)
+
+    def quantize_blocks(self, x: np.ndarray) -> np.ndarray:
+        params = self.fit(x)
+        return self.pack(self.encode(x, params), params)
 
     def dequantize_blocks(self, data: np.ndarray, block: int) -> np.ndarray:
         d = ggml_e8m0_half(data[:, :1])

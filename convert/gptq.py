@@ -1,0 +1,150 @@
+"""GPTQ (Frantar et al., 2023) onto any registry datatype, and the RTN baseline with the same output.
+
+The datatype's codec does the rounding through its split API (formats/*: fit -> params of one group,
+encode -> codes on that fixed grid, decode -> values, pack -> the file's bytes), so GPTQ rounds to
+the nearest code point at the group's scale for codebooks, to the block's E8M0 scale for MX, to the
+scale and zero point for integers — and the bytes written are exactly the values GPTQ chose.
+
+Groups: a group's parameters are fitted when GPTQ reaches its first column, from the weights as
+updated so far (the reference implementation's behaviour); with act-order they are fitted up front
+from the original weights ("static groups"), since the file keeps groups in column order.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from quantconv.errors import QuantconvError
+from quantconv.formats.registry import DType
+
+
+@dataclass
+class QuantizedLinear:
+    """A linear layer on its datatype's grid: codes and group parameters (HF row order) and the
+    dequantized values the rest of the calibration runs with."""
+    dtype: DType
+    codes: np.ndarray            # (rows, cols)
+    params: tuple                # each (rows, cols // unit): one entry per fitted group
+    values: torch.Tensor         # (rows, cols) float32, = dtype.dequantize(packed bytes)
+    loss: float = 0.0            # GPTQ's weighted squared error (0 for RTN)
+
+    def packed(self, row_order: np.ndarray | None = None) -> np.ndarray:
+        """The file's bytes (rows, row_bytes); `row_order` reorders rows (llama.cpp's Q/K permutation)."""
+        codes, params = self.codes, self.params
+        if row_order is not None:
+            codes, params = codes[row_order], tuple(p[row_order] for p in params)
+        rows, cols = codes.shape
+        block = self.dtype.block_for(cols)
+        nblocks = rows * cols // block
+        blocks = codes.reshape(nblocks, block)
+        per_block = tuple(p.reshape(nblocks, -1) for p in params)
+        return self.dtype.codec.pack(blocks, per_block).reshape(rows, -1)
+
+
+def fit_unit(dtype: DType, cols: int) -> int:
+    """Columns that share one set of fitted parameters: the block, or a codec's smaller unit (NVFP4's 16)."""
+    if not hasattr(dtype.codec, "fit"):
+        raise QuantconvError(f"{dtype.spec} is a float type: there is nothing for GPTQ/RTN to round "
+                             "(pick a quantized --dtype, or --keep such tensors in float)")
+    return min(getattr(dtype.codec, "fit_unit", cols), dtype.block_for(cols))
+
+
+def _stack(params_per_group: list[tuple]) -> tuple:
+    return tuple(np.concatenate([p[k] for p in params_per_group], axis=1) for k in range(len(params_per_group[0])))
+
+
+def rtn(w: torch.Tensor, dtype: DType) -> QuantizedLinear:
+    """Round to nearest, group by group (what `export --algo rtn` writes, through the same path)."""
+    W = w.detach().float().cpu().numpy()
+    rows, cols = W.shape
+    dtype.check_shape(W.shape)
+    unit = fit_unit(dtype, cols)
+    g = W.reshape(rows * cols // unit, unit)
+    params = dtype.codec.fit(g)
+    codes = dtype.codec.encode(g, params)
+    values = dtype.codec.decode(codes, params).reshape(rows, cols)
+    params = tuple(p.reshape(rows, -1) for p in params)
+    return QuantizedLinear(dtype, codes.reshape(rows, cols), params,
+                           torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)).to(w.device))
+
+
+def _inverse_cholesky(H: torch.Tensor, percdamp: float, name: str) -> torch.Tensor:
+    """Upper Cholesky factor of H^-1 after dampening; raises the dampening tenfold (up to 4 times)
+    when H is not positive definite."""
+    if not torch.isfinite(H).all():
+        raise QuantconvError(f"the Hessian of {name} has NaN/inf entries: the calibration activations overflowed; "
+                             "check the source weights or use fewer/shorter --calib samples")
+    diag_mean = torch.mean(torch.diag(H)).item()
+    damp = percdamp
+    for _ in range(5):
+        Hd = H.clone()
+        Hd.diagonal().add_(damp * diag_mean)
+        L, info = torch.linalg.cholesky_ex(Hd)
+        if info.item() == 0:
+            Hinv = torch.cholesky_inverse(L)
+            U, info = torch.linalg.cholesky_ex(Hinv, upper=True)
+            if info.item() == 0 and torch.isfinite(U).all():
+                return U
+        damp *= 10
+    raise QuantconvError(f"the Hessian of {name} stays singular even with dampening {damp / 10:g}; the calibration "
+                         "data is degenerate (too few distinct tokens?): use more --nsamples or another --calib")
+
+
+@torch.no_grad()
+def gptq(w: torch.Tensor, H: torch.Tensor, dtype: DType, percdamp: float = 0.01, blocksize: int = 128,
+         act_order: bool = False, name: str = "a layer") -> QuantizedLinear:
+    """Quantize w (rows, cols) given H = sum of x x^T over calibration inputs (cols, cols)."""
+    W = w.detach().float().clone()
+    rows, cols = W.shape
+    dtype.check_shape(W.shape)
+    unit = fit_unit(dtype, cols)
+    n_groups = cols // unit
+    H = H.float().clone()
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1
+    W[:, dead] = 0
+    codec = dtype.codec
+    params: list = [None] * n_groups
+    perm = None
+    if act_order:
+        perm = torch.argsort(torch.diag(H), descending=True)
+        for gi in range(n_groups):   # static groups: fitted from the original weights, in column order
+            params[gi] = codec.fit(W[:, gi * unit:(gi + 1) * unit].cpu().numpy())
+        W, H = W[:, perm], H[perm][:, perm]
+    U = _inverse_cholesky(H, percdamp, name)
+    if unit > blocksize:
+        blocksize = next(b for b in (128, 64, 32, 16) if unit % b == 0) if unit % 16 == 0 else unit
+    codes = np.zeros((rows, cols), dtype=np.uint8)
+    Q = torch.zeros_like(W)
+    loss = 0.0
+    cols_order = perm.cpu().numpy() if perm is not None else np.arange(cols)
+    for i1 in range(0, cols, blocksize):
+        i2 = min(i1 + blocksize, cols)
+        W1 = W[:, i1:i2].clone()
+        Err1 = torch.zeros_like(W1)
+        U1 = U[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            col = int(cols_order[i1 + i])
+            gi = col // unit
+            if not act_order and col % unit == 0:
+                # fit on the group's columns as updated so far (in-block ones carry this block's updates)
+                span = W1[:, i:i + unit] if i + unit <= i2 - i1 else torch.cat([W1[:, i:], W[:, i2:col + unit]], 1)
+                params[gi] = codec.fit(span.cpu().numpy())
+            p = params[gi]
+            wcol = W1[:, i]
+            c = codec.encode(wcol.cpu().numpy()[:, None], p)
+            q = torch.from_numpy(np.asarray(codec.decode(c, p), dtype=np.float32)[:, 0]).to(W.device)
+            codes[:, col] = c[:, 0]
+            Q[:, i1 + i] = q
+            d = U1[i, i]
+            err = (wcol - q) / d
+            loss += float((err * err).sum()) / 2
+            W1[:, i:] -= err[:, None] * U1[i, i:][None, :]
+            Err1[:, i] = err
+        W[:, i2:] -= Err1 @ U[i1:i2, i2:]
+    if perm is not None:
+        Q = Q[:, torch.argsort(perm)]
+    values = Q.contiguous()
+    return QuantizedLinear(dtype, codes, _stack(params), values, loss)

@@ -1,0 +1,163 @@
+"""The float decoder in torch, one layer at a time, for calibration (GPTQ, AWQ, SmoothQuant, Norm
+Tweaking): weights come from a ModelSource in HF layout (split-halves RoPE, q/k not permuted), so only
+the layer being processed is in memory.
+
+Written directly from the architecture (RMSNorm, RoPE, grouped-query attention, SwiGLU) rather than
+through transformers, so every intermediate a calibration method needs (the input of each linear) is
+an explicit step. tests/test_calibration.py checks it against transformers' forward.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from quantconv.convert.models import head_dim, rope_params
+from quantconv.errors import QuantconvError
+
+LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def hf_linear_name(i: int, linear: str) -> str:
+    part = "self_attn" if linear in ("q_proj", "k_proj", "v_proj", "o_proj") else "mlp"
+    return f"model.layers.{i}.{part}.{linear}"
+
+
+@dataclass
+class DecoderConfig:
+    hidden: int
+    n_layers: int
+    n_head: int
+    n_kv: int
+    head_dim: int
+    eps: float
+    inv_freq: torch.Tensor      # (head_dim/2,) float64, RoPE scaling folded in
+
+    @classmethod
+    def from_source(cls, source) -> "DecoderConfig":
+        cfg = source.config
+        hd = head_dim(cfg)
+        params = rope_params(cfg)
+        theta = float(params.get("rope_theta", 10000.0))
+        inv = 1.0 / theta ** (np.arange(0, hd, 2, dtype=np.float64) / hd)
+        kind, _ = source.arch.rope_scaling_kind(cfg)
+        if kind == "rope_freqs":
+            inv = inv / source.arch.extra_tensors(cfg)["rope_freqs.weight"].astype(np.float64)
+        elif kind == "linear":
+            inv = inv / float(params["factor"])
+        elif kind != "none":
+            raise QuantconvError(f"calibration does not model RoPE scaling '{kind}' yet; use --algo rtn for this model")
+        return cls(int(cfg["hidden_size"]), int(cfg["num_hidden_layers"]), int(cfg["num_attention_heads"]),
+                   int(cfg.get("num_key_value_heads") or cfg["num_attention_heads"]), hd,
+                   float(cfg.get("rms_norm_eps", 1e-6)), torch.from_numpy(inv))
+
+
+class Rope:
+    """cos/sin tables for positions 0..n-1 (every calibration sequence starts at position 0)."""
+
+    def __init__(self, cfg: DecoderConfig, n: int, device):
+        pos = torch.arange(n, dtype=torch.float64)
+        ang = torch.outer(pos, cfg.inv_freq)
+        self.cos = torch.cat([ang.cos(), ang.cos()], dim=-1).float().to(device)
+        self.sin = torch.cat([ang.sin(), ang.sin()], dim=-1).float().to(device)
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:   # x: (b, heads, t, hd)
+        t = x.shape[-2]
+        half = x.shape[-1] // 2
+        rot = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+        return x * self.cos[:t] + rot * self.sin[:t]
+
+
+def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
+
+
+class Layer:
+    """Float weights of decoder layer i (torch, on `device`), with the forward split into the steps
+    calibration needs: attention input, attention core, MLP input, MLP core."""
+
+    def __init__(self, source, cfg: DecoderConfig, i: int, device="cpu"):
+        self.cfg, self.i, self.device = cfg, i, device
+        names = set(source.tensor_names())
+        t = lambda n: torch.from_numpy(source.load(n)).float().to(device)  # noqa: E731
+        p = f"model.layers.{i}."
+        self.attn_norm = t(p + "input_layernorm.weight")
+        self.ffn_norm = t(p + "post_attention_layernorm.weight")
+        self.w = {name: t(hf_linear_name(i, name) + ".weight") for name in LINEARS}
+        self.b = {name: t(hf_linear_name(i, name) + ".bias") for name in LINEARS
+                  if hf_linear_name(i, name) + ".bias" in names}
+
+    def linear(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        y = x @ self.w[name].T
+        return y + self.b[name] if name in self.b else y
+
+    # -- steps ------------------------------------------------------------------------------------
+    def attn_input(self, x):
+        return rms_norm(x, self.attn_norm, self.cfg.eps)
+
+    def attention(self, xn, rope: Rope):
+        """Attention core: normed input -> the input of o_proj (b, t, n_head * hd)."""
+        c = self.cfg
+        b, t, _ = xn.shape
+        q = self.linear("q_proj", xn).view(b, t, c.n_head, c.head_dim).transpose(1, 2)
+        k = self.linear("k_proj", xn).view(b, t, c.n_kv, c.head_dim).transpose(1, 2)
+        v = self.linear("v_proj", xn).view(b, t, c.n_kv, c.head_dim).transpose(1, 2)
+        q, k = rope.apply(q), rope.apply(k)
+        if c.n_kv != c.n_head:
+            rep = c.n_head // c.n_kv
+            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=1.0 / math.sqrt(c.head_dim))
+        return o.transpose(1, 2).reshape(b, t, c.n_head * c.head_dim)
+
+    def step(self, x, rope: Rope, pos: int, cache: dict):
+        """One decode position for a batch (generation of self-calibration text), KV cache in `cache`."""
+        c = self.cfg
+        b = x.shape[0]
+        xn = self.attn_input(x)
+        q = self.linear("q_proj", xn).view(b, 1, c.n_head, c.head_dim).transpose(1, 2)
+        k = self.linear("k_proj", xn).view(b, 1, c.n_kv, c.head_dim).transpose(1, 2)
+        v = self.linear("v_proj", xn).view(b, 1, c.n_kv, c.head_dim).transpose(1, 2)
+        cos, sin = rope.cos[pos:pos + 1], rope.sin[pos:pos + 1]
+        half = c.head_dim // 2
+        rot = lambda t: t * cos + torch.cat([-t[..., half:], t[..., :half]], dim=-1) * sin  # noqa: E731
+        q, k = rot(q), rot(k)
+        cache["k"] = k if "k" not in cache else torch.cat([cache["k"], k], dim=2)
+        cache["v"] = v if "v" not in cache else torch.cat([cache["v"], v], dim=2)
+        kk, vv = cache["k"], cache["v"]
+        if c.n_kv != c.n_head:
+            rep = c.n_head // c.n_kv
+            kk, vv = kk.repeat_interleave(rep, dim=1), vv.repeat_interleave(rep, dim=1)
+        o = F.scaled_dot_product_attention(q, kk, vv, scale=1.0 / math.sqrt(c.head_dim))
+        h = x + self.linear("o_proj", o.transpose(1, 2).reshape(b, 1, c.n_head * c.head_dim))
+        return h + self.linear("down_proj", self.mlp_hidden(self.mlp_input(h)))
+
+    def mlp_input(self, h):
+        return rms_norm(h, self.ffn_norm, self.cfg.eps)
+
+    def mlp_hidden(self, hn):
+        """SwiGLU: normed input -> the input of down_proj."""
+        return F.silu(self.linear("gate_proj", hn)) * self.linear("up_proj", hn)
+
+    def forward(self, x, rope: Rope):
+        h = x + self.linear("o_proj", self.attention(self.attn_input(x), rope))
+        return h + self.linear("down_proj", self.mlp_hidden(self.mlp_input(h)))
+
+
+class Head:
+    """Embedding, final norm and output head (tied or not), for perplexity and self-generated text."""
+
+    def __init__(self, source, cfg: DecoderConfig, device="cpu"):
+        self.cfg = cfg
+        t = lambda n: torch.from_numpy(source.load(n)).float().to(device)  # noqa: E731
+        self.embed = t("model.embed_tokens.weight")
+        self.norm = t("model.norm.weight")
+        self.out = self.embed if source.tied_embeddings else t("lm_head.weight")
+
+    def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.embed[ids]
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return rms_norm(x, self.norm, self.cfg.eps) @ self.out.T
