@@ -22,7 +22,7 @@ from quantconv.formats.registry import get_dtype
 # llama.cpp's LLAMA_FTYPE for files whose linear weights are all one standard type (informational)
 FILE_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q8_0": 7, "int8:group=32": 7,
               "int4:asym,group=32": 3, "bf16": 32, "mxfp4": 38, "mxfp4:ggml": 38, "nvfp4": 39}
-ALGORITHMS = ("rtn",)
+ALGORITHMS = ("rtn", "gptq", "awq", "awq+gptq", "smoothquant", "smoothquant+gptq")   # any '+' mix is accepted
 
 
 @dataclass
@@ -85,12 +85,54 @@ def _load_for_gguf(source, plan: TensorPlan) -> np.ndarray:
     return np.ascontiguousarray(w, dtype=np.float32)
 
 
+def _calibrated(source, plans: list[TensorPlan], calib, on_layer):
+    """Run the calibration pipeline; returns (CalibResult, recipe entries)."""
+    from quantconv.convert.calib import calibration_ids
+    from quantconv.convert.calibrate import calibrate, check_device
+
+    calib.device = check_device(calib.device)
+    if calib.calib is None:
+        raise QuantconvError(f"--algo {'+'.join(calib.algos)} calibrates on text: pass --calib PATH (a text file), "
+                             "a dataset name, or --calib self")
+    ids = calibration_ids(calib.calib, source, calib.nsamples, calib.seqlen, calib.seed, calib.device)
+    dtypes = {p.hf_name: p.dtype for p in plans if p.role == "linear" and p.hf_name}
+    result = calibrate(source, dtypes, ids, calib, on_layer)
+    entries = {"calibration": calib.calib if calib.calib == "self" else Path(calib.calib).name,
+               "nsamples": calib.nsamples, "seqlen": calib.seqlen, "seed": calib.seed,
+               "act_order": int(calib.act_order) if "gptq" in calib.algos else None,
+               "alpha": calib.alpha if "smoothquant" in calib.algos else None,
+               "norm_tweak": int(calib.norm_tweak)}
+    return result, entries
+
+
+def _tensor_bytes(source, plan: TensorPlan, result) -> np.ndarray:
+    """The file's bytes for one tensor: calibrated codes, a calibrated float tensor, or the source's."""
+    if result is not None and plan.hf_name in result.quantized:
+        ql = result.quantized[plan.hf_name]
+        rows = plan.shape[0]
+        order = source.arch.to_gguf_layout(plan.hf_name, np.arange(rows).reshape(rows, 1), source.config)[:, 0]
+        return ql.packed(order)
+    if result is not None and plan.hf_name in result.floats:
+        w = source.arch.to_gguf_layout(plan.hf_name, result.floats[plan.hf_name], source.config)
+        return plan.dtype.quantize(np.ascontiguousarray(w, dtype=np.float32))
+    return plan.dtype.quantize(_load_for_gguf(source, plan))
+
+
 def export(source, out: str | Path, dtype: str, group_size: int | None = None, algo: str = "rtn",
            keep: list[str] | tuple[str, ...] = (), progress: Callable[[TensorPlan], None] | None = None,
-           on_start: Callable[[list[TensorPlan]], None] | None = None) -> ExportReport:
-    """Quantize `source` (a convert.sources.ModelSource) into the GGUF file `out`."""
-    if algo not in ALGORITHMS:
-        raise QuantconvError(f"unknown --algo '{algo}'; available: {', '.join(ALGORITHMS)}")
+           on_start: Callable[[list[TensorPlan]], None] | None = None, calib=None,
+           on_layer: Callable[[int, int, dict], None] | None = None) -> ExportReport:
+    """Quantize `source` (a convert.sources.ModelSource) into the GGUF file `out`. `calib`: a
+    convert.calibrate.CalibOptions for the calibrated algorithms (GPTQ, AWQ, SmoothQuant, Norm
+    Tweaking, activation quantization); its `algos` must agree with `algo`."""
+    from quantconv.convert.calibrate import parse_algo
+
+    algos = parse_algo(algo)
+    if calib is None and algos != ("rtn",):
+        raise QuantconvError(f"--algo {algo} calibrates on text: pass --calib PATH (a text file), a dataset name, "
+                             "or --calib self")
+    if calib is not None:
+        calib.algos = algos
     out = Path(out)
     if out.suffix.lower() != ".gguf":
         raise QuantconvError(f"output '{out}' must end in .gguf (ONNX export is --format onnx, not yet available)")
@@ -100,16 +142,24 @@ def export(source, out: str | Path, dtype: str, group_size: int | None = None, a
     plans = plan_export(source, dtype, group_size, list(keep))
     if on_start:
         on_start(plans)
-    recipe = {"dtype": get_dtype(dtype).spec, "group_size": group_size, "algo": algo, "calibration": "none",
-              "keep": ",".join(keep) or None, "source": source.description, "version": quantconv.__version__}
+    recipe = {"dtype": get_dtype(dtype).spec, "group_size": group_size, "algo": "+".join(algos),
+              "calibration": "none", "keep": ",".join(keep) or None, "source": source.description,
+              "version": quantconv.__version__}
+    result = None
+    if calib is not None and calib.needs_calibration():
+        result, entries = _calibrated(source, plans, calib, on_layer)
+        recipe.update(entries)
+    act_dtype = calib.act_dtype.name if calib is not None and calib.act_dtype is not None else None
     with GGUFWriter(out) as writer:
         for key, value, vtype in _metadata(source, recipe):
             writer.add_kv(key, value, vtype)
+        if act_dtype:   # read by the runtime: it quantizes the linears' inputs the same way
+            writer.add_kv("quantconv.act_dtype", act_dtype)
         for p in plans:
             writer.add_tensor(p.gguf_name, p.shape, p.dtype)
         writer.write_header()
         for p in plans:
-            writer.write_tensor(p.gguf_name, p.dtype.quantize(_load_for_gguf(source, p)))
+            writer.write_tensor(p.gguf_name, _tensor_bytes(source, p, result))
             if progress:
                 progress(p)
     linear = [p for p in plans if p.role == "linear"]

@@ -70,7 +70,7 @@ def rtn(w: torch.Tensor, dtype: DType) -> QuantizedLinear:
                            torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)).to(w.device))
 
 
-def _inverse_cholesky(H: torch.Tensor, percdamp: float, name: str) -> torch.Tensor:
+def inverse_cholesky(H: torch.Tensor, percdamp: float, name: str) -> torch.Tensor:
     """Upper Cholesky factor of H^-1 after dampening; raises the dampening tenfold (up to 4 times)
     when H is not positive definite."""
     if not torch.isfinite(H).all():
@@ -83,7 +83,8 @@ def _inverse_cholesky(H: torch.Tensor, percdamp: float, name: str) -> torch.Tens
         Hd.diagonal().add_(damp * diag_mean)
         L, info = torch.linalg.cholesky_ex(Hd)
         if info.item() == 0:
-            Hinv = torch.cholesky_inverse(L)
+            eye = torch.eye(H.shape[0], device=H.device, dtype=H.dtype)
+            Hinv = torch.cholesky_solve(eye, L)   # much faster than cholesky_inverse on CPU
             U, info = torch.linalg.cholesky_ex(Hinv, upper=True)
             if info.item() == 0 and torch.isfinite(U).all():
                 return U
@@ -94,8 +95,10 @@ def _inverse_cholesky(H: torch.Tensor, percdamp: float, name: str) -> torch.Tens
 
 @torch.no_grad()
 def gptq(w: torch.Tensor, H: torch.Tensor, dtype: DType, percdamp: float = 0.01, blocksize: int = 128,
-         act_order: bool = False, name: str = "a layer") -> QuantizedLinear:
-    """Quantize w (rows, cols) given H = sum of x x^T over calibration inputs (cols, cols)."""
+         act_order: bool = False, name: str = "a layer", hinv_factor: torch.Tensor | None = None) -> QuantizedLinear:
+    """Quantize w (rows, cols) given H = sum of x x^T over calibration inputs (cols, cols).
+    `hinv_factor`: inverse_cholesky(H) already computed for another linear with the same input
+    (q/k/v, gate/up), without act-order."""
     W = w.detach().float().clone()
     rows, cols = W.shape
     dtype.check_shape(W.shape)
@@ -113,37 +116,41 @@ def gptq(w: torch.Tensor, H: torch.Tensor, dtype: DType, percdamp: float = 0.01,
         for gi in range(n_groups):   # static groups: fitted from the original weights, in column order
             params[gi] = codec.fit(W[:, gi * unit:(gi + 1) * unit].cpu().numpy())
         W, H = W[:, perm], H[perm][:, perm]
-    U = _inverse_cholesky(H, percdamp, name)
+    U = inverse_cholesky(H, percdamp, name) if hinv_factor is None else hinv_factor
     if unit > blocksize:
         blocksize = next(b for b in (128, 64, 32, 16) if unit % b == 0) if unit % 16 == 0 else unit
     codes = np.zeros((rows, cols), dtype=np.uint8)
     Q = torch.zeros_like(W)
     loss = 0.0
     cols_order = perm.cpu().numpy() if perm is not None else np.arange(cols)
+    U_np = U.cpu().numpy()
     for i1 in range(0, cols, blocksize):
         i2 = min(i1 + blocksize, cols)
-        W1 = W[:, i1:i2].clone()
-        Err1 = torch.zeros_like(W1)
-        U1 = U[i1:i2, i1:i2]
+        # the column-by-column part runs in numpy: small per-column ops cost a few us there
+        W1 = W[:, i1:i2].cpu().numpy().copy()
+        Q1 = np.zeros_like(W1)
+        Err1 = np.zeros_like(W1)
+        U1 = U_np[i1:i2, i1:i2]
         for i in range(i2 - i1):
             col = int(cols_order[i1 + i])
             gi = col // unit
             if not act_order and col % unit == 0:
                 # fit on the group's columns as updated so far (in-block ones carry this block's updates)
-                span = W1[:, i:i + unit] if i + unit <= i2 - i1 else torch.cat([W1[:, i:], W[:, i2:col + unit]], 1)
-                params[gi] = codec.fit(span.cpu().numpy())
+                span = W1[:, i:i + unit] if i + unit <= i2 - i1 else \
+                    np.concatenate([W1[:, i:], W[:, i2:col + unit].cpu().numpy()], axis=1)
+                params[gi] = codec.fit(span)
             p = params[gi]
-            wcol = W1[:, i]
-            c = codec.encode(wcol.cpu().numpy()[:, None], p)
-            q = torch.from_numpy(np.asarray(codec.decode(c, p), dtype=np.float32)[:, 0]).to(W.device)
+            wcol = W1[:, i:i + 1]
+            c = codec.encode(wcol, p)
+            q = np.asarray(codec.decode(c, p), dtype=np.float32)
             codes[:, col] = c[:, 0]
-            Q[:, i1 + i] = q
-            d = U1[i, i]
-            err = (wcol - q) / d
-            loss += float((err * err).sum()) / 2
-            W1[:, i:] -= err[:, None] * U1[i, i:][None, :]
+            Q1[:, i] = q[:, 0]
+            err = (wcol[:, 0] - q[:, 0]) / U1[i, i]
+            loss += float(err @ err) / 2
+            W1[:, i:] -= np.outer(err, U1[i, i:])
             Err1[:, i] = err
-        W[:, i2:] -= Err1 @ U[i1:i2, i2:]
+        Q[:, i1:i2] = torch.from_numpy(Q1).to(W.device)
+        W[:, i2:] -= torch.from_numpy(Err1).to(W.device) @ U[i1:i2, i2:]
     if perm is not None:
         Q = Q[:, torch.argsort(perm)]
     values = Q.contiguous()

@@ -89,8 +89,11 @@ class Layer:
         self.w = {name: t(hf_linear_name(i, name) + ".weight") for name in LINEARS}
         self.b = {name: t(hf_linear_name(i, name) + ".bias") for name in LINEARS
                   if hf_linear_name(i, name) + ".bias" in names}
+        self.act = None   # an ActDType: the linears' inputs are fake-quantized (--act-dtype)
 
     def linear(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        if self.act is not None:
+            x = self.act.fake_quantize(x)
         y = x @ self.w[name].T
         return y + self.b[name] if name in self.b else y
 

@@ -48,8 +48,18 @@ def export(
     output: str = typer.Option(..., "-o", "--output", help="output .gguf file"),
     dtype: str = typer.Option("sf4", "--dtype", "-t", help="datatype spec for the linear layers, e.g. sf4, nf4, int4:asym, mxfp4 (see `quantconv dtypes`)"),
     group_size: Optional[int] = typer.Option(None, "--group-size", "-g", help="group (block) size of the linear layers' dtype"),
-    algo: str = typer.Option("rtn", "--algo", help="quantization algorithm"),
+    algo: str = typer.Option("rtn", "--algo", help="rtn, gptq, awq, smoothquant or a '+' mix (awq+gptq, smoothquant+gptq)"),
     keep: List[str] = typer.Option([], "--keep", help="GLOB=DTYPE override for matching tensors, e.g. 'token_embd*=q8_0' (repeatable; last match wins)"),
+    calib: Optional[str] = typer.Option(None, "--calib", help="calibration text: a file, an HF dataset name, or 'self' (sampled from the model)"),
+    nsamples: int = typer.Option(128, "--nsamples", help="calibration windows"),
+    seqlen: int = typer.Option(512, "--seqlen", help="tokens per calibration window"),
+    seed: int = typer.Option(0, "--seed", help="seed of the window sampling"),
+    device: str = typer.Option("cpu", "--device", help="where calibration runs: cpu or cuda"),
+    act_order: bool = typer.Option(False, "--act-order", help="GPTQ: columns in decreasing Hessian-diagonal order (static groups)"),
+    damp: float = typer.Option(0.01, "--damp", help="GPTQ: dampening, fraction of the mean Hessian diagonal"),
+    alpha: float = typer.Option(0.5, "--alpha", help="SmoothQuant migration strength"),
+    act_dtype: Optional[str] = typer.Option(None, "--act-dtype", help="quantize the linears' inputs at inference: int8 (per token), mxint8, mxfp8, mxfp6, mxfp4"),
+    norm_tweak: bool = typer.Option(False, "--norm-tweak", help="tune each layer's RMSNorm weights after quantization (Norm Tweaking)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
 ):
     """Quantize every linear layer of a model into a GGUF file."""
@@ -59,14 +69,26 @@ def export(
     from quantconv.convert.sources import open_source
 
     src = open_source(source)
+    options = None
+    if algo.strip().lower() != "rtn" or act_dtype or norm_tweak:
+        from quantconv.convert.act_quant import get_act_dtype
+        from quantconv.convert.calibrate import CalibOptions
+
+        options = CalibOptions(calib=calib, nsamples=nsamples, seqlen=seqlen, seed=seed, device=device,
+                               act_order=act_order, damp=damp, alpha=alpha, act_dtype=get_act_dtype(act_dtype),
+                               norm_tweak=norm_tweak)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[tensor]}"), TimeElapsedColumn(), console=err,
                   disable=quiet, transient=True) as bar:
+        layers = bar.add_task("calibrating", total=None, tensor="", visible=options is not None)
         task = bar.add_task("quantizing", total=None, tensor="")
         report = run_export(
             src, output, dtype, group_size, algo, keep,
             on_start=lambda plans: bar.update(task, total=len(plans)),
-            progress=lambda p: bar.update(task, advance=1, tensor=f"{p.gguf_name} -> {p.dtype.spec}"))
+            progress=lambda p: bar.update(task, advance=1, tensor=f"{p.gguf_name} -> {p.dtype.spec}"),
+            calib=options,
+            on_layer=lambda i, n, info: bar.update(layers, total=n, completed=i + 1,
+                                                   tensor=f"layer {i} ({info['seconds']} s)"))
     for note in report.notes:
         err.print(f"note: {note}", highlight=False)
     out.print(f"wrote {report.path} ({report.file_bytes / 1e6:.1f} MB, linear layers "

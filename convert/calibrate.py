@@ -1,0 +1,255 @@
+"""The layer-by-layer calibration pipeline behind `export --algo gptq|awq|smoothquant|awq+gptq|...`.
+
+Decoder layer i is loaded (only its float weights are in memory), fed the outputs of the already
+quantized layers 0..i-1, and processed in this order:
+
+  1. SmoothQuant (--algo smoothquant, --alpha): migrate activation outliers into the weights;
+  2. AWQ (--algo awq): activation-aware scales and weight clipping, folded into norms / linears;
+  3. quantization, true-sequentially: q/k/v from the layer's input, then o from the attention output
+     computed with the quantized q/k/v, gate/up from the result, down from theirs — each linear by
+     GPTQ (--algo gptq) or round-to-nearest, on the inputs it really sees (--act-dtype included);
+  4. Norm Tweaking (--norm-tweak): the norms tuned towards the float layer's output;
+then the quantized layer's output becomes layer i+1's input. Each step runs over the calibration
+samples in chunks, so the activations of all samples are the largest thing in memory.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from quantconv.convert import awq, smoothing
+from quantconv.convert.act_quant import ActDType
+from quantconv.convert.gptq import QuantizedLinear, gptq, inverse_cholesky, rtn
+from quantconv.convert.norm_tweak import tweak
+from quantconv.convert.torch_model import LINEARS, DecoderConfig, Head, Layer, Rope, hf_linear_name
+from quantconv.errors import QuantconvError
+from quantconv.formats.registry import DType
+
+ALGO_PARTS = ("rtn", "gptq", "awq", "smoothquant")
+
+
+def parse_algo(algo: str) -> tuple[str, ...]:
+    """'awq+gptq' -> ('awq', 'gptq'); validates the parts."""
+    parts = tuple(p.strip().lower() for p in algo.split("+") if p.strip())
+    bad = [p for p in parts if p not in ALGO_PARTS]
+    if not parts or bad:
+        raise QuantconvError(f"unknown --algo '{algo}'; use rtn, gptq, awq, smoothquant or a '+' combination "
+                             "such as awq+gptq or smoothquant+gptq")
+    if "rtn" in parts and len(parts) > 1 and "gptq" in parts:
+        raise QuantconvError("--algo cannot combine rtn and gptq (GPTQ replaces round-to-nearest)")
+    return parts
+
+
+@dataclass
+class CalibOptions:
+    algos: tuple[str, ...] = ("gptq",)
+    calib: str | None = None
+    nsamples: int = 128
+    seqlen: int = 512
+    seed: int = 0
+    device: str = "cpu"
+    act_order: bool = False
+    damp: float = 0.01
+    alpha: float = 0.5                    # SmoothQuant migration strength
+    act_dtype: ActDType | None = None
+    norm_tweak: bool = False
+    norm_tweak_lr: float = 1e-5
+    awq_grid: int = 20
+    search_samples: int = 8               # calibration windows AWQ/SmoothQuant statistics look at
+    chunk: int = 8                        # samples per forward chunk
+
+    def needs_calibration(self) -> bool:
+        return any(a != "rtn" for a in self.algos) or self.act_dtype is not None or self.norm_tweak
+
+
+@dataclass
+class CalibResult:
+    quantized: dict[str, QuantizedLinear] = field(default_factory=dict)   # HF weight name ->
+    floats: dict[str, np.ndarray] = field(default_factory=dict)           # HF name -> changed float tensor
+    layers: list[dict] = field(default_factory=list)                      # per-layer log
+    seconds: float = 0.0
+
+
+def check_device(name: str) -> str:
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise QuantconvError("--device cuda: no CUDA GPU is visible to torch here; use --device cpu")
+    if name not in ("cpu",) and not name.startswith("cuda"):
+        raise QuantconvError(f"unknown --device '{name}'; use cpu or cuda")
+    return name
+
+
+class _Hessian:
+    def __init__(self, n: int, device):
+        self.H = torch.zeros(n, n, device=device, dtype=torch.float32)
+        self.count = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.reshape(-1, x.shape[-1]).float()
+        self.count += x.shape[0]
+        self.H.addmm_(x.T, x, alpha=1.0)
+
+    def value(self) -> torch.Tensor:
+        return self.H * (2.0 / max(1, self.count))
+
+
+def calibrate(source, dtypes: dict[str, DType], ids: torch.Tensor, opts: CalibOptions,
+              progress: Callable[[int, int, dict], None] | None = None) -> CalibResult:
+    """dtypes: HF weight name of each decoder linear -> its planned datatype."""
+    start = time.perf_counter()
+    device = check_device(opts.device)
+    cfg = DecoderConfig.from_source(source)
+    rope = Rope(cfg, ids.shape[1], device)
+    with torch.no_grad():
+        head = Head(source, cfg, device)
+        X = head.embed_tokens(ids.to(device))
+        del head
+    result = CalibResult()
+    for i in range(cfg.n_layers):
+        t0 = time.perf_counter()
+        layer = Layer(source, cfg, i, device)
+        layer_dtypes = {n: dtypes[hf_linear_name(i, n) + ".weight"] for n in LINEARS}
+        X, info = _process_layer(layer, layer_dtypes, X, rope, opts, result, cfg.n_layers)
+        info.update(layer=i, seconds=round(time.perf_counter() - t0, 2))
+        result.layers.append(info)
+        if progress:
+            progress(i, cfg.n_layers, info)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _chunks(n: int, size: int):
+    for a in range(0, n, size):
+        yield slice(a, min(n, a + size))
+
+
+def _linear_inputs(layer: Layer, xs: torch.Tensor, rope: Rope) -> dict[str, Callable[[], torch.Tensor]]:
+    """Lazy float inputs of each linear for sample windows xs, from the layer's current weights."""
+    def attn_in():
+        return layer.attn_input(xs)
+
+    def o_in():
+        return layer.attention(attn_in(), rope)
+
+    def mlp_in():
+        return layer.mlp_input(xs + layer.linear("o_proj", o_in()))
+
+    def down_in():
+        return layer.mlp_hidden(mlp_in())
+
+    def flat(f):
+        return lambda: _flat(f())
+
+    return {"q_proj": flat(attn_in), "k_proj": flat(attn_in), "v_proj": flat(attn_in), "o_proj": flat(o_in),
+            "gate_proj": flat(mlp_in), "up_proj": flat(mlp_in), "down_proj": flat(down_in)}
+
+
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(-1, t.shape[-1])
+
+
+def _shared_factor(H: torch.Tensor | None, opts: CalibOptions, name: str) -> torch.Tensor | None:
+    """inverse_cholesky of H, once for all the linears that share an input (not with act-order, which
+    permutes H per linear)."""
+    if H is None or opts.act_order:
+        return None
+    Hm = H.clone()
+    dead = torch.diag(Hm) == 0
+    Hm[dead, dead] = 1
+    return inverse_cholesky(Hm, opts.damp, name)
+
+
+def _quantize(layer: Layer, names: tuple[str, ...], H: torch.Tensor | None, dtypes: dict[str, DType],
+              opts: CalibOptions, result: CalibResult, info: dict) -> None:
+    factor = _shared_factor(H, opts, f"layer {layer.i} {'/'.join(names)}") if "gptq" in opts.algos else None
+    for name in names:
+        dt = dtypes[name]
+        hf = hf_linear_name(layer.i, name) + ".weight"
+        if not hasattr(dt.codec, "fit"):       # kept in a float type: stays as it is (maybe rescaled)
+            result.floats[hf] = layer.w[name].cpu().numpy()
+            continue
+        if "gptq" in opts.algos:
+            ql = gptq(layer.w[name], H, dt, percdamp=opts.damp, act_order=opts.act_order, name=hf,
+                      hinv_factor=factor)
+        else:
+            ql = rtn(layer.w[name], dt)
+        layer.w[name] = ql.values
+        ql.values = None          # the file's bytes need codes and params only
+        result.quantized[hf] = ql
+        info.setdefault("gptq_loss", {})[name] = round(ql.loss, 4)
+
+
+@torch.no_grad()
+def _process_layer(layer: Layer, dtypes, X: torch.Tensor, rope: Rope, opts: CalibOptions,
+                   result: CalibResult, n_layers: int):
+    info: dict = {}
+    N = X.shape[0]
+    search = X[: max(1, min(N, opts.search_samples))]
+    Yf = None
+    if opts.norm_tweak:      # the float layer's output on the same input: Norm Tweaking's target
+        Yf = torch.cat([layer.forward(X[c], rope) for c in _chunks(N, opts.chunk)])
+    if "smoothquant" in opts.algos:
+        inputs = _linear_inputs(layer, search, rope)
+        alphas = {}
+        for prev, linears in smoothing.mappings(layer):
+            absmax = inputs[linears[0]]().abs().amax(0)
+            s = smoothing.smoothquant_scales(absmax, [layer.w[n] for n in linears], opts.alpha)
+            smoothing.fold(layer, prev, linears, s)
+            alphas[prev] = opts.alpha
+        info["smoothquant"] = alphas
+    if "awq" in opts.algos:
+        inputs = _linear_inputs(layer, search, rope)
+        sub = {k: (lambda f=f: awq.subsample(f(), 4096)) for k, f in inputs.items()}
+        info["awq_alpha"] = awq.apply_awq_scales(layer, sub, dtypes, opts.awq_grid)
+        awq.clip_weights(layer, _linear_inputs(layer, search, rope), dtypes)
+
+    layer.act = opts.act_dtype
+    act = (lambda t: opts.act_dtype.fake_quantize(t)) if opts.act_dtype else (lambda t: t)
+    need_h = "gptq" in opts.algos
+    dev = X.device
+
+    def hessian_of(make) -> torch.Tensor | None:
+        if not need_h:
+            return None
+        h = None
+        for c in _chunks(N, opts.chunk):
+            x = act(make(c))
+            h = h or _Hessian(x.shape[-1], dev)
+            h.add(x)
+        return h.value()
+
+    # q, k, v: from the layer's input
+    _quantize(layer, ("q_proj", "k_proj", "v_proj"), hessian_of(lambda c: layer.attn_input(X[c])), dtypes,
+              opts, result, info)
+    # o: from the attention output of the quantized q/k/v
+    A = torch.cat([layer.attention(layer.attn_input(X[c]), rope) for c in _chunks(N, opts.chunk)])
+    _quantize(layer, ("o_proj",), hessian_of(lambda c: A[c]), dtypes, opts, result, info)
+    Hh = torch.cat([X[c] + layer.linear("o_proj", A[c]) for c in _chunks(N, opts.chunk)])
+    del A
+    _quantize(layer, ("gate_proj", "up_proj"), hessian_of(lambda c: layer.mlp_input(Hh[c])), dtypes, opts,
+              result, info)
+    M = torch.cat([layer.mlp_hidden(layer.mlp_input(Hh[c])) for c in _chunks(N, opts.chunk)])
+    _quantize(layer, ("down_proj",), hessian_of(lambda c: M[c]), dtypes, opts, result, info)
+    out = torch.cat([Hh[c] + layer.linear("down_proj", M[c]) for c in _chunks(N, opts.chunk)])
+    del M, Hh
+
+    if opts.norm_tweak:
+        with torch.enable_grad():
+            before, after = tweak(layer, X, Yf, rope, lambda l, x, r: l.forward(x, r), lr=opts.norm_tweak_lr,
+                                  n_layers=n_layers, chunk=max(1, opts.chunk // 2))
+        info["norm_tweak_loss"] = (round(before, 6), round(after, 6))
+        if after < before:
+            out = torch.cat([layer.forward(X[c], rope) for c in _chunks(N, opts.chunk)])
+    if not torch.isfinite(out).all():
+        raise QuantconvError(f"decoder layer {layer.i} produced NaN/inf activations after quantization; "
+                             "try --algo rtn or a wider --dtype to find the culprit")
+    # float tensors the file must take from here rather than from the source (scaled norms, biases)
+    p = f"model.layers.{layer.i}."
+    result.floats[p + "input_layernorm.weight"] = layer.attn_norm.detach().cpu().numpy()
+    result.floats[p + "post_attention_layernorm.weight"] = layer.ffn_norm.detach().cpu().numpy()
+    for name, b in layer.b.items():
+        result.floats[hf_linear_name(layer.i, name) + ".bias"] = b.detach().cpu().numpy()
+    return out, info

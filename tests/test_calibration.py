@@ -1,0 +1,292 @@
+"""Calibration-based quantization: the torch decoder, the codecs' split API, GPTQ, AWQ / SmoothQuant
+folding, activation quantization, Norm Tweaking, the layer-by-layer export and its bad inputs."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from quantconv.convert import awq, smoothing  # noqa: E402
+from quantconv.convert.act_quant import ACT_DTYPES, get_act_dtype  # noqa: E402
+from quantconv.convert.calib import calibration_ids  # noqa: E402
+from quantconv.convert.calibrate import CalibOptions, parse_algo  # noqa: E402
+from quantconv.convert.export import export  # noqa: E402
+from quantconv.convert.gptq import gptq, inverse_cholesky, rtn  # noqa: E402
+from quantconv.convert.norm_tweak import distribution_loss, tweak  # noqa: E402
+from quantconv.convert.sources import open_source  # noqa: E402
+from quantconv.convert.torch_model import DecoderConfig, Head, Layer, Rope  # noqa: E402
+from quantconv.errors import QuantconvError  # noqa: E402
+from quantconv.formats.gguf_reader import GGUFFile  # noqa: E402
+from quantconv.formats.registry import get_dtype, list_dtypes  # noqa: E402
+from tests.shared_data import data_file  # noqa: E402
+from tests.tiny_models import make_tiny_hf_model  # noqa: E402
+
+QUANTIZED = [d.spec for d in list_dtypes() if d.family != "float"] + ["sf4:nu=3", "fp4-sr:flip", "int4:group=0"]
+# one representative per datatype family for the (slower) GPTQ-vs-RTN check
+FAMILIES = ["sf4", "nf4", "fp4-sp", "apot4", "int4:asym", "int4", "int8", "mxfp4", "mxfp6", "mxfp8", "mxint8",
+            "q4_0", "q8_0", "nvfp4", "bfp", "bmf", "blog"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_tiny_hf_model(tmp_path_factory.mktemp("tiny"), "llama")
+
+
+def _correlated_layer(rows=64, cols=256, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    W = torch.randn(rows, cols, generator=g)
+    mix = torch.eye(cols) + torch.randn(cols, cols, generator=g) / 16
+    X = torch.randn(1024, cols, generator=g) @ mix
+    X[:, :4] *= 8                              # a few outlier channels, as in real activations
+    return W, X
+
+
+# --- the torch decoder ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("arch,over", [("llama", {}), ("qwen2", {}), ("mistral", {}),
+                                       ("llama", {"rope_scaling": {"rope_type": "llama3", "factor": 8.0,
+                                                                   "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                                                   "original_max_position_embeddings": 16}})])
+def test_torch_decoder_matches_transformers(tmp_path, arch, over):
+    transformers = pytest.importorskip("transformers")
+    d = make_tiny_hf_model(tmp_path, arch, **over)
+    src = open_source(str(d))
+    cfg = DecoderConfig.from_source(src)
+    model = transformers.AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
+    ids = torch.randint(0, 200, (2, 40), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = model(ids).logits
+        head, rope = Head(src, cfg), Rope(cfg, 40, "cpu")
+        x = head.embed_tokens(ids)
+        layers = [Layer(src, cfg, i) for i in range(cfg.n_layers)]
+        for layer in layers:
+            x = layer.forward(x, rope)
+        assert (head.logits(x) - ref).abs().max().item() < 1e-4
+        # the KV-cache step used to sample self-calibration text gives the same hidden states
+        y, caches = [], [dict() for _ in layers]
+        for pos in range(8):
+            h = head.embed_tokens(ids[:, pos:pos + 1])
+            for layer, cache in zip(layers, caches):
+                h = layer.step(h, rope, pos, cache)
+            y.append(h)
+        x8 = head.embed_tokens(ids[:, :8])
+        for layer in layers:
+            x8 = layer.forward(x8, rope)
+        assert (torch.cat(y, 1) - x8).abs().max().item() < 1e-4
+
+
+# --- codecs: fit / encode / decode / pack ---------------------------------------------------------------
+
+@pytest.mark.parametrize("spec", QUANTIZED)
+def test_split_api_equals_quantize(spec):
+    dt = get_dtype(spec)
+    rng = np.random.default_rng(0)
+    cols = 256
+    w = (rng.standard_normal((8, cols)) * rng.choice([1e-3, 1, 30], (8, 1))).astype(np.float32)
+    w[0, :] = 0
+    blocks = w.reshape(-1, dt.block_for(cols))
+    params = dt.codec.fit(blocks)
+    codes = dt.codec.encode(blocks, params)
+    assert np.array_equal(dt.codec.pack(codes, params).reshape(8, -1), dt.quantize(w))
+    assert np.array_equal(dt.codec.decode(codes, params).reshape(w.shape).astype(np.float32), dt.fake_quantize(w))
+
+
+# --- GPTQ -----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("spec", FAMILIES)
+def test_gptq_beats_rtn_on_layer_output(spec):
+    dt = get_dtype(spec)
+    W, X = _correlated_layer()
+    H = X.T @ X
+    err = lambda q: ((X @ (q.values - W).T) ** 2).mean().item()  # noqa: E731
+    r, g = rtn(W, dt), gptq(W, H, dt)
+    assert err(g) < 0.8 * err(r), (err(g), err(r))
+    for q in (r, g, gptq(W, H, dt, act_order=True)):
+        # the file's bytes decode to exactly the values GPTQ worked with
+        assert np.array_equal(dt.dequantize(q.packed(), W.shape), q.values.numpy())
+    assert np.array_equal(r.packed(), dt.quantize(W.numpy()))      # RTN through GPTQ's path = export's RTN
+
+
+def test_gptq_row_order_permutes_rows():
+    dt = get_dtype("sf4")
+    W, X = _correlated_layer(rows=16)
+    q = gptq(W, X.T @ X, dt)
+    order = np.arange(16)[::-1].copy()
+    assert np.array_equal(q.packed(order), q.packed()[order])
+
+
+def test_hessian_nan_and_dampening():
+    with pytest.raises(QuantconvError, match="NaN"):
+        inverse_cholesky(torch.full((4, 4), float("nan")), 0.01, "test")
+    # slightly indefinite: 1% dampening fails, the retry at 10% succeeds
+    H = torch.diag(torch.tensor([1.0, 1.0, -0.05]))
+    U = inverse_cholesky(H, 0.01, "test")
+    assert torch.isfinite(U).all()
+    with pytest.raises(QuantconvError, match="singular"):
+        inverse_cholesky(-torch.eye(3), 0.01, "test")
+
+
+# --- AWQ / SmoothQuant folding ----------------------------------------------------------------------------
+
+def _layer_and_input(tiny):
+    src = open_source(str(tiny))
+    cfg = DecoderConfig.from_source(src)
+    x = torch.randn(2, 24, cfg.hidden, generator=torch.Generator().manual_seed(2))
+    return src, cfg, Layer(src, cfg, 0), x, Rope(cfg, 24, "cpu")
+
+
+def test_scale_folding_keeps_float_outputs(tiny):
+    src, cfg, layer, x, rope = _layer_and_input(tiny)
+    with torch.no_grad():
+        ref = layer.forward(x, rope)
+        g = torch.Generator().manual_seed(3)
+        for prev, linears in smoothing.mappings(layer):
+            s = torch.rand(layer.w[linears[0]].shape[1], generator=g) * 4 + 0.25
+            smoothing.fold(layer, prev, linears, s)
+        assert (layer.forward(x, rope) - ref).abs().max().item() < 1e-5
+
+
+def test_smoothquant_migration_keeps_outputs_and_flattens_activations(tiny):
+    src, cfg, layer, x, rope = _layer_and_input(tiny)
+    with torch.no_grad():
+        x[..., 3] *= 40                      # an outlier channel in the residual stream
+        ref = layer.forward(x, rope)
+        xn = layer.attn_input(x).reshape(-1, cfg.hidden)
+        before = xn.abs().amax(0)
+        s = smoothing.smoothquant_scales(before, [layer.w[n] for n in ("q_proj", "k_proj", "v_proj")], 0.5)
+        smoothing.fold(layer, "attn_norm", ("q_proj", "k_proj", "v_proj"), s)
+        after = layer.attn_input(x).reshape(-1, cfg.hidden).abs().amax(0)
+        assert (layer.forward(x, rope) - ref).abs().max().item() < 1e-5
+        assert (after.max() / after.median()) < (before.max() / before.median())
+
+
+def test_awq_search_never_worse_than_plain_rtn(tiny):
+    src, cfg, layer, x, rope = _layer_and_input(tiny)
+    dt = get_dtype("int4:group=32")
+    xs = layer.attn_input(x).reshape(-1, cfg.hidden)
+    names = ("q_proj", "k_proj", "v_proj")
+    with torch.no_grad():
+        ref = torch.cat([xs @ layer.w[n].T for n in names], 1)
+        plain = torch.cat([xs @ awq.fake_quant(layer.w[n], dt).T for n in names], 1)
+        alpha, s = awq.search_scale(layer, "attn_norm", names, xs, {n: dt for n in names}, n_grid=10)
+        scaled = torch.cat([xs @ (awq.fake_quant(layer.w[n] * s, dt) / s).T for n in names], 1)
+    assert ((scaled - ref) ** 2).mean() <= ((plain - ref) ** 2).mean() + 1e-12
+    w = layer.w["v_proj"]
+    clipped = awq.search_clip(w, xs, dt, n_grid=10)
+    assert clipped.abs().max() <= w.abs().max()
+
+
+# --- activation quantization ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", [n for n in ACT_DTYPES if n != "int8"])
+def test_act_quant_matches_weight_codec(name):
+    spec = {"mxint8": "mxint8", "mxfp8": "mxfp8", "mxfp6": "mxfp6", "mxfp4": "mxfp4"}[name]
+    x = (torch.randn(4, 64) * torch.tensor([[1e-3], [1.0], [50.0], [0.0]])).float()
+    got = ACT_DTYPES[name].fake_quantize(x).numpy()
+    assert np.array_equal(got, get_dtype(spec).fake_quantize(x.numpy()))
+
+
+def test_act_quant_int8_per_token():
+    x = torch.tensor([[1.0, -0.5, 0.25, 127.0], [0.0, 0.0, 0.0, 0.0]])
+    y = get_act_dtype("int8").fake_quantize(x)
+    assert torch.equal(y[0], x[0]) and torch.equal(y[1], x[1])
+    with pytest.raises(QuantconvError, match="act-dtype"):
+        get_act_dtype("fp3")
+
+
+# --- Norm Tweaking -----------------------------------------------------------------------------------------
+
+def test_norm_tweak_lowers_distribution_loss(tiny):
+    src, cfg, layer, x, rope = _layer_and_input(tiny)
+    with torch.no_grad():
+        yf = layer.forward(x, rope)
+        for n in layer.w:
+            layer.w[n] = rtn(layer.w[n], get_dtype("int3:group=32")).values
+    before, after = tweak(layer, x, yf, rope, lambda l, a, r: l.forward(a, r), lr=1e-3, chunk=1, epochs=20)
+    assert after < before
+    with torch.no_grad():
+        assert distribution_loss(layer.forward(x, rope), yf).item() == pytest.approx(after, rel=1e-4)
+
+
+# --- the export pipeline ------------------------------------------------------------------------------------
+
+def test_calibration_windows_and_errors(tiny, tmp_path):
+    src = open_source(str(tiny))
+    valid = data_file("wikitext-2-valid.txt")
+    a = calibration_ids(str(valid), src, 4, 32, seed=1)
+    assert a.shape == (4, 32) and torch.equal(a, calibration_ids(str(valid), src, 4, 32, seed=1))
+    assert not torch.equal(a, calibration_ids(str(valid), src, 4, 32, seed=2))
+    empty = tmp_path / "empty.txt"
+    empty.write_text("  \n")
+    with pytest.raises(QuantconvError, match="empty"):
+        calibration_ids(str(empty), src, 4, 32)
+    short = tmp_path / "short.txt"
+    short.write_text("a few words only")
+    with pytest.raises(QuantconvError, match="fewer than --nsamples x --seqlen"):
+        calibration_ids(str(short), src, 4, 32)
+    with pytest.raises(QuantconvError, match="does not exist"):
+        calibration_ids(str(tmp_path / "missing.txt"), src, 4, 32)
+    ids = calibration_ids("self", src, 2, 12, seed=0)
+    assert ids.shape == (2, 12) and torch.equal(ids, calibration_ids("self", src, 2, 12, seed=0))
+
+
+def test_parse_algo():
+    assert parse_algo("awq+gptq") == ("awq", "gptq")
+    for bad in ("foo", "rtn+gptq", ""):
+        with pytest.raises(QuantconvError):
+            parse_algo(bad)
+
+
+@pytest.mark.parametrize("algo,extra", [("gptq", {}), ("awq+gptq", {}), ("smoothquant+gptq", {"act_dtype": "int8"}),
+                                        ("gptq", {"norm_tweak": True, "act_order": True}), ("awq", {})])
+def test_calibrated_export_runs(tiny, tmp_path, algo, extra):
+    from quantconv.runtime.engine import Engine
+
+    src = open_source(str(tiny))
+    act = get_act_dtype(extra.pop("act_dtype", None))
+    opts = CalibOptions(calib=str(data_file("wikitext-2-valid.txt")), nsamples=4, seqlen=32, act_dtype=act,
+                        awq_grid=5, **extra)
+    out = tmp_path / "m.gguf"
+    layers = []
+    export(src, out, "sf4:group=32", algo=algo, calib=opts, on_layer=lambda i, n, info: layers.append(i))
+    assert layers == list(range(src.config["num_hidden_layers"]))
+    with GGUFFile(out) as f:
+        assert f.kv["quantconv.recipe.algo"] == algo
+        assert f.kv["quantconv.recipe.nsamples"] == 4
+        if act:
+            assert f.kv["quantconv.act_dtype"] == act.name
+    logits = Engine(out, n_ctx=64).eval([1, 5, 9, 13], all_logits=True)
+    assert np.all(np.isfinite(logits))
+
+
+def test_gptq_export_lowers_output_error_vs_rtn(tiny, tmp_path):
+    """The whole pipeline: a GPTQ file's logits are closer to the float model's than RTN's."""
+    from quantconv.runtime.engine import Engine
+
+    src = open_source(str(tiny))
+    ids = list(range(3, 60))
+    export(src, tmp_path / "f32.gguf", "f32")
+    ref = Engine(tmp_path / "f32.gguf", n_ctx=64, exact=True).eval(ids, all_logits=True)
+    errs = {}
+    for algo in ("rtn", "gptq"):
+        opts = CalibOptions(calib=str(data_file("wikitext-2-valid.txt")), nsamples=16, seqlen=64)
+        export(src, tmp_path / f"{algo}.gguf", "int3:group=32", algo=algo, calib=None if algo == "rtn" else opts)
+        got = Engine(tmp_path / f"{algo}.gguf", n_ctx=64, exact=True).eval(ids, all_logits=True)
+        errs[algo] = float(((got - ref) ** 2).mean())
+    assert errs["gptq"] < errs["rtn"], errs
+
+
+def test_calibrated_export_bad_inputs_leave_no_file(tiny, tmp_path):
+    src = open_source(str(tiny))
+    out = tmp_path / "m.gguf"
+    with pytest.raises(QuantconvError, match="--calib"):
+        export(src, out, "sf4", algo="gptq")
+    with pytest.raises(QuantconvError, match="fewer than"):
+        export(src, out, "sf4", algo="gptq", calib=CalibOptions(calib=str(data_file("wikitext-2-valid.txt")),
+                                                                 nsamples=100000, seqlen=512))
+    with pytest.raises(QuantconvError, match="cuda|CUDA"):
+        if torch.cuda.is_available():
+            raise QuantconvError("cuda present: nothing to check")
+        export(src, out, "sf4", algo="gptq", calib=CalibOptions(calib="self", device="cuda"))
+    assert list(tmp_path.iterdir()) == []
