@@ -4,10 +4,12 @@
 //   g++ -O2 -std=c++17 -Icpp bench/kernels_bench.cpp build/cpp-tests/libquantconv_quant.a -lpthread -o /tmp/kb
 //   /tmp/kb [isa ...]                    # default: every ISA this CPU runs
 //   KB_TYPES='q4_0;sf4:group=64' /tmp/kb avx2
+//   KB_T=64 /tmp/kb avx2                 # matmul over 64 tokens (prefill) instead of matvec
 //
 // Weights are random codes with realistic block scales (fp16 around 2^-6..2^0, E8M0 2^-9..2^3): tiny
 // scales would make float products subnormal, which costs Intel cores a microcode assist per
-// operation and measures nothing useful. Prints microseconds per matvec, best of 7 rounds.
+// operation and measures nothing useful. Prints microseconds per matvec (or per matmul of KB_T tokens),
+// best of 7 rounds, and the multiply-adds per nanosecond.
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
@@ -51,24 +53,30 @@ std::vector<uint8_t> random_rows(const quant::TypeParams& p, int64_t rows, int64
     return W;
 }
 
-double time_us(const quant::TypeParams& p, int64_t rows, int64_t cols, bool exact, kernels::Isa isa) {
+double time_us(const quant::TypeParams& p, int64_t rows, int64_t cols, bool exact, kernels::Isa isa, int64_t T) {
     std::mt19937 rng(1);
     const size_t rb = static_cast<size_t>(quant::row_bytes(p, cols));
     const std::vector<uint8_t> W = random_rows(p, rows, cols, rng);
     std::normal_distribution<float> nd;
     std::vector<float> x(static_cast<size_t>(cols));
-    for (auto& v : x) v = nd(rng);
-    std::vector<uint8_t> acts(kernels::acts_bytes(p, cols) + 64);
-    void* a = acts.data() + (64 - reinterpret_cast<uintptr_t>(acts.data()) % 64) % 64;
+    const size_t ab = kernels::acts_bytes(p, cols);
+    std::vector<uint8_t> acts(ab * static_cast<size_t>(T) + 64);
+    auto* a = acts.data() + (64 - reinterpret_cast<uintptr_t>(acts.data()) % 64) % 64;
     kernels::set_isa(isa);
     kernels::set_exact(exact);
-    kernels::prepare_acts(p, x.data(), cols, a);
-    std::vector<float> y(static_cast<size_t>(rows));
+    for (int64_t t = 0; t < T; ++t) {
+        for (auto& v : x) v = nd(rng);
+        kernels::prepare_acts(p, x.data(), cols, a + static_cast<size_t>(t) * ab);
+    }
+    std::vector<float> y(static_cast<size_t>(rows * T));
     double best = 1e30;
     for (int round = 0; round < 7; ++round) {
         const auto t0 = std::chrono::steady_clock::now();
-        const int n = 100;
-        for (int i = 0; i < n; ++i) kernels::matvec(p, W.data(), rb, cols, a, y.data(), 0, rows);
+        const int n = T > 1 ? 3 : 100;
+        for (int i = 0; i < n; ++i) {
+            if (T > 1) kernels::matmul(p, W.data(), rb, cols, a, T, y.data(), rows, 0, rows);
+            else kernels::matvec(p, W.data(), rb, cols, a, y.data(), 0, rows);
+        }
         best = std::min(best, std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count() / n);
     }
     return best;
@@ -112,19 +120,21 @@ int main(int argc, char** argv) {
         } catch (const std::exception&) {
         }
     }
-    std::printf("%-14s %10s %7s %10s %10s\n", "type", "shape", "isa", "exact us", "fast us");
+    const int64_t T = std::getenv("KB_T") ? std::max(1L, std::atol(std::getenv("KB_T"))) : 1;
+    std::printf("%-14s %10s %7s %10s %10s %9s\n", "type", "shape", "isa", "exact us", "fast us", "MAC/ns");
     for (const auto& [name, p] : types) {
         if (!wanted_type(name)) continue;
         for (const auto& [rows, cols] : {std::pair<int64_t, int64_t>{1536, 576}, {576, 1536}}) {
             if (p.block_size && cols % p.block_size) continue;
             for (kernels::Isa isa : isas) {
-                const double e = time_us(p, rows, cols, true, isa);
+                const double e = time_us(p, rows, cols, true, isa, T);
                 const bool fast = kernels::fast_supported(p, cols);
-                const double f = fast ? time_us(p, rows, cols, false, isa) : 0.0;
+                const double f = fast ? time_us(p, rows, cols, false, isa, T) : 0.0;
+                const double macs = static_cast<double>(rows * cols * T) / ((fast ? f : e) * 1e3);
                 char shape[32];
                 std::snprintf(shape, sizeof shape, "%ldx%ld", static_cast<long>(rows), static_cast<long>(cols));
-                if (fast) std::printf("%-14s %10s %7s %10.1f %10.1f\n", name.c_str(), shape, kernels::isa_name(isa), e, f);
-                else std::printf("%-14s %10s %7s %10.1f %10s\n", name.c_str(), shape, kernels::isa_name(isa), e, "-");
+                if (fast) std::printf("%-14s %10s %7s %10.1f %10.1f %9.1f\n", name.c_str(), shape, kernels::isa_name(isa), e, f, macs);
+                else std::printf("%-14s %10s %7s %10.1f %10s %9.1f\n", name.c_str(), shape, kernels::isa_name(isa), e, "-", macs);
                 std::fflush(stdout);
             }
         }

@@ -126,22 +126,34 @@ void set_exact(bool on) { g_exact.store(on ? 1 : 0, std::memory_order_relaxed); 
 
 namespace {
 
-// The row kernel for this call: the active table's fast path when the acts carry q8 blocks and the
+// The kernels for this call: the active table's fast path when the acts carry q8 blocks and the
 // exact switch is off (a table without one borrows the scalar fast path, so results never depend
-// on which paths an ISA happens to implement), else its exact path. `tile`, when non-null, is the
-// matching kTileTokens-token kernel (matmul).
-vec_dot_fn pick(const quant::TypeParams& p, const Acts& a, tile_dot_fn* tile = nullptr) {
+// on which paths an ISA happens to implement), else its exact path; with the matching tile and
+// row-group shapes where the table has them.
+constexpr size_t kRowBlockBytes = 64 * 1024;
+
+// Matvec streams its weights from memory once: the row groups interleave kGroupRows streams, which
+// the hardware prefetchers follow poorly, so each group asks for the bytes of the group
+// kPrefetchGroups ahead.
+constexpr int64_t kPrefetchGroups = 4;
+inline void prefetch_rows(const uint8_t* W, size_t row_bytes, int64_t r, int64_t r1) {
+    if (r + kGroupRows > r1) return;
+    const uint8_t* p = W + static_cast<size_t>(r) * row_bytes;
+    for (size_t off = 0; off < kGroupRows * row_bytes; off += 64) __builtin_prefetch(p + off);
+}
+
+struct Kernels {
+    vec_dot_fn dot = nullptr;
+    tile_dot_fn tile = nullptr, rows = nullptr;
+};
+
+Kernels pick(const quant::TypeParams& p, const Acts& a) {
     const KernelRow& row = table_of(active_isa()).row(p.layout);
-    if (tile) *tile = nullptr;
     if (a.has_q8 && !exact()) {
-        if (row.fast) {
-            if (tile) *tile = row.fast_tile;
-            return row.fast;
-        }
-        if (const vec_dot_fn f = scalar_table().row(p.layout).fast) return f;
+        if (row.fast) return {row.fast, row.fast_tile, row.fast_rows};
+        if (const vec_dot_fn f = scalar_table().row(p.layout).fast) return {f};
     }
-    if (tile) *tile = row.exact_tile;
-    return row.exact;
+    return {row.exact, row.exact_tile, row.exact_rows};
 }
 
 }  // namespace
@@ -150,8 +162,14 @@ void matvec(const quant::TypeParams& p, const uint8_t* W, size_t row_bytes, int6
             int64_t r0, int64_t r1) {
     const Acts a = view_acts(acts);
     const Plan pl = make_plan(p, cols);
-    const vec_dot_fn dot = pick(p, a);
-    for (int64_t r = r0; r < r1; ++r) y[r - r0] = dot(W + static_cast<size_t>(r) * row_bytes, pl, a);
+    const Kernels k = pick(p, a);
+    int64_t r = r0;
+    if (k.rows)
+        for (; r + kGroupRows <= r1; r += kGroupRows) {
+            prefetch_rows(W, row_bytes, r + kPrefetchGroups * kGroupRows, r1);
+            k.rows(W + static_cast<size_t>(r) * row_bytes, row_bytes, pl, &a, y + (r - r0), 0);
+        }
+    for (; r < r1; ++r) y[r - r0] = k.dot(W + static_cast<size_t>(r) * row_bytes, pl, a);
 }
 
 void matmul(const quant::TypeParams& p, const uint8_t* W, size_t row_bytes, int64_t cols, const void* acts, int64_t T,
@@ -160,31 +178,28 @@ void matmul(const quant::TypeParams& p, const uint8_t* W, size_t row_bytes, int6
     const size_t stride = acts_bytes(p, cols);
     const auto* base = static_cast<const uint8_t*>(acts);
     const Plan pl = make_plan(p, cols);
-    tile_dot_fn tdot = nullptr;
-    const vec_dot_fn dot = pick(p, view_acts(base), &tdot);
-    // Token tiles whose activations stay in L2 (~256 KiB) while every row streams past them once;
-    // inside a tile each row (in L1) meets all the tile's tokens, kTileTokens at a time through the
-    // table's tile kernel where it has one (each decoded weight block then serves several tokens),
-    // the rest one by one. A tile kernel repeats the vec_dot's arithmetic per token, so the results
-    // match T matvecs bit for bit.
-    constexpr size_t kL2Budget = 256 * 1024;
-    int64_t tile = std::clamp<int64_t>(static_cast<int64_t>(kL2Budget / std::max<size_t>(stride, 1)), 1, 64);
-    if (tdot && tile >= kTileTokens) tile -= tile % kTileTokens;
-    Acts tile_acts[64];
-    for (int64_t t0 = 0; t0 < T; t0 += tile) {
-        const int64_t nt = std::min(tile, T - t0);
-        for (int64_t t = 0; t < nt; ++t) tile_acts[t] = view_acts(base + static_cast<size_t>(t0 + t) * stride);
-        for (int64_t r = r0; r < r1; ++r) {
-            const uint8_t* row = W + static_cast<size_t>(r) * row_bytes;
-            int64_t t = 0;
-            if (tdot) {
-                float out[kTileTokens];
-                for (; t + kTileTokens <= nt; t += kTileTokens) {
-                    tdot(row, pl, tile_acts + t, out);
-                    for (int k = 0; k < kTileTokens; ++k) Y[(t0 + t + k) * ldy + r] = out[k];
-                }
+    const Kernels k = pick(p, view_acts(base));
+    // Row blocks whose weights stay in L2 (kRowBlockBytes) against token groups of kTileTokens
+    // (their q8 blocks stay in L1), kTileRows rows at a time through the table's tile kernel where
+    // it has one; tokens and rows left over go one by one.
+    const int64_t block = std::max<int64_t>(kTileRows, static_cast<int64_t>(kRowBlockBytes / row_bytes) / kTileRows * kTileRows);
+    for (int64_t b0 = r0; b0 < r1; b0 += block) {
+        const int64_t b1 = std::min(r1, b0 + block);
+        Acts ta[kTileTokens];
+        int64_t t = 0;
+        if (k.tile) {
+            for (; t + kTileTokens <= T; t += kTileTokens) {
+                for (int i = 0; i < kTileTokens; ++i) ta[i] = view_acts(base + static_cast<size_t>(t + i) * stride);
+                int64_t r = b0;
+                for (; r + kTileRows <= b1; r += kTileRows)
+                    k.tile(W + static_cast<size_t>(r) * row_bytes, row_bytes, pl, ta, Y + t * ldy + r, ldy);
+                for (; r < b1; ++r)
+                    for (int i = 0; i < kTileTokens; ++i) Y[(t + i) * ldy + r] = k.dot(W + static_cast<size_t>(r) * row_bytes, pl, ta[i]);
             }
-            for (; t < nt; ++t) Y[(t0 + t) * ldy + r] = dot(row, pl, tile_acts[t]);
+        }
+        for (; t < T; ++t) {
+            const Acts a = view_acts(base + static_cast<size_t>(t) * stride);
+            for (int64_t r = b0; r < b1; ++r) Y[t * ldy + r] = k.dot(W + static_cast<size_t>(r) * row_bytes, pl, a);
         }
     }
 }

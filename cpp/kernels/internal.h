@@ -78,24 +78,27 @@ Plan make_plan(const quant::TypeParams& p, int64_t cols);
 // The dot product of one packed weight row with prepared activations.
 using vec_dot_fn = float (*)(const uint8_t* row, const Plan& pl, const Acts& a);
 
-// One weight row against kTileTokens prepared activations at once (matmul): out[t] = dot(row, a[t]),
-// each decoded weight block reused across the tile's tokens (the tokens' acts share p and cols).
-// Per token it must do the same arithmetic in the same order as the row's vec_dot, so that matmul
-// equals T matvecs bit for bit (kernels.h; test_kernels checks it).
-constexpr int kTileTokens = 4;
-using tile_dot_fn = void (*)(const uint8_t* row, const Plan& pl, const Acts* a, float* out);
+// RM weight rows (row_bytes apart from W) against RN prepared activations at once: out[t * ldo + r] =
+// dot(row r, a[t]) for r < RM, t < RN (the tokens' acts share p and cols). Two shapes: matmul tiles
+// (kTileRows x kTileTokens: each decoded weight block serves several tokens, each activation block
+// several rows) and matvec row groups (kGroupRows x 1). Per (row, token) a shape must do the same
+// arithmetic in the same order as the row's vec_dot, so that matmul equals T matvecs bit for bit
+// (kernels.h; test_kernels checks it).
+constexpr int kTileRows = 2, kTileTokens = 4, kGroupRows = 4;
+using tile_dot_fn = void (*)(const uint8_t* W, size_t row_bytes, const Plan& pl, const Acts* a, float* out, int64_t ldo);
 
 // One row per quant::Layout, in Layout order (ggml's type_traits style). `exact` is never null;
 // `fast` is null where the layout has no integer path on this ISA; it is only called when
-// fast_supported(p, cols) holds (the acts then carry the q8 section). `exact_tile` / `fast_tile`:
-// the same paths for kTileTokens tokens at once (matmul), or null (matmul then calls the vec_dot
-// per token); a fast_tile is only used together with this table's own `fast`, an exact_tile with
-// its `exact`.
+// fast_supported(p, cols) holds (the acts then carry the q8 section). `*_tile` (matmul) and
+// `*_rows` (matvec): the same paths in the shapes above, or null (the vec_dot is then called per
+// row and token); they are only used together with this table's own vec_dot of the same path.
 struct KernelRow {
     vec_dot_fn exact;
     vec_dot_fn fast;
     tile_dot_fn exact_tile = nullptr;
     tile_dot_fn fast_tile = nullptr;
+    tile_dot_fn exact_rows = nullptr;
+    tile_dot_fn fast_rows = nullptr;
 };
 
 struct KernelTable {

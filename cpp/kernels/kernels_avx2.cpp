@@ -63,112 +63,68 @@ inline __m256 lut16(__m256 lo, __m256 hi, __m256i idx) {
 }
 
 // ---- exact: float layouts -----------------------------------------------------------------------
-
-template <class Load8, class Load1>
-inline float dot_float_row(int64_t n, const float* x, Load8 load8, Load1 load1) {
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+// RM rows x RN tokens at once (RM = RN = 1: the vec_dot; kGroupRows x 1: matvec row groups;
+// kTileRows x kTileTokens: matmul tiles). One accumulator per (row, token), 8 columns per FMA, then
+// hsum and the scalar tail in column order: every shape does the same arithmetic per (row, token),
+// so matmul equals T matvecs bit for bit. Each converted weight vector serves RN tokens and each
+// activation vector RM rows.
+template <int RM, int RN, class Load8, class Load1>
+inline void float_tile(const uint8_t* W, size_t rb, int64_t n, const Acts* a, float* out, int64_t ldo, Load8 load8,
+                       Load1 load1) {
+    __m256 acc[RM][RN];
+    for (int r = 0; r < RM; ++r)
+        for (int t = 0; t < RN; ++t) acc[r][t] = _mm256_setzero_ps();
     int64_t i = 0;
-    for (; i + 32 <= n; i += 32) {
-        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), load8(i), a0);
-        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 8), load8(i + 8), a1);
-        a2 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 16), load8(i + 16), a2);
-        a3 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 24), load8(i + 24), a3);
+    for (; i + 8 <= n; i += 8) {
+        __m256 w[RM];
+        for (int r = 0; r < RM; ++r) w[r] = load8(W + r * rb, i);
+        for (int t = 0; t < RN; ++t) {
+            const __m256 x = _mm256_loadu_ps(a[t].x + i);
+            for (int r = 0; r < RM; ++r) acc[r][t] = _mm256_fmadd_ps(x, w[r], acc[r][t]);
+        }
     }
-    for (; i + 8 <= n; i += 8) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), load8(i), a0);
-    float s = hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
-    for (; i < n; ++i) s += x[i] * load1(i);
-    return s;
-}
-
-float exact_f32(const uint8_t* row, const Plan& pl, const Acts& a) {
-    return dot_float_row(
-        pl.cols, a.x, [&](int64_t i) { return _mm256_loadu_ps(reinterpret_cast<const float*>(row + 4 * i)); },
-        [&](int64_t i) {
-            float w;
-            std::memcpy(&w, row + 4 * i, sizeof w);
-            return w;
-        });
-}
-
-float exact_f16(const uint8_t* row, const Plan& pl, const Acts& a) {
-    return dot_float_row(
-        pl.cols, a.x, [&](int64_t i) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 2 * i))); },
-        [&](int64_t i) { return h2f(row + 2 * i); });
-}
-
-float exact_bf16(const uint8_t* row, const Plan& pl, const Acts& a) {
-    return dot_float_row(
-        pl.cols, a.x,
-        [&](int64_t i) {
-            const __m256i h = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 2 * i)));
-            return _mm256_castsi256_ps(_mm256_slli_epi32(h, 16));
-        },
-        [&](int64_t i) { return bits_to_f32(static_cast<uint32_t>(rd16(row + 2 * i)) << 16); });
-}
-
-// kTileTokens tokens at once, two per pass: each converted weight vector serves both tokens. Per
-// token the accumulators and the order of the sums are dot_float_row's (4 accumulators: 8 for the
-// pair, which fit in registers with the weights), so the results equal the matvec's bit for bit.
-static_assert(kTileTokens % 2 == 0, "dot_float_tile takes the tokens in pairs");
-template <class Load8, class Load1>
-inline void dot_float_tile(int64_t n, const Acts* a, float* out, Load8 load8, Load1 load1) {
-    for (int t = 0; t < kTileTokens; t += 2) {
-        const float *x = a[t].x, *z = a[t + 1].x;
-        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
-        int64_t i = 0;
-        for (; i + 32 <= n; i += 32) {
-            const __m256 w0 = load8(i), w1 = load8(i + 8), w2 = load8(i + 16), w3 = load8(i + 24);
-            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), w0, a0);
-            b0 = _mm256_fmadd_ps(_mm256_loadu_ps(z + i), w0, b0);
-            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 8), w1, a1);
-            b1 = _mm256_fmadd_ps(_mm256_loadu_ps(z + i + 8), w1, b1);
-            a2 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 16), w2, a2);
-            b2 = _mm256_fmadd_ps(_mm256_loadu_ps(z + i + 16), w2, b2);
-            a3 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 24), w3, a3);
-            b3 = _mm256_fmadd_ps(_mm256_loadu_ps(z + i + 24), w3, b3);
+    for (int r = 0; r < RM; ++r)
+        for (int t = 0; t < RN; ++t) {
+            float s = hsum(acc[r][t]);
+            for (int64_t j = i; j < n; ++j) s += a[t].x[j] * load1(W + r * rb, j);
+            out[t * ldo + r] = s;
         }
-        for (; i + 8 <= n; i += 8) {
-            const __m256 w0 = load8(i);
-            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), w0, a0);
-            b0 = _mm256_fmadd_ps(_mm256_loadu_ps(z + i), w0, b0);
-        }
-        float s = hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
-        float u = hsum(_mm256_add_ps(_mm256_add_ps(b0, b1), _mm256_add_ps(b2, b3)));
-        for (; i < n; ++i) {
-            const float w = load1(i);
-            s += x[i] * w;
-            u += z[i] * w;
-        }
-        out[t] = s;
-        out[t + 1] = u;
+}
+
+struct LoadF32 {
+    __m256 operator()(const uint8_t* row, int64_t i) const { return _mm256_loadu_ps(reinterpret_cast<const float*>(row + 4 * i)); }
+    float operator()(const uint8_t* row, int64_t i, int) const {
+        float w;
+        std::memcpy(&w, row + 4 * i, sizeof w);
+        return w;
     }
+};
+struct LoadF16 {
+    __m256 operator()(const uint8_t* row, int64_t i) const {
+        return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 2 * i)));
+    }
+    float operator()(const uint8_t* row, int64_t i, int) const { return h2f(row + 2 * i); }
+};
+struct LoadBF16 {
+    __m256 operator()(const uint8_t* row, int64_t i) const {
+        const __m256i h = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 2 * i)));
+        return _mm256_castsi256_ps(_mm256_slli_epi32(h, 16));
+    }
+    float operator()(const uint8_t* row, int64_t i, int) const { return bits_to_f32(static_cast<uint32_t>(rd16(row + 2 * i)) << 16); }
+};
+
+template <class L, int RM, int RN>
+void exact_float_tile(const uint8_t* W, size_t rb, const Plan& pl, const Acts* a, float* out, int64_t ldo) {
+    const L ld;
+    float_tile<RM, RN>(W, rb, pl.cols, a, out, ldo, [&](const uint8_t* row, int64_t i) { return ld(row, i); },
+                       [&](const uint8_t* row, int64_t i) { return ld(row, i, 0); });
 }
 
-void exact_f32_tile(const uint8_t* row, const Plan& pl, const Acts* a, float* out) {
-    dot_float_tile(
-        pl.cols, a, out, [&](int64_t i) { return _mm256_loadu_ps(reinterpret_cast<const float*>(row + 4 * i)); },
-        [&](int64_t i) {
-            float w;
-            std::memcpy(&w, row + 4 * i, sizeof w);
-            return w;
-        });
-}
-
-void exact_f16_tile(const uint8_t* row, const Plan& pl, const Acts* a, float* out) {
-    dot_float_tile(
-        pl.cols, a, out,
-        [&](int64_t i) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 2 * i))); },
-        [&](int64_t i) { return h2f(row + 2 * i); });
-}
-
-void exact_bf16_tile(const uint8_t* row, const Plan& pl, const Acts* a, float* out) {
-    dot_float_tile(
-        pl.cols, a, out,
-        [&](int64_t i) {
-            const __m256i h = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 2 * i)));
-            return _mm256_castsi256_ps(_mm256_slli_epi32(h, 16));
-        },
-        [&](int64_t i) { return bits_to_f32(static_cast<uint32_t>(rd16(row + 2 * i)) << 16); });
+template <class L>
+float exact_float(const uint8_t* row, const Plan& pl, const Acts& a) {
+    float out;
+    exact_float_tile<L, 1, 1>(row, 0, pl, &a, &out, 0);
+    return out;
 }
 
 // ---- exact: plane-coded layouts -----------------------------------------------------------------
@@ -363,133 +319,196 @@ float exact_nvfp4(const uint8_t* row, const Plan& pl, const Acts& a) {
 }
 
 // ---- fast paths ---------------------------------------------------------------------------------
-
-// 32 signed int8 weights . 32 int8 activations -> 8 int32 partial sums. vpmaddubsw wants one
-// unsigned operand: |w| times a with w's sign (w = -128 gives |w| = 128 read as unsigned: still right;
-// pairs stay below 2 * 128 * 127 < 32767, so nothing saturates).
-inline __m256i dot_s8(__m256i w, __m256i q) {
-    const __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(q, w));
-    return _mm256_madd_epi16(p, _mm256_set1_epi16(1));
-}
-
-// Unsigned weights (0..15) need no sign trick.
-inline __m256i dot_u8(__m256i u, __m256i q) {
-    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, q), _mm256_set1_epi16(1));
-}
+// Weights decode to int8 per q8 block (32 elements): |w| as unsigned bytes `aw` and a byte vector
+// `sg` carrying w's signs (a zero w has a zero |w|, so its sign byte does not matter). The q8
+// activations take the signs (vpsignb), vpmaddubsw multiplies, vpmaddwd sums pairs, and one float
+// FMA per q8 block scales by (block scale * tscale) * activation scale. Pairs stay below
+// 2 * 128 * 127 < 32767, so nothing saturates.
+//
+// One kernel per block format, templated on RM rows x RN tokens with one accumulator per (row,
+// token): the vec_dot is the 1 x 1 instance, matvec row groups kGroupRows x 1, matmul tiles
+// kTileRows x kTileTokens. Every shape does the same arithmetic per (row, token) in the same order,
+// so matmul equals T matvecs bit for bit; a decoded weight block serves RN tokens and a q8
+// activation block RM rows.
 
 inline __m256i load32(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
 
-// 4-bit codes, G == 32 or G a multiple of 64. Unsigned (asymmetric) codes are their own integer;
-// the others go through the table. G == 32: the 16 plane bytes are elements 0..15 | 16..31, one q8
-// block. G = 64k: 32 plane bytes at 32c are elements 32c.. (q8 block c) and G/2 + 32c.. (q8 block
-// G/64 + c) of the weight block.
-template <Hdr H, bool U>
-float fast_nib4(const uint8_t* row, const Plan& pl, const Acts& a) {
-    const BlockFmt& f = pl.f;
-    const __m256i tab = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a.table)));
-    const __m256i m4 = _mm256_set1_epi8(0x0F);
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0;
-    float off = 0.0f;
-    const int64_t nb = pl.cols / f.G;
-    if (f.G == 32) {
-        for (int64_t b = 0; b < nb; ++b, row += f.block_bytes) {
-            float d, m;
-            header<H>(row, d, m);
-            const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + f.hdr_bytes));
-            __m256i w = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(v, 4), v), m4);
-            const __m256i q = load32(a.q + 32 * b);
-            __m256i s;
-            if constexpr (U) {
-                s = dot_u8(w, q);
-                off += m * a.xsum[b];
-            } else {
-                s = dot_s8(_mm256_shuffle_epi8(tab, w), q);
-            }
-            acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(d * a.tscale * a.d[b]), acc0);
+#define QC_INLINE inline __attribute__((always_inline))
+
+// q8 block k of every token against RM rows' decoded weights: acc[r][t] += dot * (dw[r] * d[t]).
+// U: unsigned codes (aw is the code, sg unused). The scale is a vector product (the same rounding
+// as the scalar one), so its broadcasts come from memory instead of costing a shuffle each.
+template <bool U, int RM, int RN>
+QC_INLINE void mac_block(const __m256i (&aw)[RM], const __m256i (&sg)[RM], const float (&dw)[RM], const Acts* a,
+                         int64_t k, __m256 (&acc)[RM][RN]) {
+    const __m256i ones = _mm256_set1_epi16(1);
+#pragma GCC unroll 8
+    for (int t = 0; t < RN; ++t) {
+        const __m256i q = load32(a[t].q + 32 * k);
+        const __m256 d = _mm256_broadcast_ss(a[t].d + k);
+#pragma GCC unroll 8
+        for (int r = 0; r < RM; ++r) {
+            const __m256i qs = U ? q : _mm256_sign_epi8(q, sg[r]);
+            const __m256i s = _mm256_madd_epi16(_mm256_maddubs_epi16(aw[r], qs), ones);
+            const __m256 scale = _mm256_mul_ps(_mm256_broadcast_ss(dw + r), d);
+            acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), scale, acc[r][t]);
         }
-        return hsum(acc0) + off;
     }
-    const int64_t nh = f.G / 64;
-    for (int64_t b = 0; b < nb; ++b, row += f.block_bytes) {
-        float d, m;
-        header<H>(row, d, m);
-        const float dw = d * a.tscale;
-        const int64_t kb = b * f.G / 32;
-        const uint8_t* nib = row + f.hdr_bytes;
-        for (int64_t c = 0; c < nh; ++c) {
-            const __m256i v = load32(nib + 32 * c);
-            __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
-            const int64_t kl = kb + c, kh = kb + nh + c;
-            __m256i sl, sh;
-            if constexpr (U) {
-                sl = dot_u8(lo, load32(a.q + 32 * kl));
-                sh = dot_u8(hi, load32(a.q + 32 * kh));
-            } else {
-                sl = dot_s8(_mm256_shuffle_epi8(tab, lo), load32(a.q + 32 * kl));
-                sh = dot_s8(_mm256_shuffle_epi8(tab, hi), load32(a.q + 32 * kh));
-            }
-            acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sl), _mm256_set1_ps(dw * a.d[kl]), acc0);
-            acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sh), _mm256_set1_ps(dw * a.d[kh]), acc1);
-        }
-        if constexpr (U)
-            for (int64_t k = 0; k < f.G / 32; ++k) off += m * a.xsum[kb + k];
-    }
-    return hsum(_mm256_add_ps(acc0, acc1)) + off;
 }
 
-// 8-bit two's complement codes (Q8_0, IntSym8, MXINT8), G a multiple of 32.
-template <Hdr H>
-float fast_i8(const uint8_t* row, const Plan& pl, const Acts& a) {
-    const BlockFmt& f = pl.f;
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0;
-    const int64_t per = f.G / 32;
-    for (int64_t b = 0; b < pl.cols / f.G; ++b, row += f.block_bytes) {
-        float d, m;
-        header<H>(row, d, m);
-        const float dw = d * a.tscale;
-        const int64_t kb = b * per;
-        const uint8_t* w = row + f.hdr_bytes;
-        int64_t k = 0;
-        for (; k + 2 <= per; k += 2) {
-            const __m256i s0 = dot_s8(load32(w + 32 * k), load32(a.q + 32 * (kb + k)));
-            const __m256i s1 = dot_s8(load32(w + 32 * k + 32), load32(a.q + 32 * (kb + k + 1)));
-            acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s0), _mm256_set1_ps(dw * a.d[kb + k]), acc0);
-            acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s1), _mm256_set1_ps(dw * a.d[kb + k + 1]), acc1);
-        }
-        if (k < per) {
-            const __m256i s0 = dot_s8(load32(w + 32 * k), load32(a.q + 32 * (kb + k)));
-            acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s0), _mm256_set1_ps(dw * a.d[kb + k]), acc0);
+// The block formats: decode(blk, k, aw, sg) gives q8 block k (< per) of the weight block at blk.
+// 4-bit codes through the acts' 16-entry int8 table (or unsigned), G == 32: the 16 plane bytes are
+// elements 0..15 (low nibbles) | 16..31 (high nibbles).
+template <Hdr H_, bool U_>
+struct Nib4G32 {
+    static constexpr Hdr H = H_;
+    static constexpr bool U = U_;
+    const __m256i tab, m4 = _mm256_set1_epi8(0x0F);
+    const int hdr;
+    const int64_t per = 1;
+    Nib4G32(const Plan& pl, const Acts& a)
+        : tab(_mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a.table)))), hdr(pl.f.hdr_bytes) {}
+    void decode(const uint8_t* blk, int64_t, __m256i& aw, __m256i& sg) const {
+        const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + hdr));
+        const __m256i c = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(v, 4), v), m4);
+        if constexpr (U) {
+            aw = c;
+        } else {
+            sg = _mm256_shuffle_epi8(tab, c);
+            aw = _mm256_sign_epi8(sg, sg);
         }
     }
-    return hsum(_mm256_add_ps(acc0, acc1));
-}
+};
+
+// G = 64n: the 32 plane bytes at 32c hold elements 32c.. (q8 block c, low nibbles) and G/2 + 32c..
+// (q8 block n + c, high nibbles).
+template <Hdr H_, bool U_>
+struct Nib4Wide : Nib4G32<H_, U_> {
+    const int64_t per, half;
+    Nib4Wide(const Plan& pl, const Acts& a) : Nib4G32<H_, U_>(pl, a), per(pl.f.G / 32), half(pl.f.G / 64) {}
+    void decode(const uint8_t* blk, int64_t k, __m256i& aw, __m256i& sg) const {
+        const bool hi = k >= half;
+        __m256i c = load32(blk + this->hdr + 32 * (hi ? k - half : k));
+        if (hi) c = _mm256_srli_epi16(c, 4);
+        c = _mm256_and_si256(c, this->m4);
+        if constexpr (U_) {
+            aw = c;
+        } else {
+            sg = _mm256_shuffle_epi8(this->tab, c);
+            aw = _mm256_sign_epi8(sg, sg);
+        }
+    }
+};
+
+// 8-bit two's complement codes (Q8_0, IntSym8, MXINT8), G a multiple of 32.
+template <Hdr H_>
+struct Int8Fmt {
+    static constexpr Hdr H = H_;
+    static constexpr bool U = false;
+    const int hdr;
+    const int64_t per;
+    Int8Fmt(const Plan& pl, const Acts&) : hdr(pl.f.hdr_bytes), per(pl.f.G / 32) {}
+    void decode(const uint8_t* blk, int64_t k, __m256i& aw, __m256i& sg) const {
+        sg = load32(blk + hdr + 32 * k);
+        aw = _mm256_sign_epi8(sg, sg);
+    }
+};
 
 // MX E2M3 (6-bit sign-magnitude codes, G = 32): a 4-bit plane (elements j, j+16 in byte j) and a
 // 2-bit plane (element j + 8k in bits 2k of byte j). The table is symmetric (the magnitude's int8
-// is at code & 31), so the magnitude is looked up with two vpshufb and the sign moves onto q.
-float fast_e2m3(const uint8_t* row, const Plan& pl, const Acts& a) {
-    const BlockFmt& f = pl.f;
-    const __m256i t0 = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a.table)));
-    const __m256i t1 = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a.table + 16)));
-    const __m256i m4 = _mm256_set1_epi8(0x0F), m2 = _mm256_set1_epi8(0x03), one = _mm256_set1_epi8(1);
-    const __m256i shifts = _mm256_setr_epi64x(0, 2, 4, 6);
-    __m256 acc = _mm256_setzero_ps();
-    for (int64_t b = 0; b < pl.cols / 32; ++b, row += f.block_bytes) {
-        const float d = e8m0_scale(row[0]);
-        const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 1));
+// is at code & 31): the magnitude from two vpshufb, the sign from code bit 5.
+struct E2M3Fmt {
+    static constexpr Hdr H = Hdr::E8M0;
+    static constexpr bool U = false;
+    const __m256i t0, t1;
+    const int64_t per = 1;
+    E2M3Fmt(const Plan&, const Acts& a)
+        : t0(_mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a.table)))),
+          t1(_mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a.table + 16)))) {}
+    void decode(const uint8_t* blk, int64_t, __m256i& aw, __m256i& sg) const {
+        const __m256i m4 = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1);
+        const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 1));
         const __m256i lo4 = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(v, 4), v), m4);
         int64_t p2;
-        std::memcpy(&p2, row + 17, 8);
-        const __m256i hi2 = _mm256_and_si256(_mm256_srlv_epi64(_mm256_set1_epi64x(p2), shifts), m2);
+        std::memcpy(&p2, blk + 17, 8);
+        const __m256i hi2 = _mm256_and_si256(_mm256_srlv_epi64(_mm256_set1_epi64x(p2), _mm256_setr_epi64x(0, 2, 4, 6)),
+                                             _mm256_set1_epi8(0x03));
         const __m256i bit4 = _mm256_cmpeq_epi8(_mm256_and_si256(hi2, one), one);
-        const __m256i mag = _mm256_blendv_epi8(_mm256_shuffle_epi8(t0, lo4), _mm256_shuffle_epi8(t1, lo4), bit4);
-        // sign: +1 or -1 per byte from code bit 5 (hi2 bit 1)
-        const __m256i sgn = _mm256_sub_epi8(one, _mm256_and_si256(hi2, _mm256_set1_epi8(2)));
-        const __m256i q = _mm256_sign_epi8(load32(a.q + 32 * b), sgn);
-        const __m256i s = _mm256_madd_epi16(_mm256_maddubs_epi16(mag, q), _mm256_set1_epi16(1));
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(d * a.tscale * a.d[b]), acc);
+        aw = _mm256_blendv_epi8(_mm256_shuffle_epi8(t0, lo4), _mm256_shuffle_epi8(t1, lo4), bit4);
+        sg = _mm256_sub_epi8(one, _mm256_and_si256(hi2, _mm256_set1_epi8(2)));  // +1 / -1 from code bit 5
     }
-    return hsum(acc);
+};
+
+template <class Fmt, int RM, int RN>
+void fast_tile(const uint8_t* W, size_t rb, const Plan& pl, const Acts* a, float* out, int64_t ldo) {
+    const BlockFmt& f = pl.f;
+    const Fmt fmt(pl, a[0]);
+    const float ts = a[0].tscale;
+    __m256 acc[RM][RN];
+    float off[RM][RN];  // asymmetric codes: the sum of m * xsum
+#pragma GCC unroll 8
+    for (int r = 0; r < RM; ++r)
+#pragma GCC unroll 8
+        for (int t = 0; t < RN; ++t) {
+            acc[r][t] = _mm256_setzero_ps();
+            off[r][t] = 0.0f;
+        }
+    const int64_t nb = pl.cols / f.G;
+    for (int64_t b = 0; b < nb; ++b) {
+        const uint8_t* blk[RM];
+        float dw[RM], m[RM];
+#pragma GCC unroll 8
+        for (int r = 0; r < RM; ++r) {
+            blk[r] = W + r * rb + b * f.block_bytes;
+            float d;
+            header<Fmt::H>(blk[r], d, m[r]);
+            dw[r] = d * ts;
+        }
+        const int64_t kb = b * fmt.per;
+        for (int64_t k = 0; k < fmt.per; ++k) {
+            __m256i aw[RM], sg[RM];
+#pragma GCC unroll 8
+            for (int r = 0; r < RM; ++r) fmt.decode(blk[r], k, aw[r], sg[r]);
+            mac_block<Fmt::U>(aw, sg, dw, a, kb + k, acc);
+        }
+        if constexpr (Fmt::U)
+            for (int r = 0; r < RM; ++r)
+                for (int t = 0; t < RN; ++t)
+                    for (int64_t k = 0; k < fmt.per; ++k) off[r][t] += m[r] * a[t].xsum[kb + k];
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < RM; ++r)
+#pragma GCC unroll 8
+        for (int t = 0; t < RN; ++t) out[t * ldo + r] = hsum(acc[r][t]) + off[r][t];
+}
+
+template <Hdr H, bool U, int RM, int RN>
+void fast_nib4_tile(const uint8_t* W, size_t rb, const Plan& pl, const Acts* a, float* out, int64_t ldo) {
+    if (pl.f.G == 32) fast_tile<Nib4G32<H, U>, RM, RN>(W, rb, pl, a, out, ldo);
+    else fast_tile<Nib4Wide<H, U>, RM, RN>(W, rb, pl, a, out, ldo);
+}
+
+template <int RM, int RN>
+void fast_intsym_tile(const uint8_t* W, size_t rb, const Plan& pl, const Acts* a, float* out, int64_t ldo) {
+    if (pl.f.bits == 4) fast_nib4_tile<Hdr::F16, false, RM, RN>(W, rb, pl, a, out, ldo);
+    else fast_tile<Int8Fmt<Hdr::F16>, RM, RN>(W, rb, pl, a, out, ldo);
+}
+
+template <int RM, int RN>
+void fast_mx_tile(const uint8_t* W, size_t rb, const Plan& pl, const Acts* a, float* out, int64_t ldo) {
+    switch (pl.p->elem.kind) {
+        case ElemKind::E2M1: fast_nib4_tile<Hdr::E8M0, false, RM, RN>(W, rb, pl, a, out, ldo); return;
+        case ElemKind::Int8: fast_tile<Int8Fmt<Hdr::E8M0>, RM, RN>(W, rb, pl, a, out, ldo); return;
+        default: fast_tile<E2M3Fmt, RM, RN>(W, rb, pl, a, out, ldo);
+    }
+}
+
+// A tile kernel's 1 x 1 instance as a vec_dot.
+template <void (*Tile)(const uint8_t*, size_t, const Plan&, const Acts*, float*, int64_t)>
+float vec_of(const uint8_t* row, const Plan& pl, const Acts& a) {
+    float out;
+    Tile(row, 0, pl, &a, &out, 0);
+    return out;
 }
 
 // NVFP4: a q8 block is two 16-element sub-blocks (16 plane bytes: low nibbles are elements 0..7 of
@@ -497,13 +516,15 @@ float fast_e2m3(const uint8_t* row, const Plan& pl, const Acts& a) {
 float fast_nvfp4(const uint8_t* row, const Plan& pl, const Acts& a) {
     const __m256i tab = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a.table)));
     const __m128i m4 = _mm_set1_epi8(0x0F);
+    const __m256i ones = _mm256_set1_epi16(1);
     __m256 acc = _mm256_setzero_ps();
     for (int64_t b = 0; b < pl.cols / 64; ++b, row += 36) {
         for (int h = 0; h < 2; ++h) {
             const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 4 + 16 * h));
             const __m128i lo = _mm_and_si128(v, m4), hi = _mm_and_si128(_mm_srli_epi16(v, 4), m4);
-            const __m256i w = _mm256_set_m128i(_mm_unpackhi_epi64(lo, hi), _mm_unpacklo_epi64(lo, hi));
-            const __m256i s = dot_s8(_mm256_shuffle_epi8(tab, w), load32(a.q + 64 * b + 32 * h));
+            const __m256i w = _mm256_shuffle_epi8(tab, _mm256_set_m128i(_mm_unpackhi_epi64(lo, hi), _mm_unpacklo_epi64(lo, hi)));
+            const __m256i q = _mm256_sign_epi8(load32(a.q + 64 * b + 32 * h), w);
+            const __m256i s = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(w, w), q), ones);
             const float u = a.tscale * a.d[2 * b + h];
             const __m256 scale = _mm256_set_m128(_mm_set1_ps(pl.ue4m3_half[row[2 * h + 1]] * u),
                                                  _mm_set1_ps(pl.ue4m3_half[row[2 * h]] * u));
@@ -513,169 +534,64 @@ float fast_nvfp4(const uint8_t* row, const Plan& pl, const Acts& a) {
     return hsum(acc);
 }
 
-// ---- fast paths, kTileTokens tokens at once (matmul) ------------------------------------------
-// The same per-token arithmetic as fast_nib4 / fast_i8 (so the same results), with each weight block
-// decoded (and its sign taken) once for all the tile's tokens.
-
+// Kernels as types with a static run<RM, RN>, so that one table row can name all their shapes.
 template <Hdr H, bool U>
-void fast_nib4_tile(const uint8_t* row, const Plan& pl, const Acts* a, float* out) {
-    constexpr int NT = kTileTokens;
-    const BlockFmt& f = pl.f;
-    const __m256i tab = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a[0].table)));
-    const __m256i m4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
-    const float ts = a[0].tscale;
-    __m256 acc0[NT], acc1[NT];
-    float off[NT];
-    for (int t = 0; t < NT; ++t) {
-        acc0[t] = acc1[t] = _mm256_setzero_ps();
-        off[t] = 0.0f;
+struct Nib4K {
+    template <int RM, int RN>
+    static void run(const uint8_t* W, size_t rb, const Plan& pl, const Acts* a, float* out, int64_t ldo) {
+        fast_nib4_tile<H, U, RM, RN>(W, rb, pl, a, out, ldo);
     }
-    const int64_t nb = pl.cols / f.G;
-    if (f.G == 32) {
-        for (int64_t b = 0; b < nb; ++b, row += f.block_bytes) {
-            float d, m;
-            header<H>(row, d, m);
-            const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + f.hdr_bytes));
-            const __m256i w = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(v, 4), v), m4);
-            const float dw = d * ts;
-            if constexpr (U) {
-                for (int t = 0; t < NT; ++t) {
-                    const __m256i s = _mm256_madd_epi16(_mm256_maddubs_epi16(w, load32(a[t].q + 32 * b)), ones);
-                    off[t] += m * a[t].xsum[b];
-                    acc0[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(dw * a[t].d[b]), acc0[t]);
-                }
-            } else {
-                const __m256i ws = _mm256_shuffle_epi8(tab, w), aw = _mm256_sign_epi8(ws, ws);
-                for (int t = 0; t < NT; ++t) {
-                    const __m256i q = _mm256_sign_epi8(load32(a[t].q + 32 * b), ws);
-                    const __m256i s = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, q), ones);
-                    acc0[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(dw * a[t].d[b]), acc0[t]);
-                }
-            }
-        }
-        for (int t = 0; t < NT; ++t) out[t] = hsum(acc0[t]) + off[t];
-        return;
+};
+template <class Fmt>
+struct FmtK {
+    template <int RM, int RN>
+    static void run(const uint8_t* W, size_t rb, const Plan& pl, const Acts* a, float* out, int64_t ldo) {
+        fast_tile<Fmt, RM, RN>(W, rb, pl, a, out, ldo);
     }
-    const int64_t nh = f.G / 64;
-    for (int64_t b = 0; b < nb; ++b, row += f.block_bytes) {
-        float d, m;
-        header<H>(row, d, m);
-        const float dw = d * ts;
-        const int64_t kb = b * f.G / 32;
-        const uint8_t* nib = row + f.hdr_bytes;
-        for (int64_t c = 0; c < nh; ++c) {
-            const __m256i v = load32(nib + 32 * c);
-            __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
-            const int64_t kl = kb + c, kh = kb + nh + c;
-            __m256i alo = lo, ahi = hi;
-            if constexpr (!U) {
-                lo = _mm256_shuffle_epi8(tab, lo);
-                hi = _mm256_shuffle_epi8(tab, hi);
-                alo = _mm256_sign_epi8(lo, lo);
-                ahi = _mm256_sign_epi8(hi, hi);
-            }
-            for (int t = 0; t < NT; ++t) {
-                __m256i ql = load32(a[t].q + 32 * kl), qh = load32(a[t].q + 32 * kh);
-                if constexpr (!U) {
-                    ql = _mm256_sign_epi8(ql, lo);
-                    qh = _mm256_sign_epi8(qh, hi);
-                }
-                const __m256i sl = _mm256_madd_epi16(_mm256_maddubs_epi16(alo, ql), ones);
-                const __m256i sh = _mm256_madd_epi16(_mm256_maddubs_epi16(ahi, qh), ones);
-                acc0[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sl), _mm256_set1_ps(dw * a[t].d[kl]), acc0[t]);
-                acc1[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sh), _mm256_set1_ps(dw * a[t].d[kh]), acc1[t]);
-            }
-        }
-        if constexpr (U)
-            for (int t = 0; t < NT; ++t)
-                for (int64_t k = 0; k < f.G / 32; ++k) off[t] += m * a[t].xsum[kb + k];
+};
+struct IntSymK {
+    template <int RM, int RN>
+    static void run(const uint8_t* W, size_t rb, const Plan& pl, const Acts* a, float* out, int64_t ldo) {
+        fast_intsym_tile<RM, RN>(W, rb, pl, a, out, ldo);
     }
-    for (int t = 0; t < NT; ++t) out[t] = hsum(_mm256_add_ps(acc0[t], acc1[t])) + off[t];
-}
+};
+struct MxK {
+    template <int RM, int RN>
+    static void run(const uint8_t* W, size_t rb, const Plan& pl, const Acts* a, float* out, int64_t ldo) {
+        fast_mx_tile<RM, RN>(W, rb, pl, a, out, ldo);
+    }
+};
 
-template <Hdr H>
-void fast_i8_tile(const uint8_t* row, const Plan& pl, const Acts* a, float* out) {
-    constexpr int NT = kTileTokens;
-    const BlockFmt& f = pl.f;
-    const __m256i ones = _mm256_set1_epi16(1);
-    const float ts = a[0].tscale;
-    __m256 acc0[NT], acc1[NT];
-    for (int t = 0; t < NT; ++t) acc0[t] = acc1[t] = _mm256_setzero_ps();
-    const int64_t per = f.G / 32;
-    for (int64_t b = 0; b < pl.cols / f.G; ++b, row += f.block_bytes) {
-        float d, m;
-        header<H>(row, d, m);
-        const float dw = d * ts;
-        const int64_t kb = b * per;
-        const uint8_t* w = row + f.hdr_bytes;
-        int64_t k = 0;
-        for (; k + 2 <= per; k += 2) {
-            const __m256i w0 = load32(w + 32 * k), w1 = load32(w + 32 * k + 32);
-            const __m256i a0 = _mm256_sign_epi8(w0, w0), a1 = _mm256_sign_epi8(w1, w1);
-            for (int t = 0; t < NT; ++t) {
-                const __m256i q0 = _mm256_sign_epi8(load32(a[t].q + 32 * (kb + k)), w0);
-                const __m256i q1 = _mm256_sign_epi8(load32(a[t].q + 32 * (kb + k + 1)), w1);
-                const __m256i s0 = _mm256_madd_epi16(_mm256_maddubs_epi16(a0, q0), ones);
-                const __m256i s1 = _mm256_madd_epi16(_mm256_maddubs_epi16(a1, q1), ones);
-                acc0[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s0), _mm256_set1_ps(dw * a[t].d[kb + k]), acc0[t]);
-                acc1[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s1), _mm256_set1_ps(dw * a[t].d[kb + k + 1]), acc1[t]);
-            }
-        }
-        if (k < per) {
-            const __m256i w0 = load32(w + 32 * k), a0 = _mm256_sign_epi8(w0, w0);
-            for (int t = 0; t < NT; ++t) {
-                const __m256i q0 = _mm256_sign_epi8(load32(a[t].q + 32 * (kb + k)), w0);
-                const __m256i s0 = _mm256_madd_epi16(_mm256_maddubs_epi16(a0, q0), ones);
-                acc0[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s0), _mm256_set1_ps(dw * a[t].d[kb + k]), acc0[t]);
-            }
-        }
-    }
-    for (int t = 0; t < NT; ++t) out[t] = hsum(_mm256_add_ps(acc0[t], acc1[t]));
+// Table rows: a plane-coded layout's exact vec_dot with kernel K's fast shapes; a float layout's
+// exact shapes.
+template <class K>
+constexpr KernelRow fast_row(vec_dot_fn exact) {
+    return {exact, vec_of<&K::template run<1, 1>>, nullptr, &K::template run<kTileRows, kTileTokens>, nullptr,
+            &K::template run<kGroupRows, 1>};
 }
-
-void fast_intsym_tile(const uint8_t* row, const Plan& pl, const Acts* a, float* out) {
-    if (pl.f.bits == 4) fast_nib4_tile<Hdr::F16, false>(row, pl, a, out);
-    else fast_i8_tile<Hdr::F16>(row, pl, a, out);
-}
-
-void fast_mx_tile(const uint8_t* row, const Plan& pl, const Acts* a, float* out) {
-    switch (pl.p->elem.kind) {
-        case ElemKind::E2M1: fast_nib4_tile<Hdr::E8M0, false>(row, pl, a, out); return;
-        case ElemKind::Int8: fast_i8_tile<Hdr::E8M0>(row, pl, a, out); return;
-        default:
-            for (int t = 0; t < kTileTokens; ++t) out[t] = fast_e2m3(row, pl, a[t]);
-    }
-}
-
-float fast_intsym(const uint8_t* row, const Plan& pl, const Acts& a) {
-    return pl.f.bits == 4 ? fast_nib4<Hdr::F16, false>(row, pl, a) : fast_i8<Hdr::F16>(row, pl, a);
-}
-
-float fast_mx(const uint8_t* row, const Plan& pl, const Acts& a) {
-    switch (pl.p->elem.kind) {
-        case ElemKind::E2M1: return fast_nib4<Hdr::E8M0, false>(row, pl, a);
-        case ElemKind::Int8: return fast_i8<Hdr::E8M0>(row, pl, a);
-        default: return fast_e2m3(row, pl, a);
-    }
+template <class L>
+constexpr KernelRow float_row() {
+    return {exact_float<L>, nullptr, exact_float_tile<L, kTileRows, kTileTokens>, nullptr,
+            exact_float_tile<L, kGroupRows, 1>, nullptr};
 }
 
 const KernelTable kAvx2 = {
     Isa::AVX2,
     {
-        {exact_f32, nullptr, exact_f32_tile, nullptr},                                                      // F32
-        {exact_f16, nullptr, exact_f16_tile, nullptr},                                                      // F16
-        {exact_bf16, nullptr, exact_bf16_tile, nullptr},                                                    // BF16
-        {exact_planes, fast_intsym, nullptr, fast_intsym_tile},                                             // IntSym
-        {exact_planes, fast_nib4<Hdr::F16Affine, true>, nullptr, fast_nib4_tile<Hdr::F16Affine, true>},     // IntAsym
-        {exact_planes, fast_nib4<Hdr::F16, false>, nullptr, fast_nib4_tile<Hdr::F16, false>},               // Codebook4
-        {exact_planes, fast_mx, nullptr, fast_mx_tile},                                                     // Mx
-        {exact_planes, nullptr},                                                                            // Bfp
-        {exact_planes, nullptr},                                                                            // Bmf
-        {exact_planes, nullptr},                                                                            // Blog
-        {exact_planes, fast_i8<Hdr::F16>, nullptr, fast_i8_tile<Hdr::F16>},                                 // Q8_0
-        {exact_planes, fast_nib4<Hdr::F16, false>, nullptr, fast_nib4_tile<Hdr::F16, false>},               // Q4_0
-        {exact_planes, fast_nib4<Hdr::F16Affine, true>, nullptr, fast_nib4_tile<Hdr::F16Affine, true>},     // Q4_1
-        {exact_nvfp4, fast_nvfp4},                                                                          // NVFP4
+        float_row<LoadF32>(),                                      // F32
+        float_row<LoadF16>(),                                      // F16
+        float_row<LoadBF16>(),                                     // BF16
+        fast_row<IntSymK>(exact_planes),                           // IntSym
+        fast_row<Nib4K<Hdr::F16Affine, true>>(exact_planes),       // IntAsym
+        fast_row<Nib4K<Hdr::F16, false>>(exact_planes),            // Codebook4
+        fast_row<MxK>(exact_planes),                               // Mx
+        {exact_planes, nullptr},                                   // Bfp
+        {exact_planes, nullptr},                                   // Bmf
+        {exact_planes, nullptr},                                   // Blog
+        fast_row<FmtK<Int8Fmt<Hdr::F16>>>(exact_planes),           // Q8_0
+        fast_row<Nib4K<Hdr::F16, false>>(exact_planes),            // Q4_0
+        fast_row<Nib4K<Hdr::F16Affine, true>>(exact_planes),       // Q4_1
+        {exact_nvfp4, fast_nvfp4},                                 // NVFP4
     }};
 
 }  // namespace
