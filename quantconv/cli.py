@@ -5,6 +5,7 @@ import json
 import os
 import sys
 from functools import wraps
+from pathlib import Path
 from typing import List, Optional
 
 import typer
@@ -69,6 +70,12 @@ def export(
     from quantconv.convert.sources import open_source
 
     src = open_source(source)
+    if "nu=auto" in dtype:   # the Student-t fit of the model's own weights picks SF4's nu
+        from quantconv.convert.analyze import median_nu, weight_fits
+
+        nu = min(median_nu(weight_fits(src)), 100.0)   # beyond ~100 a t is a normal: NF4-like
+        dtype = dtype.replace("nu=auto", f"nu={nu:.2f}")
+        err.print(f"note: nu=auto -> {dtype} (median Student-t fit of the linear weights)", highlight=False)
     options = None
     if algo.strip().lower() != "rtn" or act_dtype or norm_tweak:
         from quantconv.convert.act_quant import get_act_dtype
@@ -265,6 +272,76 @@ def bench(
     if vs_llama_cpp:
         table.add_row("ratio", f"{result['ratio']['prefill']:.2f}x", f"{result['ratio']['decode']:.2f}x")
     out.print(table)
+
+
+@app.command()
+@one_line_errors
+def analyze(
+    source: Optional[str] = typer.Argument(None, help="HF model dir, hub id or .gguf file (default: the built-in model)"),
+    calib: Optional[str] = typer.Option(None, "--calib", help="also fit the linears' inputs on this text (file or 'self')"),
+    nsamples: int = typer.Option(4, "--nsamples", help="calibration windows for the activation fits"),
+    seqlen: int = typer.Option(512, "--seqlen", help="tokens per window"),
+    plot: Optional[str] = typer.Option("analyze.png", "--plot", help="PNG of histograms with the fitted densities"),
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+):
+    """Student-t fits (nu, scale) of every linear weight (and activation) vs a normal fit, as in the SF4 paper."""
+    from rich.progress import Progress
+
+    from quantconv.convert import analyze as an
+    from quantconv.convert.sources import open_source
+
+    src = open_source(source)
+    with Progress(console=err, transient=True, disable=as_json) as bar:
+        task = bar.add_task("fitting weights", total=None)
+        fits = an.weight_fits(src, lambda d, t: bar.update(task, completed=d, total=t))
+    if calib:
+        fits += an.activation_fits(src, calib, nsamples, seqlen)
+    rows = [{"tensor": f.name, "kind": f.kind, "nu": f.nu, "scale": f.scale, "std": f.std,
+             "t_loglik": f.t_loglik, "normal_loglik": f.normal_loglik} for f in fits]
+    if plot:
+        an.plot_fits(fits, Path(plot))
+    if as_json:
+        print(json.dumps({"median_weight_nu": an.median_nu(fits), "fits": rows}, indent=2))
+        return
+    table = Table(title=f"Student-t fits ({src.description})")
+    for col in ("tensor", "kind", "nu", "scale", "std", "loglik t", "loglik normal"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["tensor"], r["kind"], f"{r['nu']:.2f}", f"{r['scale']:.4g}", f"{r['std']:.4g}",
+                      f"{r['t_loglik']:.3f}", f"{r['normal_loglik']:.3f}")
+    out.print(table)
+    out.print(f"median nu of the weights: {an.median_nu(fits):.2f} (--dtype sf4:nu=auto uses it)"
+              + (f"; plot: {plot}" if plot else ""), highlight=False)
+
+
+@app.command()
+@one_line_errors
+def sweep(
+    source: Optional[str] = typer.Argument(None, help="HF model dir, hub id or .gguf file (default: the built-in model)"),
+    dtypes: str = typer.Option("int4:asym,nf4,sf4,fp4,fp4-sr,fp4-sp,apot4,mxfp4", "--dtypes", help="comma-separated dtype specs"),
+    algos: str = typer.Option("rtn,gptq,awq,awq+gptq", "--algos", help="comma-separated algorithms"),
+    text: str = typer.Option(..., "--text", help="evaluation text (perplexity)"),
+    calib: Optional[str] = typer.Option(None, "--calib", help="calibration text for the calibrated algorithms"),
+    nsamples: int = typer.Option(128, "--nsamples"),
+    seqlen: int = typer.Option(512, "--seqlen"),
+    ctx: int = typer.Option(512, "--ctx"),
+    windows: Optional[int] = typer.Option(40, "--windows"),
+    threads: Optional[int] = typer.Option(None, "--threads", "-t"),
+    device: str = typer.Option("cpu", "--device"),
+    group_size: Optional[int] = typer.Option(None, "--group-size", "-g"),
+    out_dir: str = typer.Option("sweep", "--out", help="folder for sweep.md, sweep.json, sweep.png"),
+    no_bench: bool = typer.Option(False, "--no-bench", help="skip the decode-speed measurement"),
+    keep_files: bool = typer.Option(False, "--keep-files", help="keep the exported .gguf files"),
+):
+    """Export, evaluate and benchmark every dtype x algo combination; table + plot. Reruns resume."""
+    from quantconv.convert.sources import open_source
+    from quantconv.convert.sweep import SweepSpec, run_sweep
+
+    spec = SweepSpec([d.strip() for d in dtypes.split(",") if d.strip()], [a.strip() for a in algos.split(",") if a.strip()],
+                     Path(text), Path(out_dir), calib, nsamples, seqlen, ctx, windows, threads, device, group_size,
+                     not no_bench, keep_files)
+    run_sweep(open_source(source), spec, log=lambda m: err.print(m, highlight=False))
+    out.print((Path(out_dir) / "sweep.md").read_text(), highlight=False)
 
 
 def main():  # pragma: no cover
