@@ -135,7 +135,9 @@ class Engine:
         try:
             self.config = model_config(self._file)
             self.config.update(kv_type=kv_type, n_batch=int(n_batch), exact=bool(exact),
-                               validate=bool(validate))
+                               validate=bool(validate),
+                               # quantized activations the file was calibrated for (export --act-dtype)
+                               act_dtype=str(self._file.kv.get("quantconv.act_dtype", "")))
             tensors = model_tensors(self._file, self.config["n_layer"])
             n_threads = int(n_threads or os.cpu_count() or 1)
             try:

@@ -94,6 +94,7 @@ e::Config config_from_dict(const nb::dict& d) {
     c.n_batch = cfg_int(d, "n_batch", 256, false);
     nb::object val = cfg_get(d, "validate");
     c.validate = val.is_none() ? true : nb::cast<bool>(val);
+    c.act_dtype = cfg_str(d, "act_dtype", "");
     nb::object ex = cfg_get(d, "exact");
     c.exact = ex.is_none() ? false : nb::cast<bool>(ex);
     return c;

@@ -9,6 +9,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "engine/act_quant.h"
 #include "engine/ops.h"
 #include "engine/thread_pool.h"
 #include "kernels/kernels.h"
@@ -106,6 +107,7 @@ struct Model::Impl {
     // scratch for n_batch tokens
     Buffer<float> x, xn, q, k, v, att, proj, gate, up, scores;
     ActsSlot a_q, a_k, a_v, a_o, a_gate, a_up, a_down, a_out;
+    ActQuant act;  // inactive unless the file asks for quantized activations
     std::unique_ptr<ThreadPool> pool;
 };
 
@@ -195,6 +197,14 @@ Model::Model(const Config& config, const std::map<std::string, TensorView>& tens
     };
     positive("n_embd", c.n_embd);
     positive("n_layer", c.n_layer);
+    try {
+        impl_->act = parse_act_quant(c.act_dtype);
+    } catch (const std::invalid_argument& e) {
+        fail(e.what());
+    }
+    if (impl_->act.active() && impl_->act.kind != ActQuant::Kind::Int8PerToken &&
+        (c.n_embd % 32 || c.n_ff % 32 || (c.head_dim ? c.head_dim : c.n_embd / std::max<int64_t>(c.n_head, 1)) * c.n_head % 32))
+        fail("activation type '" + c.act_dtype + "' needs layer widths that are multiples of 32");
     positive("n_head", c.n_head);
     positive("n_head_kv", c.n_head_kv);
     positive("n_ff", c.n_ff);
@@ -471,6 +481,10 @@ void Model::forward(const int32_t* tokens, int64_t T, float* logits, bool all_lo
         pool.run(row_chunks(total_rows(jobs, n_jobs), pool.size()),
                  [&](int64_t ch, int64_t nch, int) { linear_part(jobs, n_jobs, n_tok, ch, nch); });
     };
+    // Rounds T vectors X (stride = dim) as the file's activation type says (no-op without one).
+    auto act_quant = [&](float* X, int64_t dim) {
+        if (m.act.active()) for_tokens([&](int64_t t) { act_fake_quantize(m.act, X + t * dim, 1, dim); });
+    };
     // Prepares activations of T vectors X (stride ldx) for w into slot.
     auto prepare = [&](const Weight& w, const float* X, int64_t ldx, ActsSlot& slot) {
         slot.stride = kernels::acts_bytes(w.p, w.cols);
@@ -493,6 +507,7 @@ void Model::forward(const int32_t* tokens, int64_t T, float* logits, bool all_lo
 
         // ---- attention block
         for_tokens([&](int64_t t) { rms_norm(m.x.data() + t * E, L.attn_norm.data(), m.xn.data() + t * E, E, c.rms_eps); });
+        act_quant(m.xn.data(), E);
         prepare(L.q, m.xn.data(), E, m.a_q);
         const uint8_t* ak = m.a_q.buf.data();
         if (!L.k_shares_q) {
@@ -554,6 +569,7 @@ void Model::forward(const int32_t* tokens, int64_t T, float* logits, bool all_lo
                     attend_f32(q, m.k32.data() + off, m.v32.data() + off, n_keys, hd, scale, sc, o);
             }
         });
+        act_quant(m.att.data(), nq);
         prepare(L.o, m.att.data(), nq, m.a_o);
         {
             const LinearJob job{&L.o, m.a_o.buf.data(), m.proj.data(), E};
@@ -567,6 +583,7 @@ void Model::forward(const int32_t* tokens, int64_t T, float* logits, bool all_lo
         });
 
         // ---- MLP: gate and up in one region, SwiGLU on each thread's own rows
+        act_quant(m.xn.data(), E);
         prepare(L.gate, m.xn.data(), E, m.a_gate);
         const uint8_t* au = m.a_gate.buf.data();
         if (!L.up_shares_gate) {
@@ -590,6 +607,7 @@ void Model::forward(const int32_t* tokens, int64_t T, float* logits, bool all_lo
                 for (int64_t r = r0; r < r1; ++r) g[r] = silu(g[r]) * u[r];
             }
         });
+        act_quant(m.gate.data(), F);
         prepare(L.down, m.gate.data(), F, m.a_down);
         {
             const LinearJob job{&L.down, m.a_down.buf.data(), m.proj.data(), E};

@@ -40,6 +40,7 @@ struct Config {
     int64_t n_batch = 256;  // tokens per prefill step (scratch is sized for it)
     bool validate = true;   // decode every block-typed weight row once at load to reject corrupt data
     bool exact = false;     // force the kernels' exact float32 path while this model computes
+    std::string act_dtype;  // the file's quantconv.act_dtype: linears' inputs fake-quantized (act_quant.h)
 };
 
 // One tensor of the file: its type, its bytes and its shape in numpy order ((rows, cols) or (n,)).
