@@ -35,6 +35,7 @@ class SweepSpec:
     bench: bool = True
     keep_files: bool = False
     act_order: bool = False
+    baseline: bool = True         # also export and evaluate f16 (the "FP" row)
 
 
 def _eval_ppl(path: Path, ids: list[int], spec: SweepSpec) -> float:
@@ -78,7 +79,7 @@ def run_sweep(source, spec: SweepSpec, log: Callable[[str], None] = print) -> li
     done = {(r["dtype"], r["algo"]) for r in rows}
     ids = None
     speeds = {r["dtype"]: r["decode_tok_s"] for r in rows if r.get("decode_tok_s")}
-    combos = [("f16", "rtn")] + [(d, a) for d in spec.dtypes for a in spec.algos]
+    combos = [("f16", "rtn")] * spec.baseline + [(d, a) for d in spec.dtypes for a in spec.algos]
     for dtype, algo in combos:
         if (dtype, algo) in done:
             continue

@@ -332,6 +332,7 @@ def sweep(
     out_dir: str = typer.Option("sweep", "--out", help="folder for sweep.md, sweep.json, sweep.png"),
     no_bench: bool = typer.Option(False, "--no-bench", help="skip the decode-speed measurement"),
     keep_files: bool = typer.Option(False, "--keep-files", help="keep the exported .gguf files"),
+    no_baseline: bool = typer.Option(False, "--no-baseline", help="skip the f16 reference row"),
 ):
     """Export, evaluate and benchmark every dtype x algo combination; table + plot. Reruns resume."""
     from quantconv.convert.sources import open_source
@@ -339,7 +340,7 @@ def sweep(
 
     spec = SweepSpec([d.strip() for d in dtypes.split(",") if d.strip()], [a.strip() for a in algos.split(",") if a.strip()],
                      Path(text), Path(out_dir), calib, nsamples, seqlen, ctx, windows, threads, device, group_size,
-                     not no_bench, keep_files)
+                     not no_bench, keep_files, baseline=not no_baseline)
     run_sweep(open_source(source), spec, log=lambda m: err.print(m, highlight=False))
     out.print((Path(out_dir) / "sweep.md").read_text(), highlight=False)
 

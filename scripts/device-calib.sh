@@ -1,0 +1,38 @@
+#!/bin/bash
+# Runs the calibration sweep and experiments on the lent GPU machine (16 cores + 1 GPU), resumably.
+# The reference model (98 MB) exceeds one call's 64 MiB carry, so it travels in two parts:
+#   call 1: scripts/device-calib.sh setup          (carry .devcarryA: part 1, gguf wheel, texts)
+#   call 2+: scripts/device-calib.sh run SECONDS   (carry .devcarryB: part 2, and .devcarryR: results so far)
+# Results come back as $OUT/res.tgz (sweep folders and experiment JSON).
+set -e
+Q=/root/qc
+export PYTHONPATH=$Q/site OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 PYTHONUNBUFFERED=1
+case "$1" in
+setup)
+  mkdir -p $Q && cp .devcarryA/ref.part1 .devcarryA/*.txt $Q/
+  python3 -m pip install -q --no-index --no-deps --target $Q/site .devcarryA/gguf-*.whl
+  python3 -m pip install -q --no-build-isolation --no-deps -e . 2>&1 | grep -v -i warn | tail -3
+  python3 -c "import quantconv._ext as e, torch; print(e.available_isas(), torch.cuda.is_available())"
+  ;;
+run)
+  [ -f $Q/ref.gguf ] || cat $Q/ref.part1 .devcarryB/ref.part2 > $Q/ref.gguf
+  mkdir -p $Q/res && { [ -d .devcarryR/res ] && cp -rn .devcarryR/res/. $Q/res/ || true; }
+  T="timeout $2"
+  common="--text $Q/wikitext-2-raw-test.txt --calib $Q/wikitext-2-valid.txt --device cuda --threads 3 --no-bench"
+  i=0
+  for d in int4:asym nf4 sf4 fp4 fp4-sr fp4-sp apot4 mxfp4; do
+    $T quantconv sweep $Q/ref.gguf --dtypes $d --algos rtn,gptq,awq,awq+gptq $common --out $Q/res/sweep-$i \
+      $([ $i -gt 0 ] && echo --no-baseline) \
+      > $Q/res/sweep-$i.log 2>&1 &
+    i=$((i+1))
+  done
+  for g in w8a8 w4a8mx normtweak best; do
+    $T python3 bench/calib_experiments.py --group $g --out $Q/res/exp-$g.json --source $Q/ref.gguf \
+      --text $Q/wikitext-2-raw-test.txt --calib $Q/wikitext-2-valid.txt --device cuda --threads 3 --tmp /tmp \
+      > $Q/res/exp-$g.log 2>&1 &
+  done
+  wait || true
+  tail -n 3 $Q/res/*.log
+  tar czf $OUT/res.tgz -C $Q res
+  ;;
+esac
