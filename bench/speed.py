@@ -8,7 +8,9 @@
 Also: decode tok/s as a fraction of the memory-bandwidth roofline (bytes read per token / measured
 read bandwidth).
 
-    python bench/speed.py [--threads 2] [--reps 3] [--json out.json]
+    python bench/speed.py [--threads 2] [--reps 3] [--json out.json] [--threads-scan 1,2] [--only-scan]
+
+--threads-scan also measures SF4 vs IQ4_NL and q8_0 vs q8_0 at each listed thread count (scaling).
 """
 from __future__ import annotations
 
@@ -75,12 +77,16 @@ def main() -> None:
     ap.add_argument("--gen", type=int, default=64)
     ap.add_argument("--json")
     ap.add_argument("--no-vs-sf4", action="store_true", help="skip the MX / NF4 / E2M1 rows")
+    ap.add_argument("--threads-scan", help="comma-separated thread counts for a scaling table, e.g. 1,2")
+    ap.add_argument("--only-scan", action="store_true", help="only the --threads-scan table")
     args = ap.parse_args()
     ctx = args.prompt + args.gen + 32
     tmp = Path(tempfile.mkdtemp())
     source = open_source(None)
     files = {}
     vs_sf4 = [] if args.no_vs_sf4 else VS_SF4
+    if args.only_scan:
+        vs_sf4 = []
     for spec in ["sf4", *SAME_FILE, *vs_sf4]:
         if spec not in files:
             files[spec] = tmp / f"{spec.replace(':', '-')}.gguf"
@@ -91,14 +97,28 @@ def main() -> None:
     bandwidth = read_bandwidth_gb_s()
     rows = []
 
-    def run(pairs):
+    def run(pairs, threads=args.threads):
         runners = {}
         for label, kind, path in pairs:
             if kind == "ours":
-                runners[label] = b.engine_runner(Engine(path, n_ctx=ctx, n_threads=args.threads))
+                runners[label] = b.engine_runner(Engine(path, n_ctx=ctx, n_threads=threads))
             else:
-                runners[label] = b.llama_cpp_runner(peer_llama_cpp.load(str(path), ctx=ctx, threads=args.threads))
+                runners[label] = b.llama_cpp_runner(peer_llama_cpp.load(str(path), ctx=ctx, threads=threads))
         return b.measure(runners, 49152, args.prompt, args.gen, args.reps)
+
+    if args.threads_scan:
+        print(f"\nthread scaling, prompt {args.prompt}, gen {args.gen}, median of {args.reps}\n")
+        print("| comparison | threads | ours prefill | peer prefill | ratio | ours decode | peer decode | ratio |\n"
+              "|---|---|---|---|---|---|---|---|")
+        for th in [int(t) for t in args.threads_scan.split(",")]:
+            for name, ours, peer in [("SF4 vs IQ4_NL", "sf4", "iq4_nl"), ("q8_0 vs q8_0", "q8_0", "q8_0")]:
+                r = run([("ours", "ours", files[ours]), ("peer", "llama", files[peer])], th)
+                o, p = r["ours"], r["peer"]
+                print(f"| {name} | {th} | {o.prefill_tok_s:.0f} | {p.prefill_tok_s:.0f} | "
+                      f"{o.prefill_tok_s / p.prefill_tok_s:.2f}x | {o.decode_tok_s:.1f} | {p.decode_tok_s:.1f} | "
+                      f"{o.decode_tok_s / p.decode_tok_s:.2f}x |", flush=True)
+        if args.only_scan:
+            return
 
     res = run([("sf4", "ours", files["sf4"]), ("iq4_nl", "llama", files["iq4_nl"])])
     sf4 = res["sf4"]

@@ -59,11 +59,43 @@ float dot_q(const float* q, const KV* k, int64_t hd) {
     return s;
 }
 
+// The 8 horizontal sums of a[0..7], in lane order.
+inline __m256 hsum8(const __m256 (&a)[8]) {
+    const __m256 s01 = _mm256_hadd_ps(a[0], a[1]), s23 = _mm256_hadd_ps(a[2], a[3]);
+    const __m256 s45 = _mm256_hadd_ps(a[4], a[5]), s67 = _mm256_hadd_ps(a[6], a[7]);
+    const __m256 t0 = _mm256_hadd_ps(s01, s23), t1 = _mm256_hadd_ps(s45, s67);
+    return _mm256_add_ps(_mm256_permute2f128_ps(t0, t1, 0x20), _mm256_permute2f128_ps(t0, t1, 0x31));
+}
+
+// Scores of 8 consecutive keys (hd a multiple of 8): one accumulator per key, one reduction for all.
+template <class KV>
+inline __m256 dot_q8keys(const float* q, const KV* k, int64_t hd) {
+    __m256 acc[8];
+    for (int j = 0; j < 8; ++j) acc[j] = _mm256_setzero_ps();
+    for (int64_t d = 0; d < hd; d += 8) {
+        const __m256 qd = _mm256_loadu_ps(q + d);
+        for (int j = 0; j < 8; ++j) acc[j] = _mm256_fmadd_ps(qd, load8(k + j * hd + d), acc[j]);
+    }
+    return hsum8(acc);
+}
+
 template <class KV>
 void attend(const float* q, const KV* K, const KV* V, int64_t n, int64_t hd, float scale, float* scores, float* out) {
     // scores and their max
     float mx = -INFINITY;
     int64_t j = 0;
+    if (hd % 8 == 0) {
+        const __m256 vs = _mm256_set1_ps(scale);
+        __m256 vmx = _mm256_set1_ps(-INFINITY);
+        for (; j + 8 <= n; j += 8) {
+            const __m256 s = _mm256_mul_ps(vs, dot_q8keys(q, K + j * hd, hd));
+            _mm256_storeu_ps(scores + j, s);
+            vmx = _mm256_max_ps(vmx, s);
+        }
+        alignas(32) float m8[8];
+        _mm256_store_ps(m8, vmx);
+        for (float v : m8) mx = v > mx ? v : mx;
+    }
     for (; j < n; ++j) {
         const float s = scale * dot_q(q, K + j * hd, hd);
         scores[j] = s;

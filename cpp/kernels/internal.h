@@ -31,10 +31,18 @@ struct Acts {
 
 Acts view_acts(const void* acts);
 
+// The q8 blocks of x (nb blocks of kQ8Block): d[b] = amax / 127, q = round-to-even(x * 127 / amax)
+// clamped to +-127, NaN -> 0. The AVX2 version gives the same bytes as the portable one.
+using q8_blocks_fn = void (*)(const float* x, int64_t nb, float* d, int8_t* q);
+void q8_blocks_portable(const float* x, int64_t nb, float* d, int8_t* q);
+#if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
+void q8_blocks_avx2(const float* x, int64_t nb, float* d, int8_t* q);
+#endif
+
 // Whether (p, cols) has an integer fast path (decided here, the same for every ISA, so that acts
 // prepared once work with every table): Q8_0, Q4_0, Q4_1, NVFP4; IntSym 4/8 bits; IntAsym 4 bits;
 // Codebook4; Mx E2M1 / Int8 / E2M3. The block must line up with the q8 blocks: G == 32 or G a
-// multiple of 64 for 4-bit codes, a multiple of 32 for 8-bit codes, exactly 32 for E2M3.
+// multiple of 64 for 4-bit codes, a multiple of 32 for 8-bit codes, exactly 32 for 6-bit codes.
 bool fast_supported(const quant::TypeParams& p, int64_t cols);
 
 // ---- block formats ------------------------------------------------------------------------------

@@ -338,10 +338,23 @@ inline __m256i load32(const void* p) { return _mm256_loadu_si256(static_cast<con
 // q8 block k of every token against RM rows' decoded weights: acc[r][t] += dot * (dw[r] * d[t]).
 // U: unsigned codes (aw is the code, sg unused). The scale is a vector product (the same rounding
 // as the scalar one), so its broadcasts come from memory instead of costing a shuffle each.
-template <bool U, int RM, int RN>
+// SW: sg is the signed weight itself, within +-127: for one token |q| is then shared by the rows
+// and the sign moves onto the weights, one vpsignb less per row (the same integer products).
+template <bool U, bool SW, int RM, int RN>
 QC_INLINE void mac_block(const __m256i (&aw)[RM], const __m256i (&sg)[RM], const float (&dw)[RM], const Acts* a,
                          int64_t k, __m256 (&acc)[RM][RN]) {
     const __m256i ones = _mm256_set1_epi16(1);
+    if constexpr (SW && RN == 1 && RM > 1) {
+        const __m256i q = load32(a[0].q + 32 * k), qa = _mm256_sign_epi8(q, q);
+        const __m256 d = _mm256_broadcast_ss(a[0].d + k);
+#pragma GCC unroll 8
+        for (int r = 0; r < RM; ++r) {
+            const __m256i s = _mm256_madd_epi16(_mm256_maddubs_epi16(qa, _mm256_sign_epi8(sg[r], q)), ones);
+            const __m256 scale = _mm256_mul_ps(_mm256_broadcast_ss(dw + r), d);
+            acc[r][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), scale, acc[r][0]);
+        }
+        return;
+    }
 #pragma GCC unroll 8
     for (int t = 0; t < RN; ++t) {
         const __m256i q = load32(a[t].q + 32 * k);
@@ -363,6 +376,7 @@ template <Hdr H_, bool U_>
 struct Nib4G32 {
     static constexpr Hdr H = H_;
     static constexpr bool U = U_;
+    static constexpr bool SW = !U_;  // table values are within +-127
     const __m256i tab, m4 = _mm256_set1_epi8(0x0F);
     const int hdr;
     const int64_t per = 1;
@@ -405,6 +419,7 @@ template <Hdr H_>
 struct Int8Fmt {
     static constexpr Hdr H = H_;
     static constexpr bool U = false;
+    static constexpr bool SW = false;  // -128 is a code
     const int hdr;
     const int64_t per;
     Int8Fmt(const Plan& pl, const Acts&) : hdr(pl.f.hdr_bytes), per(pl.f.G / 32) {}
@@ -420,6 +435,7 @@ struct Int8Fmt {
 struct E2M3Fmt {
     static constexpr Hdr H = Hdr::E8M0;
     static constexpr bool U = false;
+    static constexpr bool SW = false;  // sg is only a sign
     const __m256i t0, t1;
     const int64_t per = 1;
     E2M3Fmt(const Plan&, const Acts& a)
@@ -469,7 +485,7 @@ void fast_tile(const uint8_t* W, size_t rb, const Plan& pl, const Acts* a, float
             __m256i aw[RM], sg[RM];
 #pragma GCC unroll 8
             for (int r = 0; r < RM; ++r) fmt.decode(blk[r], k, aw[r], sg[r]);
-            mac_block<Fmt::U>(aw, sg, dw, a, kb + k, acc);
+            mac_block<Fmt::U, Fmt::SW>(aw, sg, dw, a, kb + k, acc);
         }
         if constexpr (Fmt::U)
             for (int r = 0; r < RM; ++r)
@@ -597,5 +613,36 @@ const KernelTable kAvx2 = {
 }  // namespace
 
 const KernelTable& avx2_table() { return kAvx2; }
+
+// q8_blocks_portable with 8 lanes: max and the clamps ignore NaN the same way, vcvtps2dq rounds to
+// even as lrint does in the default rounding mode, so the bytes are the same.
+void q8_blocks_avx2(const float* x, int64_t nb, float* d, int8_t* q) {
+    const __m256 absm = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+    const __m256 hi = _mm256_set1_ps(127.0f), lo = _mm256_set1_ps(-127.0f);
+    for (int64_t b = 0; b < nb; ++b, x += kQ8Block, q += kQ8Block) {
+        __m256 v[4];
+        __m256 m = _mm256_setzero_ps();
+        for (int i = 0; i < 4; ++i) {
+            v[i] = _mm256_loadu_ps(x + 8 * i);
+            m = _mm256_max_ps(_mm256_and_ps(v[i], absm), m);  // a NaN lane keeps m (the second operand)
+        }
+        __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+        h = _mm_max_ss(h, _mm_movehdup_ps(h));
+        const float amax = _mm_cvtss_f32(h);
+        const float db = amax / 127.0f;
+        const __m256 id = _mm256_set1_ps(db > 0.0f ? 127.0f / amax : 0.0f);
+        __m256i r[4];
+        for (int i = 0; i < 4; ++i) {
+            const __m256 s = _mm256_mul_ps(v[i], id);
+            const __m256 nan = _mm256_cmp_ps(s, s, _CMP_UNORD_Q);
+            const __m256 c = _mm256_max_ps(_mm256_min_ps(s, hi), lo);
+            r[i] = _mm256_cvtps_epi32(_mm256_andnot_ps(nan, c));
+        }
+        const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(r[0], r[1]), _mm256_packs_epi32(r[2], r[3]));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(q), _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+        d[b] = db;
+    }
+}
 
 }  // namespace quantconv::kernels

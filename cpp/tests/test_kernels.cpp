@@ -378,9 +378,38 @@ void test_dispatch() {
     check(!kernels::fast_supported(quant::make_float_params(Layout::F16), 64), "f16 uses the exact path");
     check(kernels::fast_supported(quant::make_mx_params(ElemKind::E2M3, 32), 64), "mxfp6 e2m3 has a fast path");
     check(!kernels::fast_supported(quant::make_mx_params(ElemKind::E3M2, 32), 64), "mxfp6 e3m2 is exact only");
+    check(!kernels::fast_supported(quant::make_mx_params(ElemKind::E4M3, 32), 64), "mxfp8 is exact only");
 }
 
 }  // namespace
+
+// The AVX2 activation quantizer writes the same bytes as the portable one, specials included.
+void test_q8_blocks(std::mt19937& rng) {
+#if defined(__x86_64__) || defined(_M_X64)
+    bool avx2 = true;
+    try {
+        kernels::set_isa(kernels::Isa::AVX2);
+    } catch (const std::exception&) {
+        avx2 = false;
+    }
+    if (!avx2) return;
+    const int64_t nb = 64;
+    std::vector<float> x(static_cast<size_t>(nb * kernels::kQ8Block));
+    std::normal_distribution<float> nd;
+    for (auto& v : x) v = nd(rng) * std::exp2(static_cast<float>(static_cast<int>(rng() % 40) - 20));
+    const float specials[] = {NAN, INFINITY, -INFINITY, 0.0f, -0.0f, 1e-40f, 3e38f, 0.5f, -0.5f};
+    for (size_t i = 0; i < x.size(); i += 7) x[i] = specials[(i / 7) % 9];
+    for (int64_t i = 0; i < kernels::kQ8Block; ++i) x[static_cast<size_t>(32 + i)] = 0.0f;  // an all-zero block
+    std::vector<float> d0(nb), d1(nb);
+    std::vector<int8_t> q0(x.size()), q1(x.size());
+    kernels::q8_blocks_portable(x.data(), nb, d0.data(), q0.data());
+    kernels::q8_blocks_avx2(x.data(), nb, d1.data(), q1.data());
+    check(std::memcmp(d0.data(), d1.data(), d0.size() * sizeof(float)) == 0, "q8_blocks_avx2 scales differ");
+    check(q0 == q1, "q8_blocks_avx2 values differ");
+#else
+    (void)rng;
+#endif
+}
 
 int main() {
     try {
@@ -390,6 +419,7 @@ int main() {
         for (kernels::Isa isa : isas) std::printf(" %s", kernels::isa_name(isa));
         std::printf("\n");
         std::mt19937 rng(12345);
+        test_q8_blocks(rng);
         int n = 0;
         for (const Case& c : all_cases()) {
             test_case(c, isas, rng);
