@@ -33,7 +33,11 @@ GROUPS = {
     "normtweak": [(d, "gptq", {"norm_tweak": nt}) for d in ("sf4", "mxfp4") for nt in (False, True)],
     "best": [("sf4", "gptq", {"act_order": True}), ("sf4", "awq+gptq", {"act_order": True}),
              ("nf4", "gptq", {"act_order": True}), ("int4:asym", "gptq", {"act_order": True}),
-             ("sf4", "gptq", {"act_order": True, "norm_tweak": True})],
+             ("sf4", "gptq", {"act_order": True, "norm_tweak": True}),
+             ("sf4", "gptq", {"scale_search": True}), ("sf4", "gptq", {"act_order": True, "scale_search": True}),
+             ("nf4", "gptq", {"act_order": True, "scale_search": True}),
+             ("fp4-sp", "gptq", {"act_order": True, "scale_search": True}),
+             ("sf4", "awq+gptq", {"act_order": True, "scale_search": True})],
 }
 
 
@@ -69,6 +73,7 @@ def main() -> None:
                 continue
             calib = CalibOptions(calib=args.calib, nsamples=args.nsamples, seqlen=args.seqlen, device=args.device,
                                  act_dtype=get_act_dtype(opts.get("act_dtype")), act_order=opts.get("act_order", False),
+                                 scale_search=opts.get("scale_search", False),
                                  norm_tweak=opts.get("norm_tweak", False))
             path = Path(args.tmp) / f"exp-{abs(hash(name))}.gguf"
             t0 = time.perf_counter()

@@ -53,6 +53,7 @@ class CalibOptions:
     seed: int = 0
     device: str = "cpu"
     act_order: bool = False
+    scale_search: bool = False            # GPTQ: codebook group scales by diag(H)-weighted error search
     damp: float = 0.01
     alpha: float = 0.5                    # SmoothQuant migration strength
     act_dtype: ActDType | None = None
@@ -173,7 +174,7 @@ def _quantize(layer: Layer, names: tuple[str, ...], H: torch.Tensor | None, dtyp
             continue
         if "gptq" in opts.algos:
             ql = gptq(layer.w[name], H, dt, percdamp=opts.damp, act_order=opts.act_order, name=hf,
-                      hinv_factor=factor)
+                      hinv_factor=factor, scale_search=opts.scale_search)
         else:
             ql = rtn(layer.w[name], dt)
         layer.w[name] = ql.values

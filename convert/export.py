@@ -100,6 +100,7 @@ def _calibrated(source, plans: list[TensorPlan], calib, on_layer):
     entries = {"calibration": calib.calib if calib.calib == "self" else Path(calib.calib).name,
                "nsamples": calib.nsamples, "seqlen": calib.seqlen, "seed": calib.seed,
                "act_order": int(calib.act_order) if "gptq" in calib.algos else None,
+               "scale_search": int(calib.scale_search) if "gptq" in calib.algos else None,
                "alpha": calib.alpha if "smoothquant" in calib.algos else None,
                "norm_tweak": int(calib.norm_tweak)}
     return result, entries

@@ -51,6 +51,14 @@ def fit_unit(dtype: DType, cols: int) -> int:
     return min(getattr(dtype.codec, "fit_unit", cols), dtype.block_for(cols))
 
 
+def fit_group(codec, x: np.ndarray, importance: np.ndarray | None, search: bool) -> tuple:
+    """A group's parameters: the codec's own rule, or — with `search`, where the codec offers it — the
+    scale minimising the importance-weighted rounding error (importance: diag(H) of the columns)."""
+    if search and hasattr(codec, "fit_search"):
+        return codec.fit_search(x, importance)
+    return codec.fit(x)
+
+
 def _stack(params_per_group: list[tuple]) -> tuple:
     return tuple(np.concatenate([p[k] for p in params_per_group], axis=1) for k in range(len(params_per_group[0])))
 
@@ -95,7 +103,8 @@ def inverse_cholesky(H: torch.Tensor, percdamp: float, name: str) -> torch.Tenso
 
 @torch.no_grad()
 def gptq(w: torch.Tensor, H: torch.Tensor, dtype: DType, percdamp: float = 0.01, blocksize: int = 128,
-         act_order: bool = False, name: str = "a layer", hinv_factor: torch.Tensor | None = None) -> QuantizedLinear:
+         act_order: bool = False, name: str = "a layer", hinv_factor: torch.Tensor | None = None,
+         scale_search: bool = False) -> QuantizedLinear:
     """Quantize w (rows, cols) given H = sum of x x^T over calibration inputs (cols, cols).
     `hinv_factor`: inverse_cholesky(H) already computed for another linear with the same input
     (q/k/v, gate/up), without act-order."""
@@ -105,6 +114,7 @@ def gptq(w: torch.Tensor, H: torch.Tensor, dtype: DType, percdamp: float = 0.01,
     unit = fit_unit(dtype, cols)
     n_groups = cols // unit
     H = H.float().clone()
+    hdiag = torch.diag(H).cpu().numpy()      # column importance for the scale search
     dead = torch.diag(H) == 0
     H[dead, dead] = 1
     W[:, dead] = 0
@@ -114,7 +124,8 @@ def gptq(w: torch.Tensor, H: torch.Tensor, dtype: DType, percdamp: float = 0.01,
     if act_order:
         perm = torch.argsort(torch.diag(H), descending=True)
         for gi in range(n_groups):   # static groups: fitted from the original weights, in column order
-            params[gi] = codec.fit(W[:, gi * unit:(gi + 1) * unit].cpu().numpy())
+            params[gi] = fit_group(codec, W[:, gi * unit:(gi + 1) * unit].cpu().numpy(),
+                                   hdiag[gi * unit:(gi + 1) * unit], scale_search)
         W, H = W[:, perm], H[perm][:, perm]
     U = inverse_cholesky(H, percdamp, name) if hinv_factor is None else hinv_factor
     if unit > blocksize:
@@ -138,7 +149,7 @@ def gptq(w: torch.Tensor, H: torch.Tensor, dtype: DType, percdamp: float = 0.01,
                 # fit on the group's columns as updated so far (in-block ones carry this block's updates)
                 span = W1[:, i:i + unit] if i + unit <= i2 - i1 else \
                     np.concatenate([W1[:, i:], W[:, i2:col + unit].cpu().numpy()], axis=1)
-                params[gi] = codec.fit(span)
+                params[gi] = fit_group(codec, span, hdiag[col:col + unit], scale_search)
             p = params[gi]
             wcol = W1[:, i:i + 1]
             c = codec.encode(wcol, p)

@@ -60,6 +60,26 @@ class CodebookCodec:
     def fit(self, x: np.ndarray) -> tuple:
         return (self.scales(x.astype(np.float32, copy=False)),)
 
+    def fit_search(self, x: np.ndarray, weights: np.ndarray | None = None,
+                   ratios: tuple[float, ...] = tuple(np.linspace(0.7, 1.05, 15))) -> tuple:
+        """The group scale that minimises the (weighted) squared rounding error among d_absmax * r —
+        a smaller scale gives the many small values finer steps at the price of clipping the peak
+        (llama.cpp's IQ4_NL search does the same). weights: per column importance (e.g. diag(H))."""
+        x = x.astype(np.float32, copy=False)
+        base = self.scales(x)
+        w = np.ones_like(x) if weights is None else np.broadcast_to(weights.astype(np.float32), x.shape)
+        table = np.asarray(self.table, dtype=np.float32)
+        best_d, best_err = base, None
+        for r in ratios:
+            d = (base * np.float32(r)).astype(np.float16).astype(np.float32)
+            err = (w * (x - d * table[self.codes(x, d)]) ** 2).sum(axis=1, keepdims=True)
+            if best_err is None:
+                best_d, best_err = d, err
+            else:
+                better = err < best_err
+                best_d, best_err = np.where(better, d, best_d), np.where(better, err, best_err)
+        return (best_d,)
+
     def encode(self, x: np.ndarray, params: tuple) -> np.ndarray:
         return self.codes(x.astype(np.float32, copy=False), params[0])
 

@@ -58,6 +58,7 @@ def export(
     device: str = typer.Option("cpu", "--device", help="where calibration runs: cpu or cuda"),
     act_order: bool = typer.Option(False, "--act-order", help="GPTQ: columns in decreasing Hessian-diagonal order (static groups)"),
     damp: float = typer.Option(0.01, "--damp", help="GPTQ: dampening, fraction of the mean Hessian diagonal"),
+    scale_search: bool = typer.Option(False, "--scale-search", help="GPTQ: pick each codebook group's scale by importance-weighted error search"),
     alpha: float = typer.Option(0.5, "--alpha", help="SmoothQuant migration strength"),
     act_dtype: Optional[str] = typer.Option(None, "--act-dtype", help="quantize the linears' inputs at inference: int8 (per token), mxint8, mxfp8, mxfp6, mxfp4"),
     norm_tweak: bool = typer.Option(False, "--norm-tweak", help="tune each layer's RMSNorm weights after quantization (Norm Tweaking)"),
@@ -82,7 +83,7 @@ def export(
         from quantconv.convert.calibrate import CalibOptions
 
         options = CalibOptions(calib=calib, nsamples=nsamples, seqlen=seqlen, seed=seed, device=device,
-                               act_order=act_order, damp=damp, alpha=alpha, act_dtype=get_act_dtype(act_dtype),
+                               act_order=act_order, scale_search=scale_search, damp=damp, alpha=alpha, act_dtype=get_act_dtype(act_dtype),
                                norm_tweak=norm_tweak)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[tensor]}"), TimeElapsedColumn(), console=err,
