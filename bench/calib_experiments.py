@@ -59,6 +59,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--tmp", default="/tmp")
+    ap.add_argument("--item", type=int, action="append", help="run only these entries (0-based) of each group")
     args = ap.parse_args()
     out = Path(args.out)
     rows = json.loads(out.read_text()) if out.is_file() else []
@@ -67,9 +68,9 @@ def main() -> None:
     spec = SweepSpec([], [], Path(args.text), Path(args.tmp), ctx=512, windows=args.windows, threads=args.threads)
     ids = None
     for group in args.group:
-        for dtype, algo, opts in GROUPS[group]:
+        for k, (dtype, algo, opts) in enumerate(GROUPS[group]):
             name = label(dtype, algo, opts)
-            if name in done:
+            if name in done or (args.item and k not in args.item):
                 continue
             calib = CalibOptions(calib=args.calib, nsamples=args.nsamples, seqlen=args.seqlen, device=args.device,
                                  act_dtype=get_act_dtype(opts.get("act_dtype")), act_order=opts.get("act_order", False),
