@@ -144,22 +144,28 @@ def plot(rows: list[dict], path: Path) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         return
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 5))
-    algos = sorted({r["algo"] for r in rows if r["dtype"] != "f16"})
-    markers = dict(zip(algos, "osD^v<>p*"))
-    for algo in algos:
-        rs = [r for r in rows if r["algo"] == algo and r["dtype"] != "f16"]
-        ax.scatter([r["bits_per_weight"] for r in rs], [r["ppl"] for r in rs], marker=markers[algo], label=algo)
-        for r in rs:
-            ax.annotate(r["dtype"], (r["bits_per_weight"], r["ppl"]), fontsize=7, xytext=(3, 2),
-                        textcoords="offset points")
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(14, 5), gridspec_kw={"width_ratios": [2, 1]})
+    # quality: one column per dtype (sorted by bits per weight), one marker per algorithm — many 4-bit
+    # types share 4.219 bits, so a plain bits axis would stack them on top of each other
+    quantized = [r for r in rows if r["dtype"] != "f16"]
+    dtypes = sorted({r["dtype"] for r in quantized}, key=lambda d: (next(r["bits_per_weight"] for r in quantized
+                                                                          if r["dtype"] == d), d))
+    algos = list(dict.fromkeys(r["algo"] for r in quantized))
+    markers = dict(zip(algos, "^Dos<>p*v"))
+    width = 0.6 / max(1, len(algos))
+    for k, algo in enumerate(algos):
+        rs = [r for r in quantized if r["algo"] == algo]
+        ax.scatter([dtypes.index(r["dtype"]) - 0.3 + (k + 0.5) * width for r in rs], [r["ppl"] for r in rs],
+                   marker=markers[algo], label=algo, zorder=3)
+    ax.set_xticks(range(len(dtypes)))
+    ax.set_xticklabels([f"{d}\n{next(r['bits_per_weight'] for r in quantized if r['dtype'] == d):.3f} b/w"
+                        for d in dtypes], fontsize=8)
     fp = next((r for r in rows if r["dtype"] == "f16"), None)
     if fp:
         ax.axhline(fp["ppl"], color="gray", ls="--", lw=1, label=f"f16 {fp['ppl']:.2f}")
-    ax.set_xlabel("bits per weight (decoder linear layers)")
     ax.set_ylabel("perplexity (lower is better)")
-    ax.set_yscale("log")
-    ax.set_title("quality vs bits")
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title("quality per datatype and algorithm")
     ax.legend(fontsize=8)
     speed = {r["dtype"]: (r["bits_per_weight"], r["decode_tok_s"]) for r in rows if r.get("decode_tok_s")}
     for name, (bits, tok_s) in speed.items():
