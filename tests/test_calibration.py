@@ -293,3 +293,43 @@ def test_calibrated_export_bad_inputs_leave_no_file(tiny, tmp_path):
             raise QuantconvError("cuda present: nothing to check")
         export(src, out, "sf4", algo="gptq", calib=CalibOptions(calib="self", device="cuda"))
     assert list(tmp_path.iterdir()) == []
+
+
+# --- sweep and analyze -------------------------------------------------------------------------------------
+
+def test_sweep_writes_table_json_plot_and_resumes(tiny, tmp_path):
+    import json
+
+    from quantconv.convert.sweep import SweepSpec, run_sweep
+
+    spec = SweepSpec(["int4:group=32"], ["rtn", "gptq"], data_file("wikitext-2-raw-test.txt"), tmp_path / "sw",
+                     calib=str(data_file("wikitext-2-valid.txt")), nsamples=4, seqlen=32, ctx=32, windows=2,
+                     threads=1)
+    rows = run_sweep(open_source(str(tiny)), spec, log=lambda m: None)
+    assert [(r["dtype"], r["algo"]) for r in rows] == [("f16", "rtn"), ("int4:group=32", "rtn"),
+                                                       ("int4:group=32", "gptq")]
+    assert all(r["ppl"] > 1 and r["decode_tok_s"] > 0 for r in rows)
+    md = (tmp_path / "sw" / "sweep.md").read_text()
+    assert "| int4:group=32 | gptq |" in md and (tmp_path / "sw" / "sweep.png").stat().st_size > 1000
+    assert not list((tmp_path / "sw" / "files").iterdir())          # exports deleted unless --keep-files
+    before = json.loads((tmp_path / "sw" / "sweep.json").read_text())["rows"]
+    spec.algos = ["rtn", "gptq", "awq"]
+    spec.nsamples = 4
+    rows = run_sweep(open_source(str(tiny)), spec, log=lambda m: None)     # resumes: only awq is new
+    assert [r["ppl"] for r in rows[:3]] == [r["ppl"] for r in before] and rows[3]["algo"] == "awq"
+
+
+def test_analyze_fits_student_t(tiny, tmp_path):
+    from scipy import stats
+
+    from quantconv.convert import analyze
+
+    heavy = stats.t.rvs(4.0, scale=0.02, size=50_000, random_state=np.random.default_rng(0))
+    fit = analyze.fit_t("x", "weight", heavy)
+    assert 3.0 < fit.nu < 5.5 and fit.t_loglik > fit.normal_loglik
+    fits = analyze.weight_fits(open_source(str(tiny)))
+    assert len(fits) == 7 * 2 and all(f.kind == "weight" for f in fits)
+    acts = analyze.activation_fits(open_source(str(tiny)), str(data_file("wikitext-2-valid.txt")), 2, 32)
+    assert {f.name.split(".")[-1] for f in acts} == {"attn_in", "mlp_in", "down_in"}
+    analyze.plot_fits(fits + acts, tmp_path / "fits.png")
+    assert (tmp_path / "fits.png").stat().st_size > 1000
