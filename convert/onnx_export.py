@@ -1,0 +1,104 @@
+"""`quantconv export --format onnx`: the GGUF export of the same recipe, re-encoded as an ONNX decoder.
+
+Going through the GGUF file is what makes the two exports carry the same weights bit for bit: every
+ONNX initializer is the GGUF's own codes and scales, re-laid out (formats/onnx/encodings.py), and
+the encoder checks each tensor against the GGUF's dequantization before writing.
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from quantconv.errors import QuantconvError
+
+FLAVORS = ("standard", "ort")
+
+
+@dataclass
+class OnnxExportReport:
+    path: Path
+    seconds: float
+    file_bytes: int
+    flavor: str
+    encodings: dict
+    gguf_report: object = None          # the ExportReport of the intermediate GGUF, when made here
+    notes: list[str] = field(default_factory=list)
+
+
+def _need_onnx():
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        raise QuantconvError("ONNX export needs the onnx package: pip install 'quantconv[onnx]'") from None
+
+
+def _check_out(out: Path) -> None:
+    if out.suffix.lower() != ".onnx":
+        raise QuantconvError(f"output '{out}' must end in .onnx for --format onnx")
+    if not out.parent.exists():
+        raise QuantconvError(f"output folder '{out.parent}' does not exist; create it first")
+
+
+def gguf_to_onnx(gguf_path, out, flavor: str = "standard",
+                 progress: Callable[[str, dict], None] | None = None) -> OnnxExportReport:
+    """Write the quantconv GGUF file `gguf_path` as an ONNX decoder at `out` (atomically)."""
+    _need_onnx()
+    from quantconv.formats.gguf_reader import GGUFFile
+    from quantconv.formats.onnx import io
+    from quantconv.formats.onnx.graph import DecoderBuilder, check_flavor
+    from quantconv.runtime.engine import model_config
+
+    out = Path(out)
+    _check_out(out)
+    start = time.perf_counter()
+    with GGUFFile(gguf_path) as f:
+        check_flavor(f, flavor)
+        cfg = model_config(f)
+        builder = DecoderBuilder(f, cfg, flavor, progress)
+        model = builder.build()
+        codebooks = {t.dtype.spec: list(t.dtype.codebook) for t in f.tensors
+                     if t.dtype is not None and t.dtype.codebook is not None}
+        props = io.metadata(f.kv, cfg, flavor, builder.encodings, codebooks)
+    size = io.save(model, out, props)
+    return OnnxExportReport(out, time.perf_counter() - start, size, flavor, builder.encodings)
+
+
+def export_onnx(source, out, dtype: str, group_size: int | None = None, algo: str = "rtn", keep=(),
+                flavor: str = "standard", progress=None, on_start=None, calib=None, on_layer=None,
+                keep_gguf: str | Path | None = None) -> OnnxExportReport:
+    """Quantize `source` exactly as `convert.export.export` would (same arguments), then write the
+    result as ONNX. keep_gguf: also keep the intermediate GGUF at this path."""
+    _need_onnx()
+    from quantconv.convert.export import export, plan_export
+    from quantconv.formats.onnx.encodings import matmulnbits_problem, ORT_FLAVOR_DTYPES
+
+    out = Path(out)
+    _check_out(out)
+    if flavor not in FLAVORS:
+        raise QuantconvError(f"--onnx-flavor must be one of {', '.join(FLAVORS)} (got '{flavor}')")
+    if flavor == "ort":   # refuse before the (possibly long) quantization
+        for p in plan_export(source, dtype, group_size, list(keep)):
+            if len(p.shape) == 2 and p.gguf_name != "token_embd.weight" and p.dtype.family != "float":
+                why = matmulnbits_problem(p.dtype, p.shape[1])
+                if why:
+                    raise QuantconvError(
+                        f"--onnx-flavor ort writes linear weights as com.microsoft MatMulNBits, but tensor "
+                        f"{p.gguf_name}: {why}. Use --onnx-flavor standard (standard operators, every quantconv "
+                        f"dtype) or export with one of: {ORT_FLAVOR_DTYPES} (group a power of two >= 16)")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        gguf = tmp / (out.stem + ".gguf")
+        greport = export(source, gguf, dtype, group_size, algo, keep, progress=progress, on_start=on_start,
+                         calib=calib, on_layer=on_layer)
+        report = gguf_to_onnx(gguf, out, flavor)
+        if keep_gguf:
+            shutil.move(str(gguf), str(keep_gguf))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    report.gguf_report = greport
+    report.notes = list(greport.notes)
+    return report

@@ -1,0 +1,223 @@
+"""The decoder (llama / mistral / qwen2: RMSNorm, RoPE, GQA attention with KV cache, SwiGLU) as an ONNX
+graph written node by node with onnx.helper, from a quantconv GGUF file.
+
+Inputs/outputs follow optimum / onnxruntime-genai: input_ids, attention_mask, position_ids,
+past_key_values.{i}.key|value -> logits, present.{i}.key|value, caches [batch, n_kv_heads, seq, head_dim].
+Everything is basic standard operators (no opset-23 RMSNormalization/RotaryEmbedding/Attention):
+portable to any runtime, and exact enough (<1e-3 logits vs transformers in float32).
+
+RoPE is HF's rotate_half form: llama-arch GGUFs store q/k rows permuted for llama.cpp's interleaved
+RoPE, so those rows are put back in HF order here (rows move with their blocks: codes stay exact).
+"""
+from __future__ import annotations
+
+import numpy as np
+from onnx import TensorProto, helper
+
+from quantconv.convert.models import unpermute_qk
+from quantconv.errors import QuantconvError
+from quantconv.formats.onnx.encodings import Encoded, encode, linear_nodes, matmulnbits_problem, weight_nodes
+
+OPSET = 24          # Cast from FLOAT8E8M0 (MX scales) needs 24; blocked DequantizeLinear needs 21
+MS_OPSET = 1
+IR_VERSION = 11     # what onnxruntime 1.32 reads
+NEG = float(np.finfo(np.float32).min)   # additive mask: exp() of it underflows to exactly 0
+
+
+class GraphBuilder:
+    """Collects nodes and initializers; op() returns the (fresh) output name."""
+
+    def __init__(self):
+        self.nodes, self.inits, self._n = [], [], 0
+
+    def fresh(self, hint: str) -> str:
+        self._n += 1
+        return f"/{hint}_{self._n}"
+
+    def op(self, op_type: str, inputs, outputs: int | list[str] = 1, domain: str = "", **attrs):
+        outs = [self.fresh(op_type) for _ in range(outputs)] if isinstance(outputs, int) else outputs
+        self.nodes.append(helper.make_node(op_type, list(inputs), outs, name=outs[0].lstrip("/"),
+                                           domain=domain or None, **attrs))
+        return outs[0] if len(outs) == 1 else outs
+
+    def const(self, value: np.ndarray) -> str:
+        arr = np.asarray(value)
+        name = self.fresh("const")
+        self.inits.append(helper.make_tensor(name, helper.np_dtype_to_tensor_dtype(arr.dtype), list(arr.shape),
+                                             arr.tobytes(), raw=True))
+        return name
+
+    def ints(self, *v) -> str:
+        return self.const(np.array(v, np.int64))
+
+
+def _rmsnorm(g: GraphBuilder, x: str, weight: str, eps: float) -> str:
+    ms = g.op("ReduceMean", [g.op("Mul", [x, x]), g.ints(-1)], keepdims=1)
+    inv = g.op("Reciprocal", [g.op("Sqrt", [g.op("Add", [ms, g.const(np.float32(eps))])])])
+    return g.op("Mul", [g.op("Mul", [x, inv]), weight])
+
+
+def _rotate(g: GraphBuilder, x: str, cos: str, sin: str) -> str:
+    """x * cos + rotate_half(x) * sin, rotate_half = concat(-x2, x1) of the head_dim halves."""
+    x1, x2 = g.op("Split", [x], outputs=2, axis=-1, num_outputs=2)
+    rot = g.op("Concat", [g.op("Neg", [x2]), x1], axis=-1)
+    return g.op("Add", [g.op("Mul", [x, cos]), g.op("Mul", [rot, sin])])
+
+
+def _inv_freq(cfg: dict, rope_freqs: np.ndarray | None) -> np.ndarray:
+    dim, base = cfg["rope_dim"], cfg["rope_base"]
+    inv = 1.0 / base ** (np.arange(0, dim, 2, dtype=np.float64) / dim)
+    if rope_freqs is not None:      # Llama 3 scaling: a divisor per frequency (rope_freqs.weight)
+        inv = inv / rope_freqs.astype(np.float64)
+    return (inv / cfg["rope_scale"]).astype(np.float32)   # linear scaling: positions / factor
+
+
+class DecoderBuilder:
+    """Builds the ONNX graph of one GGUF decoder. `f`: an open GGUFFile, `cfg`: runtime.engine.model_config(f)."""
+
+    def __init__(self, f, cfg: dict, flavor: str, progress=None):
+        self.f, self.cfg, self.flavor, self.progress = f, cfg, flavor, progress
+        self.g = GraphBuilder()
+        self.encodings: dict[str, dict] = {}
+        if cfg["rope_dim"] != cfg["head_dim"]:
+            raise QuantconvError(f"{f.path}: partial RoPE (rope dim {cfg['rope_dim']} of head dim "
+                                 f"{cfg['head_dim']}) is not supported by the ONNX export")
+
+    # ---- weights -------------------------------------------------------------------------------
+    def _row_perm(self, name: str):
+        """GGUF -> HF row order of q/k (llama arch only), as an index array over rows."""
+        if self.cfg["rope_style"] != "norm":
+            return None
+        for part, heads in ((".attn_q.", self.cfg["n_head"]), (".attn_k.", self.cfg["n_head_kv"])):
+            if part in name:
+                rows = self.f.tensor(name).shape[0]
+                return unpermute_qk(np.arange(rows), heads)
+        return None
+
+    def weight(self, name: str, orient: str) -> Encoded:
+        t = self.f.tensor(name)
+        perm = self._row_perm(name)
+        expected = self.f.dequantize(name)
+        if perm is not None:
+            expected = expected[perm]
+        flavor = self.flavor if t.dtype.family != "float" else "standard"
+        enc = encode(name, t.dtype, self.f.raw(name), t.shape, orient, flavor, perm, expected)
+        self.g.inits.extend(enc.inits)
+        self.encodings[name] = {**enc.info, "orient": enc.orient}
+        if self.progress:
+            self.progress(name, enc.info)
+        return enc
+
+    def vector(self, name: str) -> str:
+        """A 1-D float tensor (norm weight, bias) as a FLOAT initializer named after the GGUF tensor."""
+        v = self.f.dequantize(name).astype(np.float32)
+        perm = self._row_perm(name)
+        if perm is not None:
+            v = v[perm]
+        self.g.inits.append(helper.make_tensor(name, TensorProto.FLOAT, list(v.shape), v.tobytes(), raw=True))
+        return name
+
+    def linear(self, x: str, name: str, bias: str | None = None) -> str:
+        y = linear_nodes(self.g, x, self.weight(name, "kn"))
+        if bias and bias in self.f:
+            y = self.g.op("Add", [y, self.vector(bias)])
+        return y
+
+    # ---- graph ---------------------------------------------------------------------------------
+    def build(self, name: str = "quantconv_decoder"):
+        c, g = self.cfg, self.g
+        nh, nkv, hd, L = c["n_head"], c["n_head_kv"], c["head_dim"], c["n_layer"]
+        rep = nh // nkv
+        F = TensorProto.FLOAT
+        inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch_size", "sequence_length"]),
+                  helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch_size", "total_sequence_length"]),
+                  helper.make_tensor_value_info("position_ids", TensorProto.INT64, ["batch_size", "sequence_length"])]
+        outputs = [helper.make_tensor_value_info("logits", F, ["batch_size", "sequence_length", c["n_vocab"]])]
+        for i in range(L):
+            for kind in ("key", "value"):
+                inputs.append(helper.make_tensor_value_info(f"past_key_values.{i}.{kind}", F,
+                                                            ["batch_size", nkv, "past_sequence_length", hd]))
+                outputs.append(helper.make_tensor_value_info(f"present.{i}.{kind}", F,
+                                                             ["batch_size", nkv, "total_sequence_length", hd]))
+
+        # token embedding: rows of the dequantized table
+        emb = self.weight("token_embd.weight", "nk")
+        emb_w = weight_nodes(g, emb)
+        h = g.op("Gather", [emb_w, "input_ids"])
+
+        # RoPE tables from position_ids: (B, 1, S, hd)
+        rope_freqs = self.f.dequantize("rope_freqs.weight") if "rope_freqs.weight" in self.f else None
+        pos = g.op("Unsqueeze", [g.op("Cast", ["position_ids"], to=F), g.ints(-1)])
+        freqs = g.op("Mul", [pos, g.const(_inv_freq(c, rope_freqs))])
+        angles = g.op("Unsqueeze", [g.op("Concat", [freqs, freqs], axis=-1), g.ints(1)])
+        cos, sin = g.op("Cos", [angles]), g.op("Sin", [angles])
+
+        # additive mask (B, 1, 1, S, T): causal over absolute positions, and attention_mask padding
+        past_len = g.op("Gather", [g.op("Shape", ["past_key_values.0.key"]), g.const(np.int64(2))])
+        seq_len = g.op("Gather", [g.op("Shape", ["input_ids"]), g.const(np.int64(1))])
+        total = g.op("Add", [past_len, seq_len])
+        kpos = g.op("Range", [g.const(np.int64(0)), total, g.const(np.int64(1))])
+        qpos = g.op("Range", [past_len, total, g.const(np.int64(1))])
+        causal = g.op("LessOrEqual", [g.op("Unsqueeze", [kpos, g.ints(0)]), g.op("Unsqueeze", [qpos, g.ints(1)])])
+        keep = g.op("Unsqueeze", [g.op("Cast", ["attention_mask"], to=TensorProto.BOOL), g.ints(1, 2, 3)])
+        mask = g.op("Where", [g.op("And", [causal, keep]), g.const(np.float32(0)), g.const(np.float32(NEG))])
+        scale = g.const(np.float32(1.0 / np.sqrt(hd)))
+
+        for i in range(L):
+            p = f"blk.{i}."
+            x = _rmsnorm(g, h, self.vector(p + "attn_norm.weight"), c["rms_eps"])
+
+            def heads(name: str, n: int) -> str:   # (B, S, n*hd) -> (B, n, S, hd)
+                y = self.linear(x, p + f"{name}.weight", p + f"{name}.bias")
+                return g.op("Transpose", [g.op("Reshape", [y, g.ints(0, 0, n, hd)])], perm=[0, 2, 1, 3])
+
+            q = _rotate(g, heads("attn_q", nh), cos, sin)
+            k = _rotate(g, heads("attn_k", nkv), cos, sin)
+            v = heads("attn_v", nkv)
+            k_all = g.op("Concat", [f"past_key_values.{i}.key", k], [f"present.{i}.key"], axis=2)
+            v_all = g.op("Concat", [f"past_key_values.{i}.value", v], [f"present.{i}.value"], axis=2)
+            # GQA without copying the cache: q as (B, n_kv, rep, S, hd) against k/v as (B, n_kv, 1, T, hd)
+            q5 = g.op("Reshape", [g.op("Mul", [q, scale]), g.ints(0, nkv, rep, -1, hd)])
+            k5 = g.op("Unsqueeze", [k_all, g.ints(2)])
+            v5 = g.op("Unsqueeze", [v_all, g.ints(2)])
+            scores = g.op("Add", [g.op("MatMul", [q5, g.op("Transpose", [k5], perm=[0, 1, 2, 4, 3])]), mask])
+            ctx = g.op("MatMul", [g.op("Softmax", [scores], axis=-1), v5])
+            ctx = g.op("Reshape", [ctx, g.ints(0, nh, -1, hd)])
+            ctx = g.op("Reshape", [g.op("Transpose", [ctx], perm=[0, 2, 1, 3]), g.ints(0, 0, nh * hd)])
+            h = g.op("Add", [h, self.linear(ctx, p + "attn_output.weight", p + "attn_output.bias")])
+
+            x = _rmsnorm(g, h, self.vector(p + "ffn_norm.weight"), c["rms_eps"])
+            gate = self.linear(x, p + "ffn_gate.weight")
+            up = self.linear(x, p + "ffn_up.weight")
+            act = g.op("Mul", [g.op("Mul", [gate, g.op("Sigmoid", [gate])]), up])
+            h = g.op("Add", [h, self.linear(act, p + "ffn_down.weight")])
+
+        x = _rmsnorm(g, h, self.vector("output_norm.weight"), c["rms_eps"])
+        if "output.weight" in self.f:
+            logits = self.linear(x, "output.weight")
+        else:   # tied embeddings: the token table, transposed
+            logits = g.op("MatMul", [x, g.op("Transpose", [emb_w], perm=[1, 0])])
+        g.op("Identity", [logits], ["logits"])
+        graph = helper.make_graph(g.nodes, name, inputs, outputs, initializer=g.inits)
+        opsets = [helper.make_opsetid("", OPSET)]
+        if any(n.domain == "com.microsoft" for n in g.nodes):
+            opsets.append(helper.make_opsetid("com.microsoft", MS_OPSET))
+        return helper.make_model(graph, opset_imports=opsets, ir_version=IR_VERSION,
+                                 producer_name="quantconv")
+
+
+def check_flavor(f, flavor: str) -> None:
+    """Refuse, before any work, a file whose quantized linear weights the flavor can't encode."""
+    from quantconv.formats.onnx.encodings import FLAVORS, ORT_FLAVOR_DTYPES
+    if flavor not in FLAVORS:
+        raise QuantconvError(f"--onnx-flavor must be one of {', '.join(FLAVORS)} (got '{flavor}')")
+    if flavor != "ort":
+        return
+    for t in f.tensors:
+        if len(t.shape) == 2 and t.name != "token_embd.weight" and t.dtype is not None and t.dtype.family != "float":
+            why = matmulnbits_problem(t.dtype, t.shape[1])
+            if why:
+                raise QuantconvError(
+                    f"--onnx-flavor ort writes linear weights as com.microsoft MatMulNBits, but tensor {t.name}: "
+                    f"{why}. Use --onnx-flavor standard (standard operators, every quantconv dtype) or export with "
+                    f"one of: {ORT_FLAVOR_DTYPES} (group a power of two >= 16)")
