@@ -43,6 +43,18 @@ class QuantizedLinear:
         return self.dtype.codec.pack(blocks, per_block).reshape(rows, -1)
 
 
+def split_rows(ql: QuantizedLinear, sizes: list[int]) -> list[QuantizedLinear]:
+    """Undo a row-wise concatenation (linears that share an input are quantized in one GPTQ pass: GPTQ
+    treats rows independently given the shared Hessian, so the result is the same as one pass each)."""
+    out, r0 = [], 0
+    for n in sizes:
+        rows = slice(r0, r0 + n)
+        out.append(QuantizedLinear(ql.dtype, ql.codes[rows], tuple(p[rows] for p in ql.params),
+                                   ql.values[rows] if ql.values is not None else None, ql.loss * n / ql.codes.shape[0]))
+        r0 += n
+    return out
+
+
 def fit_unit(dtype: DType, cols: int) -> int:
     """Columns that share one set of fitted parameters: the block, or a codec's smaller unit (NVFP4's 16)."""
     if not hasattr(dtype.codec, "fit"):
