@@ -62,6 +62,7 @@ def export(
     alpha: float = typer.Option(0.5, "--alpha", help="SmoothQuant migration strength"),
     act_dtype: Optional[str] = typer.Option(None, "--act-dtype", help="quantize the linears' inputs at inference: int8 (per token), mxint8, mxfp8, mxfp6, mxfp4"),
     norm_tweak: bool = typer.Option(False, "--norm-tweak", help="tune each layer's RMSNorm weights after quantization (Norm Tweaking)"),
+    nu: Optional[str] = typer.Option(None, "--nu", help="SF4's Student-t degrees of freedom: a number, or 'auto' (fitted to the model's weights, as `quantconv analyze`)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
 ):
     """Quantize every linear layer of a model into a GGUF file."""
@@ -71,6 +72,10 @@ def export(
     from quantconv.convert.sources import open_source
 
     src = open_source(source)
+    if nu is not None:
+        if not dtype.split(":")[0].strip().lower().startswith("sf4"):
+            raise QuantconvError(f"--nu applies to sf4 only (got --dtype {dtype}); drop --nu or use --dtype sf4")
+        dtype = f"{dtype}{',' if ':' in dtype else ':'}nu={nu}"
     if "nu=auto" in dtype:   # the Student-t fit of the model's own weights picks SF4's nu
         from quantconv.convert.analyze import median_nu, weight_fits
 
