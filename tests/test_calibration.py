@@ -333,3 +333,28 @@ def test_analyze_fits_student_t(tiny, tmp_path):
     assert {f.name.split(".")[-1] for f in acts} == {"attn_in", "mlp_in", "down_in"}
     analyze.plot_fits(fits + acts, tmp_path / "fits.png")
     assert (tmp_path / "fits.png").stat().st_size > 1000
+
+
+# --- CLI --------------------------------------------------------------------------------------------------
+
+def test_cli_calibrated_export_and_errors(tiny, tmp_path):
+    from typer.testing import CliRunner
+
+    from quantconv.cli import app
+
+    runner = CliRunner()
+    valid = str(data_file("wikitext-2-valid.txt"))
+    out = tmp_path / "m.gguf"
+    r = runner.invoke(app, ["export", str(tiny), "-o", str(out), "--dtype", "sf4:group=32", "--algo", "gptq",
+                            "--calib", valid, "--nsamples", "2", "--seqlen", "32", "--act-order", "--scale-search", "-q"])
+    assert r.exit_code == 0, r.output
+    with GGUFFile(out) as f:
+        assert f.kv["quantconv.recipe.act_order"] == 1 and f.kv["quantconv.recipe.scale_search"] == 1
+    out.unlink()
+    for args, msg in ((["--algo", "gptq"], "--calib"), (["--algo", "gptq", "--calib", valid, "--nsamples", "99999"],
+                                                         "fewer than"),
+                      (["--dtype", "nf4", "--nu", "3"], "--nu applies to sf4"),
+                      (["--algo", "gptq", "--calib", valid, "--act-dtype", "fp3"], "act-dtype")):
+        r = runner.invoke(app, ["export", str(tiny), "-o", str(out), *args])
+        assert r.exit_code == 2 and msg in r.output, r.output
+        assert not out.exists()
