@@ -79,6 +79,8 @@ def main() -> None:
     ap.add_argument("--no-vs-sf4", action="store_true", help="skip the MX / NF4 / E2M1 rows")
     ap.add_argument("--threads-scan", help="comma-separated thread counts for a scaling table, e.g. 1,2")
     ap.add_argument("--only-scan", action="store_true", help="only the --threads-scan table")
+    ap.add_argument("--only", help="comma-separated vs-SF4 specs (e.g. mxint8,int4:asym): only those rows, "
+                    "no llama.cpp rows")
     args = ap.parse_args()
     ctx = args.prompt + args.gen + 32
     tmp = Path(tempfile.mkdtemp())
@@ -87,12 +89,16 @@ def main() -> None:
     vs_sf4 = [] if args.no_vs_sf4 else VS_SF4
     if args.only_scan:
         vs_sf4 = []
-    for spec in ["sf4", *SAME_FILE, *vs_sf4]:
+    same_file = SAME_FILE
+    if args.only:
+        vs_sf4, same_file = args.only.split(","), []
+    for spec in ["sf4", *same_file, *vs_sf4]:
         if spec not in files:
             files[spec] = tmp / f"{spec.replace(':', '-')}.gguf"
             export(source, files[spec], spec)
-    files["iq4_nl"] = tmp / "iq4_nl.gguf"
-    llama_quantize(files["f16"], files["iq4_nl"], 25)      # LLAMA_FTYPE_MOSTLY_IQ4_NL (logs to stderr)
+    if not args.only:
+        files["iq4_nl"] = tmp / "iq4_nl.gguf"
+        llama_quantize(files["f16"], files["iq4_nl"], 25)  # LLAMA_FTYPE_MOSTLY_IQ4_NL (logs to stderr)
 
     bandwidth = read_bandwidth_gb_s()
     rows = []
@@ -120,10 +126,10 @@ def main() -> None:
         if args.only_scan:
             return
 
-    res = run([("sf4", "ours", files["sf4"]), ("iq4_nl", "llama", files["iq4_nl"])])
-    sf4 = res["sf4"]
-    rows.append(("SF4 g128 vs llama.cpp IQ4_NL", "sf4", res["sf4"], res["iq4_nl"], 1.3, 1.0))
-    for spec in SAME_FILE:
+    if not args.only:
+        res = run([("sf4", "ours", files["sf4"]), ("iq4_nl", "llama", files["iq4_nl"])])
+        rows.append(("SF4 g128 vs llama.cpp IQ4_NL", "sf4", res["sf4"], res["iq4_nl"], 1.3, 1.0))
+    for spec in same_file:
         r = run([(spec, "ours", files[spec]), (f"llama-{spec}", "llama", files[spec])])
         rows.append((f"{spec} vs llama.cpp {spec} (same file)", spec, r[spec], r[f"llama-{spec}"], 1.0, 1.0))
     for spec in vs_sf4:

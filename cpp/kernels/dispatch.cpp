@@ -135,9 +135,13 @@ constexpr size_t kRowBlockBytes = 64 * 1024;
 // Matvec streams its weights from memory once: the row groups interleave kGroupRows streams, which
 // the hardware prefetchers follow poorly, so each group asks for the bytes of the group
 // kPrefetchGroups ahead.
-constexpr int64_t kPrefetchGroups = 4;
+// QUANTCONV_PREFETCH_GROUPS (read once; 0 turns it off) overrides the distance for tuning runs.
+const int64_t kPrefetchGroups = [] {
+    const char* v = std::getenv("QUANTCONV_PREFETCH_GROUPS");
+    return v && *v ? std::max<int64_t>(0, std::atol(v)) : int64_t{4};
+}();
 inline void prefetch_rows(const uint8_t* W, size_t row_bytes, int64_t r, int64_t r1) {
-    if (r + kGroupRows > r1) return;
+    if (kPrefetchGroups == 0 || r + kGroupRows > r1) return;
     const uint8_t* p = W + static_cast<size_t>(r) * row_bytes;
     for (size_t off = 0; off < kGroupRows * row_bytes; off += 64) __builtin_prefetch(p + off);
 }

@@ -487,10 +487,23 @@ void fast_tile(const uint8_t* W, size_t rb, const Plan& pl, const Acts* a, float
             for (int r = 0; r < RM; ++r) fmt.decode(blk[r], k, aw[r], sg[r]);
             mac_block<Fmt::U, Fmt::SW>(aw, sg, dw, a, kb + k, acc);
         }
-        if constexpr (Fmt::U)
+        if constexpr (Fmt::U) {
+            // Per token the block's activation sum once (shared by the rows), then one FMA per
+            // (row, token): the per-(row, token, q8 block) scalar loop this replaces took ~40% of
+            // int4:asym prefill. The same operations in every shape (matmul == matvec bit for bit).
+            float xs[RN];
+#pragma GCC unroll 8
+            for (int t = 0; t < RN; ++t) {
+                const float* s = a[t].xsum + kb;
+                float v = s[0];
+                for (int64_t k = 1; k < fmt.per; ++k) v += s[k];
+                xs[t] = v;
+            }
+#pragma GCC unroll 8
             for (int r = 0; r < RM; ++r)
-                for (int t = 0; t < RN; ++t)
-                    for (int64_t k = 0; k < fmt.per; ++k) off[r][t] += m[r] * a[t].xsum[kb + k];
+#pragma GCC unroll 8
+                for (int t = 0; t < RN; ++t) off[r][t] = __builtin_fmaf(m[r], xs[t], off[r][t]);
+        }
     }
 #pragma GCC unroll 8
     for (int r = 0; r < RM; ++r)
