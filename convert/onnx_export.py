@@ -27,6 +27,7 @@ class OnnxExportReport:
     encodings: dict
     gguf_report: object = None          # the ExportReport of the intermediate GGUF, when made here
     notes: list[str] = field(default_factory=list)
+    linear_bits_per_weight: float = 0.0  # of the recipe (as the GGUF's); the ONNX file may differ: docs/onnx.md
 
 
 def _need_onnx():
@@ -101,4 +102,5 @@ def export_onnx(source, out, dtype: str, group_size: int | None = None, algo: st
         shutil.rmtree(tmp, ignore_errors=True)
     report.gguf_report = greport
     report.notes = list(greport.notes)
+    report.linear_bits_per_weight = greport.linear_bits_per_weight
     return report

@@ -35,6 +35,8 @@ def session_options(n_threads: int | None = None, optimize: bool = True):
     # ORT fuses DequantizeLinear+MatMul into MatMulNBits; its default accuracy level 4 quantizes the
     # activations to int8. Level 0 keeps float32 activations, i.e. the weights' exact values.
     so.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "0")
+    # no busy-waiting worker threads: on a shared, oversubscribed CPU spinning costs more than it saves
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if not optimize:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     return so
