@@ -284,10 +284,18 @@ void prepare_acts(const TypeParams& p, const float* x, int64_t cols, void* acts)
     // the block sums only matter to asymmetric weights (F16Affine); the others leave them 0
     BlockFmt f;
     const bool affine = block_fmt(p, cols, f) && f.hdr == Hdr::F16Affine;
+    // Eight interleaved partial sums, then a fixed tree: the same bytes on every platform (adds
+    // only, in a fixed order), and vectorisable, unlike one serial chain of 32 dependent adds.
     for (int64_t b = 0; b < cols / kQ8Block; ++b) {
         float sum = 0.0f;
-        if (affine)
-            for (int64_t i = 0; i < kQ8Block; ++i) sum += x[b * kQ8Block + i];
+        if (affine) {
+            const float* xb = x + b * kQ8Block;
+            float p[8];
+            for (int l = 0; l < 8; ++l) p[l] = xb[l];
+            for (int64_t i = 8; i < kQ8Block; i += 8)
+                for (int l = 0; l < 8; ++l) p[l] += xb[i + l];
+            sum = ((p[0] + p[1]) + (p[2] + p[3])) + ((p[4] + p[5]) + (p[6] + p[7]));
+        }
         xsum[b] = sum;
     }
 }
