@@ -136,7 +136,8 @@ def export(source, out: str | Path, dtype: str, group_size: int | None = None, a
         calib.algos = algos
     out = Path(out)
     if out.suffix.lower() != ".gguf":
-        raise QuantconvError(f"output '{out}' must end in .gguf (ONNX export is --format onnx, not yet available)")
+        raise QuantconvError(f"output '{out}' must end in .gguf (for ONNX use --format onnx, or "
+                             "quantconv.convert.onnx_export.export_onnx)")
     if not out.parent.exists():
         raise QuantconvError(f"output folder '{out.parent}' does not exist; create it first")
     start = time.perf_counter()

@@ -64,13 +64,24 @@ def export(
     norm_tweak: bool = typer.Option(False, "--norm-tweak", help="tune each layer's RMSNorm weights after quantization (Norm Tweaking)"),
     nu: Optional[str] = typer.Option(None, "--nu", help="SF4's Student-t degrees of freedom: a number, or 'auto' (fitted to the model's weights, as `quantconv analyze`)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+    fmt: Optional[str] = typer.Option(None, "--format", help="gguf or onnx (default: from the output's suffix)"),
+    onnx_flavor: str = typer.Option("standard", "--onnx-flavor", help="onnx: standard (standard operators, every dtype) or ort (com.microsoft MatMulNBits for 2/4/8-bit ints)"),
 ):
-    """Quantize every linear layer of a model into a GGUF file."""
+    """Quantize every linear layer of a model into a GGUF (or ONNX) file."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from quantconv.convert.export import export as run_export
     from quantconv.convert.sources import open_source
 
+    fmt = (fmt or ("onnx" if output.lower().endswith(".onnx") else "gguf")).lower()
+    if fmt not in ("gguf", "onnx"):
+        raise QuantconvError(f"--format must be gguf or onnx (got '{fmt}')")
+    if fmt == "onnx":
+        import functools
+
+        from quantconv.convert.onnx_export import export_onnx
+
+        run_export = functools.partial(export_onnx, flavor=onnx_flavor)
     src = open_source(source)
     if nu is not None:
         if not dtype.split(":")[0].strip().lower().startswith("sf4"):
@@ -159,10 +170,16 @@ def inspect(
 
 
 def _open_model(file: str, ctx: int, threads: Optional[int], exact: bool):
-    from quantconv.runtime.engine import Engine
     from quantconv.runtime.tokenizer import Tokenizer
 
-    engine = Engine(file, n_ctx=ctx, n_threads=threads, exact=exact)
+    if file.lower().endswith(".onnx"):   # onnxruntime, same interface as Engine (float32 activations)
+        from quantconv.runtime.onnx_runner import OnnxEngine
+
+        engine = OnnxEngine(file, n_ctx=ctx, n_threads=threads)
+    else:
+        from quantconv.runtime.engine import Engine
+
+        engine = Engine(file, n_ctx=ctx, n_threads=threads, exact=exact)
     return engine, Tokenizer.from_gguf_metadata(engine.kv)
 
 
