@@ -43,7 +43,7 @@ def search_clip(w: torch.Tensor, x: torch.Tensor, dtype: DType, n_grid: int = 20
     """w clipped per (row, group) to the max |value| that minimises the group's output error."""
     rows, cols = w.shape
     g = min(dtype.block_for(cols), cols)
-    x = x[torch.linspace(0, x.shape[0] - 1, min(n_tokens, x.shape[0])).long()]
+    x = subsample(x, n_tokens)
     xg = x.view(x.shape[0], cols // g, g)                       # (t, groups, g)
     wg = w.view(rows, cols // g, g)                              # (rows, groups, g)
     ref = torch.einsum("tkg,rkg->rtk", xg, wg)

@@ -23,7 +23,7 @@ import torch
 
 from quantconv.convert import awq, smoothing
 from quantconv.convert.act_quant import ActDType
-from quantconv.convert.gptq import QuantizedLinear, gptq, inverse_cholesky, rtn, split_rows
+from quantconv.convert.gptq import QuantizedLinear, gptq, inverse_cholesky, prepare_hessian, rtn, split_rows
 from quantconv.convert.norm_tweak import tweak
 from quantconv.convert.torch_model import LINEARS, DecoderConfig, Head, Layer, Rope, hf_linear_name
 from quantconv.errors import QuantconvError
@@ -168,10 +168,7 @@ def _shared_factor(H: torch.Tensor | None, opts: CalibOptions, name: str) -> tor
     permutes H per linear)."""
     if H is None or opts.act_order:
         return None
-    Hm = H.clone()
-    dead = torch.diag(Hm) == 0
-    Hm[dead, dead] = 1
-    return inverse_cholesky(Hm, opts.damp, name)
+    return inverse_cholesky(prepare_hessian(H)[0], opts.damp, name)
 
 
 def _quantize(layer: Layer, names: tuple[str, ...], H: torch.Tensor | None, dtypes: dict[str, DType],

@@ -63,6 +63,15 @@ def fit_unit(dtype: DType, cols: int) -> int:
     return min(getattr(dtype.codec, "fit_unit", cols), dtype.block_for(cols))
 
 
+def prepare_hessian(H: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(H with dead columns' diagonal set to 1, the dead-column mask): a column no calibration input
+    ever touched has no curvature; its weight is zeroed and H stays invertible."""
+    H = H.float().clone()
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1
+    return H, dead
+
+
 def fit_group(codec, x: np.ndarray, importance: np.ndarray | None, search: bool) -> tuple:
     """A group's parameters: the codec's own rule, or — with `search`, where the codec offers it — the
     scale minimising the importance-weighted rounding error (importance: diag(H) of the columns)."""
@@ -125,10 +134,8 @@ def gptq(w: torch.Tensor, H: torch.Tensor, dtype: DType, percdamp: float = 0.01,
     dtype.check_shape(W.shape)
     unit = fit_unit(dtype, cols)
     n_groups = cols // unit
-    H = H.float().clone()
-    hdiag = torch.diag(H).cpu().numpy()      # column importance for the scale search
-    dead = torch.diag(H) == 0
-    H[dead, dead] = 1
+    hdiag = torch.diag(H).float().cpu().numpy()      # column importance for the scale search
+    H, dead = prepare_hessian(H)
     W[:, dead] = 0
     codec = dtype.codec
     params: list = [None] * n_groups

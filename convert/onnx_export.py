@@ -15,8 +15,6 @@ from typing import Callable
 
 from quantconv.errors import QuantconvError
 
-FLAVORS = ("standard", "ort")
-
 
 @dataclass
 class OnnxExportReport:
@@ -57,7 +55,7 @@ def gguf_to_onnx(gguf_path, out, flavor: str = "standard",
     _check_out(out)
     start = time.perf_counter()
     with GGUFFile(gguf_path) as f:
-        check_flavor(f, flavor)
+        check_flavor(((t.name, t.shape, t.dtype) for t in f.tensors), flavor)
         cfg = model_config(f)
         builder = DecoderBuilder(f, cfg, flavor, progress)
         model = builder.build()
@@ -75,21 +73,12 @@ def export_onnx(source, out, dtype: str, group_size: int | None = None, algo: st
     result as ONNX. keep_gguf: also keep the intermediate GGUF at this path."""
     _need_onnx()
     from quantconv.convert.export import export, plan_export
-    from quantconv.formats.onnx.encodings import matmulnbits_problem, ORT_FLAVOR_DTYPES
+    from quantconv.formats.onnx.graph import check_flavor
 
     out = Path(out)
     _check_out(out)
-    if flavor not in FLAVORS:
-        raise QuantconvError(f"--onnx-flavor must be one of {', '.join(FLAVORS)} (got '{flavor}')")
-    if flavor == "ort":   # refuse before the (possibly long) quantization
-        for p in plan_export(source, dtype, group_size, list(keep)):
-            if len(p.shape) == 2 and p.gguf_name != "token_embd.weight" and p.dtype.family != "float":
-                why = matmulnbits_problem(p.dtype, p.shape[1])
-                if why:
-                    raise QuantconvError(
-                        f"--onnx-flavor ort writes linear weights as com.microsoft MatMulNBits, but tensor "
-                        f"{p.gguf_name}: {why}. Use --onnx-flavor standard (standard operators, every quantconv "
-                        f"dtype) or export with one of: {ORT_FLAVOR_DTYPES} (group a power of two >= 16)")
+    # refuse before the (possibly long) quantization
+    check_flavor(((p.gguf_name, p.shape, p.dtype) for p in plan_export(source, dtype, group_size, list(keep))), flavor)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         gguf = tmp / (out.stem + ".gguf")

@@ -206,18 +206,19 @@ class DecoderBuilder:
                                  producer_name="quantconv")
 
 
-def check_flavor(f, flavor: str) -> None:
-    """Refuse, before any work, a file whose quantized linear weights the flavor can't encode."""
+def check_flavor(tensors, flavor: str) -> None:
+    """Refuse, before any work, weights the flavor can't encode. tensors: (name, shape, dtype) triples —
+    a GGUF file's tensors, or an export plan's (checked before quantizing)."""
     from quantconv.formats.onnx.encodings import FLAVORS, ORT_FLAVOR_DTYPES
     if flavor not in FLAVORS:
         raise QuantconvError(f"--onnx-flavor must be one of {', '.join(FLAVORS)} (got '{flavor}')")
     if flavor != "ort":
         return
-    for t in f.tensors:
-        if len(t.shape) == 2 and t.name != "token_embd.weight" and t.dtype is not None and t.dtype.family != "float":
-            why = matmulnbits_problem(t.dtype, t.shape[1])
+    for name, shape, dtype in tensors:
+        if len(shape) == 2 and name != "token_embd.weight" and dtype is not None and dtype.family != "float":
+            why = matmulnbits_problem(dtype, shape[1])
             if why:
                 raise QuantconvError(
-                    f"--onnx-flavor ort writes linear weights as com.microsoft MatMulNBits, but tensor {t.name}: "
+                    f"--onnx-flavor ort writes linear weights as com.microsoft MatMulNBits, but tensor {name}: "
                     f"{why}. Use --onnx-flavor standard (standard operators, every quantconv dtype) or export with "
                     f"one of: {ORT_FLAVOR_DTYPES} (group a power of two >= 16)")
