@@ -61,6 +61,7 @@ class CalibOptions:
     norm_tweak_lr: float = 1e-5
     awq_grid: int = 20
     search_samples: int = 8               # calibration windows AWQ/SmoothQuant statistics look at
+    error_samples: int = 4                # windows on which each layer's output error is logged (0: off)
     chunk: int = 8                        # samples per forward chunk
 
     def needs_calibration(self) -> bool:
@@ -87,23 +88,21 @@ class _Hessian:
     def __init__(self, n: int, device):
         self.H = torch.zeros(n, n, device=device, dtype=torch.float32)
         self.count = 0
+        self.blocks = 1 if n < 256 else 2 if n < 1024 else 4   # more, smaller GEMMs stop paying off
 
     def add(self, x: torch.Tensor) -> None:
         x = x.reshape(-1, x.shape[-1]).float()
         self.count += x.shape[0]
+        # H is symmetric: only the column blocks on and above the diagonal are multiplied (mirrored in
+        # value()): 3/4 of the full product's multiply-adds with 2 blocks, 5/8 with 4
         n = x.shape[1]
-        if n < 1024:
-            self.H.addmm_(x.T, x)
-            return
-        # wide inputs (down_proj): only the blocks on and above the diagonal, mirrored in value() —
-        # 5/8 of the multiply-adds of the full product with 4 column blocks
-        b = (n + 3) // 4
+        b = (n + self.blocks - 1) // self.blocks
         for i in range(0, n, b):
             self.H[i:i + b, i:].addmm_(x[:, i:i + b].T, x[:, i:])
 
     def value(self) -> torch.Tensor:
         H = self.H
-        if H.shape[0] >= 1024:
+        if self.blocks > 1:
             H = torch.triu(H) + torch.triu(H, diagonal=1).T
         return H * (2.0 / max(1, self.count))
 
@@ -120,11 +119,15 @@ def calibrate(source, dtypes: dict[str, DType], ids: torch.Tensor, opts: CalibOp
         X = head.embed_tokens(ids.to(device))
         del head
     result = CalibResult()
+    # the float model's own hidden states on the first few windows, to log how far the quantized ones drift
+    float_states = X[: min(X.shape[0], opts.error_samples)].clone()
     for i in range(cfg.n_layers):
         t0 = time.perf_counter()
         layer = Layer(source, cfg, i, device)
         layer_dtypes = {n: dtypes[hf_linear_name(i, n) + ".weight"] for n in LINEARS}
+        errors = _OutputErrors(layer, X, float_states, rope)
         X, info = _process_layer(layer, layer_dtypes, X, rope, opts, result, cfg.n_layers)
+        float_states = errors.log(X, info)
         info.update(layer=i, seconds=round(time.perf_counter() - t0, 2))
         result.layers.append(info)
         if progress:
@@ -133,9 +136,43 @@ def calibrate(source, dtypes: dict[str, DType], ids: torch.Tensor, opts: CalibOp
     return result
 
 
+class _OutputErrors:
+    """Relative squared output error of a decoder layer, on the first windows:
+    `layer_rel_err` — quantized vs float weights on the same (quantized-model) input: this layer's own
+    error; `model_rel_err` — the quantized model's hidden state vs the float model's after this layer:
+    everything accumulated so far. Both sum over tokens and channels: ||Y_q - Y_f||^2 / ||Y_f||^2."""
+
+    @torch.no_grad()
+    def __init__(self, layer: Layer, X: torch.Tensor, float_states: torch.Tensor, rope: Rope):
+        k = float_states.shape[0]
+        # the float weights, before anything (AWQ clipping, quantization, norm tweaking) changes them
+        self.own_float = layer.forward(X[:k], rope) if k else None
+        self.model_float = layer.forward(float_states, rope) if k else float_states
+
+    def log(self, out: torch.Tensor, info: dict) -> torch.Tensor:
+        if self.own_float is not None:
+            q = out[: self.own_float.shape[0]]
+            rel = lambda ref: float(((q - ref).pow(2).sum() / ref.pow(2).sum().clamp_min(1e-30)).item())  # noqa: E731
+            info["layer_rel_err"], info["model_rel_err"] = rel(self.own_float), rel(self.model_float)
+        return self.model_float
+
+
 def _chunks(n: int, size: int):
     for a in range(0, n, size):
         yield slice(a, min(n, a + size))
+
+
+def _map_chunks(n: int, size: int, f: Callable[[slice], torch.Tensor], into: torch.Tensor | None = None) -> torch.Tensor:
+    """f over the samples chunk by chunk, written into one tensor — `into` (reused when f reads each chunk of
+    it before that chunk is written, and the shape fits) or a new one; torch.cat would copy everything twice."""
+    out = None
+    for c in _chunks(n, size):
+        y = f(c)
+        if out is None:
+            fits = into is not None and into.shape[1:] == y.shape[1:] and into.dtype == y.dtype
+            out = into if fits else torch.empty((n,) + tuple(y.shape[1:]), dtype=y.dtype, device=y.device)
+        out[c] = y
+    return out
 
 
 def _linear_inputs(layer: Layer, xs: torch.Tensor, rope: Rope) -> dict[str, Callable[[], torch.Tensor]]:
@@ -228,29 +265,31 @@ def _process_layer(layer: Layer, dtypes, X: torch.Tensor, rope: Rope, opts: Cali
     need_h = "gptq" in opts.algos
     dev = X.device
 
-    def hessian_of(make) -> torch.Tensor | None:
+    def hessian_of(inputs: torch.Tensor) -> torch.Tensor | None:
         if not need_h:
             return None
-        h = None
+        h = _Hessian(inputs.shape[-1], dev)
         for c in _chunks(N, opts.chunk):
-            x = act(make(c))
-            h = h or _Hessian(x.shape[-1], dev)
-            h.add(x)
+            h.add(act(inputs[c]))
         return h.value()
 
-    # q, k, v: from the layer's input
-    _quantize(layer, ("q_proj", "k_proj", "v_proj"), hessian_of(lambda c: layer.attn_input(X[c])), dtypes,
-              opts, result, info)
+    def each_chunk(f, into: torch.Tensor | None = None) -> torch.Tensor:
+        return _map_chunks(N, opts.chunk, f, into)
+
+    # q, k, v: from the layer's (normed) input
+    Xn = each_chunk(lambda c: layer.attn_input(X[c]))
+    _quantize(layer, ("q_proj", "k_proj", "v_proj"), hessian_of(Xn), dtypes, opts, result, info)
     # o: from the attention output of the quantized q/k/v
-    A = torch.cat([layer.attention(layer.attn_input(X[c]), rope) for c in _chunks(N, opts.chunk)])
-    _quantize(layer, ("o_proj",), hessian_of(lambda c: A[c]), dtypes, opts, result, info)
-    Hh = torch.cat([X[c] + layer.linear("o_proj", A[c]) for c in _chunks(N, opts.chunk)])
-    del A
-    _quantize(layer, ("gate_proj", "up_proj"), hessian_of(lambda c: layer.mlp_input(Hh[c])), dtypes, opts,
-              result, info)
-    M = torch.cat([layer.mlp_hidden(layer.mlp_input(Hh[c])) for c in _chunks(N, opts.chunk)])
-    _quantize(layer, ("down_proj",), hessian_of(lambda c: M[c]), dtypes, opts, result, info)
-    out = torch.cat([Hh[c] + layer.linear("down_proj", M[c]) for c in _chunks(N, opts.chunk)])
+    A = each_chunk(lambda c: layer.attention(Xn[c], rope), into=Xn)
+    _quantize(layer, ("o_proj",), hessian_of(A), dtypes, opts, result, info)
+    Hh = each_chunk(lambda c: X[c] + layer.linear("o_proj", A[c]), into=A)   # A's chunk is read before written
+    del A, Xn
+    Hn = each_chunk(lambda c: layer.mlp_input(Hh[c]))
+    _quantize(layer, ("gate_proj", "up_proj"), hessian_of(Hn), dtypes, opts, result, info)
+    M = each_chunk(lambda c: layer.mlp_hidden(Hn[c]))
+    del Hn
+    _quantize(layer, ("down_proj",), hessian_of(M), dtypes, opts, result, info)
+    out = each_chunk(lambda c: Hh[c] + layer.linear("down_proj", M[c]), into=Hh)
     del M, Hh
 
     if opts.norm_tweak:

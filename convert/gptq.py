@@ -156,8 +156,9 @@ def gptq(w: torch.Tensor, H: torch.Tensor, dtype: DType, percdamp: float = 0.01,
     U_np = U.cpu().numpy()
     for i1 in range(0, cols, blocksize):
         i2 = min(i1 + blocksize, cols)
-        # the column-by-column part runs in numpy: small per-column ops cost a few us there
-        W1 = W[:, i1:i2].cpu().numpy().copy()
+        # the column-by-column part runs in numpy on the block transposed, so that each weight column
+        # (and each row of the rank-1 updates) is contiguous: small per-column ops cost a few us there
+        W1 = np.ascontiguousarray(W[:, i1:i2].T.cpu().numpy())     # (block columns, rows)
         Q1 = np.zeros_like(W1)
         Err1 = np.zeros_like(W1)
         U1 = U_np[i1:i2, i1:i2]
@@ -166,21 +167,21 @@ def gptq(w: torch.Tensor, H: torch.Tensor, dtype: DType, percdamp: float = 0.01,
             gi = col // unit
             if not act_order and col % unit == 0:
                 # fit on the group's columns as updated so far (in-block ones carry this block's updates)
-                span = W1[:, i:i + unit] if i + unit <= i2 - i1 else \
-                    np.concatenate([W1[:, i:], W[:, i2:col + unit].cpu().numpy()], axis=1)
-                params[gi] = fit_group(codec, span, hdiag[col:col + unit], scale_search)
+                span = W1[i:i + unit].T if i + unit <= i2 - i1 else \
+                    np.concatenate([W1[i:].T, W[:, i2:col + unit].cpu().numpy()], axis=1)
+                params[gi] = fit_group(codec, np.ascontiguousarray(span), hdiag[col:col + unit], scale_search)
             p = params[gi]
-            wcol = W1[:, i:i + 1]
-            c = codec.encode(wcol, p)
-            q = np.asarray(codec.decode(c, p), dtype=np.float32)
+            wcol = W1[i]
+            c = codec.encode(wcol[:, None], p)
+            q = np.asarray(codec.decode(c, p), dtype=np.float32)[:, 0]
             codes[:, col] = c[:, 0]
-            Q1[:, i] = q[:, 0]
-            err = (wcol[:, 0] - q[:, 0]) / U1[i, i]
+            Q1[i] = q
+            err = (wcol - q) / U1[i, i]
             loss += float(err @ err) / 2
-            W1[:, i:] -= np.outer(err, U1[i, i:])
-            Err1[:, i] = err
-        Q[:, i1:i2] = torch.from_numpy(Q1).to(W.device)
-        W[:, i2:] -= torch.from_numpy(Err1).to(W.device) @ U[i1:i2, i2:]
+            W1[i:] -= np.outer(U1[i, i:], err)
+            Err1[i] = err
+        Q[:, i1:i2] = torch.from_numpy(Q1).T.to(W.device)
+        W[:, i2:] -= torch.from_numpy(Err1).T.to(W.device) @ U[i1:i2, i2:]
     if perm is not None:
         Q = Q[:, torch.argsort(perm)]
     values = Q.contiguous()

@@ -67,8 +67,12 @@ class Rope:
     def apply(self, x: torch.Tensor) -> torch.Tensor:   # x: (b, heads, t, hd)
         t = x.shape[-2]
         half = x.shape[-1] // 2
-        rot = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-        return x * self.cos[:t] + rot * self.sin[:t]
+        sin = self.sin[:t]
+        # x * cos + rotate_half(x) * sin, without materialising rotate_half(x)
+        out = x * self.cos[:t]
+        out[..., :half].addcmul_(x[..., half:], sin[:, :half], value=-1)
+        out[..., half:].addcmul_(x[..., :half], sin[:, half:])
+        return out
 
 
 def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
@@ -92,10 +96,17 @@ class Layer:
         self.act = None   # an ActDType: the linears' inputs are fake-quantized (--act-dtype)
 
     def linear(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        return self.linears((name,), x)[0]
+
+    def linears(self, names: tuple[str, ...], x: torch.Tensor) -> list[torch.Tensor]:
+        """Linears that share input x, as one matmul (one wider GEMM is faster than several on CPU, and the
+        input is fake-quantized once)."""
         if self.act is not None:
             x = self.act.fake_quantize(x)
-        y = x @ self.w[name].T
-        return y + self.b[name] if name in self.b else y
+        w = self.w[names[0]] if len(names) == 1 else torch.cat([self.w[n] for n in names])
+        y = F.linear(x, w)
+        outs = list(y.split([self.w[n].shape[0] for n in names], dim=-1))
+        return [o + self.b[n] if n in self.b else o for n, o in zip(names, outs)]
 
     # -- steps ------------------------------------------------------------------------------------
     def attn_input(self, x):
@@ -105,14 +116,13 @@ class Layer:
         """Attention core: normed input -> the input of o_proj (b, t, n_head * hd)."""
         c = self.cfg
         b, t, _ = xn.shape
-        q = self.linear("q_proj", xn).view(b, t, c.n_head, c.head_dim).transpose(1, 2)
-        k = self.linear("k_proj", xn).view(b, t, c.n_kv, c.head_dim).transpose(1, 2)
-        v = self.linear("v_proj", xn).view(b, t, c.n_kv, c.head_dim).transpose(1, 2)
+        q, k, v = self.linears(("q_proj", "k_proj", "v_proj"), xn)
+        q = q.reshape(b, t, c.n_head, c.head_dim).transpose(1, 2)
+        k = k.reshape(b, t, c.n_kv, c.head_dim).transpose(1, 2)
+        v = v.reshape(b, t, c.n_kv, c.head_dim).transpose(1, 2)
         q, k = rope.apply(q), rope.apply(k)
-        if c.n_kv != c.n_head:
-            rep = c.n_head // c.n_kv
-            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-        o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=1.0 / math.sqrt(c.head_dim))
+        o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=1.0 / math.sqrt(c.head_dim),
+                                           enable_gqa=c.n_kv != c.n_head)
         return o.transpose(1, 2).reshape(b, t, c.n_head * c.head_dim)
 
     def step(self, x, rope: Rope, pos: int, cache: dict):
@@ -142,7 +152,9 @@ class Layer:
 
     def mlp_hidden(self, hn):
         """SwiGLU: normed input -> the input of down_proj."""
-        return F.silu(self.linear("gate_proj", hn)) * self.linear("up_proj", hn)
+        gate, up = self.linears(("gate_proj", "up_proj"), hn)
+        g = F.silu(gate)
+        return g * up if torch.is_grad_enabled() else g.mul_(up)   # in place saves a copy, not under autograd
 
     def forward(self, x, rope: Rope):
         h = x + self.linear("o_proj", self.attention(self.attn_input(x), rope))

@@ -42,6 +42,11 @@ def one_line_errors(fn):
     return wrapper
 
 
+def _layer_status(i: int, info: dict) -> str:
+    err = f", output error vs float {info['model_rel_err']:.1e}" if "model_rel_err" in info else ""
+    return f"layer {i} ({info['seconds']} s{err})"
+
+
 @app.command()
 @one_line_errors
 def export(
@@ -112,7 +117,7 @@ def export(
             progress=lambda p: bar.update(task, advance=1, tensor=f"{p.gguf_name} -> {p.dtype.spec}"),
             calib=options,
             on_layer=lambda i, n, info: bar.update(layers, total=n, completed=i + 1,
-                                                   tensor=f"layer {i} ({info['seconds']} s)"))
+                                                   tensor=_layer_status(i, info)))
     for note in report.notes:
         err.print(f"note: {note}", highlight=False)
     out.print(f"wrote {report.path} ({report.file_bytes / 1e6:.1f} MB, linear layers "

@@ -280,6 +280,27 @@ def test_gptq_export_lowers_output_error_vs_rtn(tiny, tmp_path):
     assert errs["gptq"] < errs["rtn"], errs
 
 
+def test_layer_output_errors_logged(tiny):
+    """Each layer logs its own and the accumulated output error; GPTQ's are below RTN's, and an 8-bit
+    datatype's far below a 3-bit one's."""
+    from quantconv.convert.calibrate import calibrate
+    from quantconv.convert.export import plan_export
+
+    src = open_source(str(tiny))
+    ids = calibration_ids(str(data_file("wikitext-2-valid.txt")), src, 8, 64, seed=0)
+    logs = {}
+    for spec, algo in (("int3:group=32", "rtn"), ("int3:group=32", "gptq"), ("int8:group=32", "rtn")):
+        dtypes = {p.hf_name: p.dtype for p in plan_export(src, spec, None, []) if p.role == "linear" and p.hf_name}
+        res = calibrate(src, dtypes, ids, CalibOptions(algos=(algo,), calib="x", nsamples=8, seqlen=64, error_samples=2))
+        logs[spec, algo] = [(info["layer_rel_err"], info["model_rel_err"]) for info in res.layers]
+    for log in logs.values():
+        assert len(log) == src.config["num_hidden_layers"] and all(0 < e < 1 for pair in log for e in pair)
+        assert log[0][0] == pytest.approx(log[0][1])        # layer 0: same input, so the same error
+    rtn3, gptq3, rtn8 = (np.array(logs[k]) for k in logs)
+    assert gptq3[:, 0].mean() < rtn3[:, 0].mean() and gptq3[-1, 1] < rtn3[-1, 1]
+    assert rtn8[:, 0].max() < rtn3[:, 0].min() / 20
+
+
 def test_calibrated_export_bad_inputs_leave_no_file(tiny, tmp_path):
     src = open_source(str(tiny))
     out = tmp_path / "m.gguf"
