@@ -56,7 +56,7 @@ def _decode_speed(path: Path, spec: SweepSpec) -> float:
     from quantconv.runtime.engine import Engine
 
     engine = Engine(path, n_ctx=256, n_threads=spec.threads)
-    r = bench.measure({"x": bench.engine_runner(engine)}, engine.n_vocab, prompt=64, gen=32, reps=1)
+    r = bench.measure({"x": bench.engine_runner(engine)}, engine.n_vocab, prompt=64, gen=64, reps=3)
     return r["x"].decode_tok_s
 
 
@@ -106,8 +106,27 @@ def run_sweep(source, spec: SweepSpec, log: Callable[[str], None] = print) -> li
         state_path.write_text(json.dumps({"spec": _spec_dict(spec), "rows": rows}, indent=2))
         if not spec.keep_files:
             path.unlink()
+    if spec.bench:
+        _fill_speeds(source, rows, spec, files, speeds, log)
     write_outputs(rows, spec)
     return rows
+
+
+def _fill_speeds(source, rows: list[dict], spec: SweepSpec, files: Path, speeds: dict, log) -> None:
+    """Decode speed of each dtype whose rows have none yet (rows resumed from a run without the benchmark):
+    speed depends on the datatype only, so an RTN export of it is measured."""
+    from quantconv.convert.export import export
+
+    for dtype in dict.fromkeys(r["dtype"] for r in rows):
+        if dtype not in speeds:
+            path = files / "speed.gguf"
+            export(source, path, dtype, spec.group_size if dtype != "f16" else None, "rtn")
+            speeds[dtype] = _decode_speed(path, spec)
+            path.unlink()
+            log(f"{dtype:>12}: decode {speeds[dtype]:.1f} tok/s")
+        for r in rows:
+            if r["dtype"] == dtype:
+                r["decode_tok_s"] = speeds[dtype]
 
 
 def _spec_dict(spec: SweepSpec) -> dict:

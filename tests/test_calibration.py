@@ -338,6 +338,14 @@ def test_sweep_writes_table_json_plot_and_resumes(tiny, tmp_path):
     spec.nsamples = 4
     rows = run_sweep(open_source(str(tiny)), spec, log=lambda m: None)     # resumes: only awq is new
     assert [r["ppl"] for r in rows[:3]] == [r["ppl"] for r in before] and rows[3]["algo"] == "awq"
+    # rows resumed from a run without the benchmark get their decode speed filled in (per dtype)
+    state = json.loads((tmp_path / "sw" / "sweep.json").read_text())
+    for r in state["rows"]:
+        r["decode_tok_s"] = None
+    (tmp_path / "sw" / "sweep.json").write_text(json.dumps(state))
+    rows = run_sweep(open_source(str(tiny)), spec, log=lambda m: None)
+    assert all(r["decode_tok_s"] > 0 for r in rows) and len(rows) == 4
+    assert len({r["decode_tok_s"] for r in rows if r["dtype"] == "int4:group=32"}) == 1
 
 
 def test_analyze_fits_student_t(tiny, tmp_path):
