@@ -3,6 +3,7 @@
 # The reference model (98 MB) exceeds one call's 64 MiB carry, so it travels in two parts:
 #   call 1: scripts/device-calib.sh setup          (carry .devcarryA: part 1, gguf wheel, texts)
 #   call 2+: scripts/device-calib.sh run SECONDS   (carry .devcarryB: part 2, and .devcarryR: results so far)
+#            scripts/device-calib.sh measure SECONDS  (carry .devcarryB: layer errors, 2-core GPTQ export time, sweep speeds)
 # Results come back as $OUT/res.tgz (sweep folders and experiment JSON).
 set -e
 Q=/root/qc
@@ -33,6 +34,22 @@ run)
   done
   wait || true
   tail -n 3 $Q/res/*.log
+  tar czf $OUT/res.tgz -C $Q res
+  ;;
+measure)
+  # per-layer output errors (GPU, cores 4-15), GPTQ export time on 2 pinned CPU cores (0,1), and the
+  # sweep's decode-speed column at 2 threads (cores 2,3), side by side
+  [ -f $Q/ref.gguf ] || cat $Q/ref.part1 .devcarryB/ref.part2 > $Q/ref.gguf
+  mkdir -p $Q/res/sw
+  python3 -c "import json; rows = json.load(open('docs/calibration/sweep.json')); json.dump({'rows': rows}, open('$Q/res/sw/sweep.json', 'w'))"
+  OMP_NUM_THREADS=8 MKL_NUM_THREADS=8 taskset -c 4-15 timeout $2 python3 bench/layer_errors.py --source $Q/ref.gguf \
+    --calib $Q/wikitext-2-valid.txt --device cuda --out $Q/res/layer_errors > $Q/res/layer_errors.log 2>&1 &
+  taskset -c 0,1 timeout $2 python3 bench/export_speed.py --dtypes sf4 --algo gptq --calib $Q/wikitext-2-valid.txt \
+    --source $Q/ref.gguf > $Q/res/export_speed.md 2>&1 &
+  taskset -c 2,3 timeout $2 quantconv sweep $Q/ref.gguf --text $Q/wikitext-2-raw-test.txt --threads 2 --out $Q/res/sw \
+    > $Q/res/sweep_speed.log 2>&1 &
+  wait || true
+  tail -n 5 $Q/res/*.log $Q/res/*.md
   tar czf $OUT/res.tgz -C $Q res
   ;;
 esac
