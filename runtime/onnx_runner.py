@@ -166,68 +166,46 @@ def bench(path, n_threads: int | None = None, prompt: int = 512, gen: int = 64, 
 
 
 def dequantized_weights(path, names: list[str] | None = None) -> dict[str, np.ndarray]:
-    """Each encoded weight as onnxruntime computes it from the file's initializers, in GGUF orientation
-    (rows, cols) with HF q/k row order: for checking the encodings bit for bit. A tool for small
-    models: it runs the graph once (optimizations off) with the weights as extra outputs, and each
-    MatMulNBits weight as MatMulNBits(identity) (1*w + 0*... is exact in float32)."""
+    """Each encoded weight as onnxruntime computes it from the file, in GGUF orientation (rows, cols) with
+    HF q/k row order: for checking the encodings bit for bit. Each use of a weight is the scope of nodes
+    named "<tensor>/..." (formats/onnx/encodings.py); it is cut out of the graph and run, with onnxruntime's
+    default optimizations, on an identity matrix (linears: I @ W = W exactly, as every other product is
+    0 * w) or on every token id (embedding rows). A tied output head comes back as "<tensor>#head".
+    A tool for small models."""
     import json
 
     import onnx
     from onnx import TensorProto, helper
 
-    from quantconv.formats.onnx.graph import IR_VERSION, MS_OPSET, OPSET
-
     model = onnx.load(os.fspath(path))
     props = {p.key: p.value for p in model.metadata_props}
     encs = json.loads(props["quantconv.encodings"])
-    names = list(encs) if names is None else names
+    scopes = list(encs) if names is None else list(names)
+    scopes += [f"{n}#head" for n in list(scopes) if any(node.name.startswith(f"{n}#head/") for node in model.graph.node)]
     inits = {t.name: t for t in model.graph.initializer}
-    produced = {o for node in model.graph.node for o in node.output}
     out: dict[str, np.ndarray] = {}
-    plain, nbits = [], []
-    for name in names:
-        if encs[name]["encoding"] == "matmulnbits":
-            nbits.append(name)
-        else:
-            plain.append(f"{name}.dequantized" if f"{name}.dequantized" in produced else name)
-    if plain:
-        m = onnx.ModelProto()
-        m.CopyFrom(model)
-        for v in plain:
-            m.graph.output.append(helper.make_tensor_value_info(v, TensorProto.FLOAT, None))
-        sess = _ort().InferenceSession(m.SerializeToString(), session_options(1, optimize=False),
-                                       providers=["CPUExecutionProvider"])
-        c = json.loads(props["quantconv.config"])
-        feed = {"input_ids": np.zeros((1, 1), np.int64), "attention_mask": np.ones((1, 1), np.int64),
-                "position_ids": np.zeros((1, 1), np.int64)}
-        for i in range(c["n_layer"]):
-            for k in ("key", "value"):
-                feed[f"past_key_values.{i}.{k}"] = np.zeros((1, c["n_head_kv"], 0, c["head_dim"]), np.float32)
-        res = sess.run(plain, feed)
-        for name, v, w in zip([n for n in names if n not in nbits], plain, res):
-            out[name] = w.T if encs[name]["orient"] == "kn" else w
-    for name in nbits:
-        node = next(n for n in model.graph.node if n.op_type == "MatMulNBits" and n.input[1] == f"{name}.codes")
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        K, bs = attrs["K"], attrs["block_size"]
-        eye = f"{name}.eye"
-        mins = f"{name}.mins" in inits
-        nodes = [helper.make_node("MatMulNBits", [eye, *node.input[1:]], ["wq" if mins else "w"],
-                                  domain="com.microsoft", **attrs)]
-        used = [inits[i] for i in node.input[1:] if i]
-        if mins:   # identity rows: block sums are one-hot, so that product is the min itself
-            shape = helper.make_tensor("shape", TensorProto.INT64, [3], [K, K // bs, bs])
-            axes = helper.make_tensor("axes", TensorProto.INT64, [1], [-1])
-            nodes += [helper.make_node("Reshape", [eye, "shape"], ["xb"]),
-                      helper.make_node("ReduceSum", ["xb", "axes"], ["xs"], keepdims=0),
-                      helper.make_node("MatMul", ["xs", f"{name}.mins"], ["wm"]),
-                      helper.make_node("Add", ["wq", "wm"], ["w"])]
-            used += [inits[f"{name}.mins"], shape, axes]
-        g = helper.make_graph(nodes, "w", [helper.make_tensor_value_info(eye, TensorProto.FLOAT, [K, K])],
-                              [helper.make_tensor_value_info("w", TensorProto.FLOAT, None)], initializer=used)
-        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET),
-                                                helper.make_opsetid("com.microsoft", MS_OPSET)], ir_version=IR_VERSION)
-        sess = _ort().InferenceSession(m.SerializeToString(), session_options(1, optimize=False),
-                                       providers=["CPUExecutionProvider"])
-        out[name] = sess.run(None, {eye: np.eye(K, dtype=np.float32)})[0].T
+    for scope in scopes:
+        nodes = [nd for nd in model.graph.node if nd.name.startswith(f"{scope}/")]
+        made = {o for nd in nodes for o in nd.output}
+        used = {i for nd in nodes for i in nd.input if i}
+        free = sorted(used - made - set(inits))
+        final = [o for o in made if o not in used]
+        if len(free) != 1 or len(final) != 1:
+            raise QuantconvError(f"{path}: can't isolate the nodes of {scope} (inputs {free}, outputs {final})")
+        info = encs[scope.split("#")[0]]
+        (rows, cols), orient = info["shape"], info["orient"]   # the weight's shape in its orientation
+        if orient == "nk" and not scope.endswith("#head"):   # every row: ids 0..rows-1
+            x = np.arange(rows, dtype=np.int64)[None]
+            itype = TensorProto.INT64
+        else:   # identity over the input dimension
+            k = cols if orient == "nk" else rows
+            x = np.eye(k, dtype=np.float32)[None]
+            itype = TensorProto.FLOAT
+        g = helper.make_graph(nodes, "probe", [helper.make_tensor_value_info(free[0], itype, list(x.shape))],
+                              [helper.make_tensor_value_info(final[0], TensorProto.FLOAT, None)],
+                              initializer=[inits[i] for i in sorted(used & set(inits))])
+        m = helper.make_model(g, opset_imports=model.opset_import, ir_version=model.ir_version)
+        sess = _ort().InferenceSession(m.SerializeToString(), session_options(1), providers=["CPUExecutionProvider"])
+        w = sess.run(None, {free[0]: x})[0][0]
+        out[scope] = w if orient == "nk" and not scope.endswith("#head") else np.ascontiguousarray(w.T)
     return out

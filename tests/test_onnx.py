@@ -126,10 +126,36 @@ ENCODINGS = [  # (model, dtype, group, flavor, expected encoding of the linear l
     ("llama", "int4:asym", 32, "standard", "dq", "UINT4"),
     ("qwen2", "int4:asym", 32, "ort", "matmulnbits", None),
     ("llama", "int4", 32, "ort", "matmulnbits", None),
+    ("qwen2", "int8", 32, "standard", "cast", "INT8"),
+    ("llama-tied", "int8:asym", 32, "ort", "cast", "UINT8"),
     ("qwen2", "mxfp8", None, "standard", "dq", "FLOAT8E4M3FN"),
     ("llama-tied", "mxfp4", None, "standard", "table", "UINT4"),
     ("llama", "sf4", 32, "standard", "table", "UINT4"),
 ]
+
+
+def assert_weights_bit_for_bit(out: Path, gguf: Path) -> None:
+    """Every weight onnxruntime computes from the .onnx equals the GGUF's dequantization, bit for bit
+    (a tied head too, as "token_embd.weight#head")."""
+    weights = dequantized_weights(out)
+    with GGUFFile(gguf) as f:
+        tied = {"token_embd.weight#head"} if "output.weight" not in f else set()
+        assert set(weights) == {t.name for t in f.tensors if len(t.shape) == 2} | tied
+        for name, w in weights.items():
+            want = gguf_weight(f, name.removesuffix("#head"))
+            assert w.shape == want.shape
+            # bits, except the sign of zero: a matmul probe (I @ W) sums -0 with +0 products into +0
+            same = (np.ascontiguousarray(w, np.float32).view(np.uint32) == want.view(np.uint32)) | ((w == 0) & (want == 0))
+            assert same.all(), f"{name}: {int((~same).sum())} values differ"
+
+
+def assert_logits_match_engine(out: Path, gguf: Path, ids: np.ndarray) -> np.ndarray:
+    with Engine(gguf, n_ctx=64, n_threads=2, exact=True) as eng:
+        ref = eng.eval(ids.astype(np.int32), all_logits=True)
+    with OnnxEngine(out, n_ctx=64, n_threads=2) as eng:
+        got = eng.eval(ids, all_logits=True)
+    assert np.abs(got - ref).max() < TOL, np.abs(got - ref).max()
+    return got
 
 
 @pytest.mark.parametrize("model, dtype, group, flavor, encoding, element", ENCODINGS)
@@ -145,23 +171,36 @@ def test_weights_bit_for_bit_and_logits_match_engine(hf, tmp_path, model, dtype,
         with GGUFFile(gguf) as f:
             assert json.loads(props["quantconv.codebooks"])[f.tensor("blk.0.attn_q.weight").dtype.spec] == \
                 list(f.tensor("blk.0.attn_q.weight").dtype.codebook)
-    weights = dequantized_weights(out)
-    with GGUFFile(gguf) as f:
-        assert set(weights) == {t.name for t in f.tensors if len(t.shape) == 2}
-        for name, w in weights.items():
-            want = gguf_weight(f, name)
-            assert w.shape == want.shape
-            same = np.ascontiguousarray(w, np.float32).view(np.uint32) == want.view(np.uint32)
-            assert same.all(), f"{name}: {int((~same).sum())} values differ"
+    assert_weights_bit_for_bit(out, gguf)
     ids = tokens()
-    with Engine(gguf, n_ctx=64, n_threads=2, exact=True) as eng:
-        ref = eng.eval(ids.astype(np.int32), all_logits=True)
+    got = assert_logits_match_engine(out, gguf, ids)
     with OnnxEngine(out, n_ctx=64, n_threads=2) as eng:
-        got = eng.eval(ids, all_logits=True)
-        eng.reset()
         dec = np.concatenate([eng.eval(ids[:30], all_logits=True), np.stack([eng.eval(ids[i:i + 1]) for i in range(30, SEQ)])])
-    assert np.abs(got - ref).max() < TOL, np.abs(got - ref).max()
     np.testing.assert_allclose(dec, got, rtol=0, atol=1e-4)
+
+
+EMBEDDINGS = [  # token_embd dtype (tied head: the same initializers) -> encoding, element/index
+    ("q8_0", "dq", "INT8"),
+    ("int8:asym,group=32", "dq", "UINT8"),
+    ("sf4", "table", "UINT8 (two 4-bit codes a byte)"),
+    ("int4:asym,group=32", "table", "UINT8 (two 4-bit codes a byte)"),
+    ("q4_0", "table", "UINT8 (two 4-bit codes a byte)"),
+    ("mxfp8", "table", "UINT8"),
+    ("bf16", "float", "BFLOAT16"),
+]
+
+
+@pytest.mark.parametrize("emb, encoding, element", EMBEDDINGS)
+def test_embedding_rows_and_tied_head_bit_for_bit(hf, tmp_path, emb, encoding, element):
+    """The embedding gathers only its rows' codes and scales; the tied head reuses the same initializers."""
+    out, gguf = tmp_path / "m.onnx", tmp_path / "m.gguf"
+    export_onnx(open_source(str(hf("llama-tied"))), out, "int4", group_size=32, keep=[f"token_embd.weight={emb}"],
+                keep_gguf=gguf)
+    e = json.loads({p.key: p.value for p in onnx.load(str(out), load_external_data=False).metadata_props}
+                   ["quantconv.encodings"])["token_embd.weight"]
+    assert e["encoding"] == encoding and e.get("element", e.get("index")) == element
+    assert_weights_bit_for_bit(out, gguf)
+    assert_logits_match_engine(out, gguf, tokens(16))
 
 
 def test_every_family_converts_from_gguf(hf, tmp_path):

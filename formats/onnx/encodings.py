@@ -7,9 +7,12 @@ one add for asymmetric ints). `encode` checks that invariant in numpy before it 
 
 Encodings (one per registry family, docs/onnx.md):
   float       FLOAT / FLOAT16 / BFLOAT16 initializer (+ Cast)
-  dq          INT4/UINT4/INT8/UINT8/FLOAT8 codes + blocked DequantizeLinear (+ per-block min for asym)
-  table       UINT4/UINT8 code indices + a 2^bits-entry float codebook, Gather + Mul by the block scale
-  matmulnbits com.microsoft MatMulNBits (the `ort` flavor's linear layers; asym ints add a min term)
+  dq          INT4/UINT4/FLOAT8 matmul weights, INT8/UINT8 embeddings: blocked DequantizeLinear
+              (asymmetric ints: + (block sums of x) @ mins for a matmul, + min for embedding rows)
+  cast        INT8/UINT8 matmul weights: Cast + Mul by the block scale (+ min), constant-folded by ORT
+  table       UINT4/UINT8 code indices + a float table, Gather + Mul by the block scale
+  matmulnbits com.microsoft MatMulNBits (the `ort` flavor's 4-bit linear layers; asym ints add a min term)
+Embeddings gather their rows' codes and scales first and dequantize only those rows.
 """
 from __future__ import annotations
 
@@ -51,6 +54,7 @@ class Blocks:
     dq_values: np.ndarray | None = None  # codes as that element type's integer values (signed ints)
     zero_point: int | None = None        # DequantizeLinear zero point (q4_0: 8)
     scale_mul: float = 1.0               # extra exact factor on the scale (MXINT8: 1/64)
+    natural: int | None = None           # the ONNX element type ORT CPU can't dequantize (-> a table instead)
 
 
 def _fp16(b: np.ndarray) -> np.ndarray:
@@ -107,7 +111,7 @@ def unpack_blocks(dtype, raw: np.ndarray, shape: tuple[int, int]) -> Blocks:
         codes = bitplanes.unpack(blocks[:, block // sub:].reshape(-1, sub // 2), 4, sub)
         s = grid(scale).astype(np.float32)
         return Blocks(grid(codes), sub, s, (TensorProto.FLOAT16, s.astype(np.float16)),
-                      (2 * E2M1.values()).astype(np.float32))
+                      (2 * E2M1.values()).astype(np.float32), natural=TensorProto.FLOAT4E2M1)
     if fam in ("mx", "bmf", "blog", "bfp"):
         bits = dtype.elem_bits
         head, codes = _split(raw, 1, block, bits)
@@ -120,14 +124,16 @@ def unpack_blocks(dtype, raw: np.ndarray, shape: tuple[int, int]) -> Blocks:
             q = codes.view(np.int8)
             return Blocks(grid(codes), block, scale, store, None, dq_type=TensorProto.INT8,
                           dq_values=grid(q), scale_mul=1 / 64)
+        natural = None
         if isinstance(codec, GGMLMXFP4Codec):   # 2^(e-128) * doubled E2M1 == 2^(e-127) * E2M1
-            table = E2M1.values()
+            table, natural = E2M1.values(), TensorProto.FLOAT4E2M1
         elif isinstance(codec, MinifloatBlockCodec):
             table = codec.element.values()
             et = _MINIFLOAT_ONNX.get(codec.element.name) if fam == "mx" else None
             if et in ORT_CPU_DEQUANTIZE:
                 return Blocks(grid(codes), block, scale, store, table.astype(np.float32), dq_type=et,
                               dq_values=grid(codes))
+            natural = et
         elif fam == "bfp":   # sign-magnitude integers times 2^(e-127-(mant-1)); may leave E8M0's range
             mag_bits = codec.mant - 1
             c = np.arange(1 << bits)
@@ -137,7 +143,7 @@ def unpack_blocks(dtype, raw: np.ndarray, shape: tuple[int, int]) -> Blocks:
         else:   # blog: sign * 2^(k-K), k = 0 is zero
             c = np.arange(1 << bits)
             table = np.where(c >> (bits - 1), -1.0, 1.0) * codec.magnitudes()[c & codec.k_max] + 0.0
-        return Blocks(grid(codes), block, scale, store, np.asarray(table, np.float32))
+        return Blocks(grid(codes), block, scale, store, np.asarray(table, np.float32), natural=natural)
     raise QuantconvError(f"datatype {dtype.spec} (family {fam}) has no ONNX encoding yet")
 
 
@@ -184,11 +190,11 @@ class Encoded:
     """One weight ready for the graph. `orient` is "kn" (linear: (in, out), blocks along axis 0, feeds
     MatMul) or "nk" (embedding: GGUF orientation (rows, cols), blocks along axis 1, feeds Gather)."""
     name: str
-    kind: str                     # float | dq | table | matmulnbits
+    kind: str                     # float | dq | cast | table | matmulnbits
     orient: str
     shape: tuple[int, int]        # the float weight's shape in `orient`
     inits: list = field(default_factory=list)
-    info: dict = field(default_factory=dict)   # for metadata_props / docs
+    info: dict = field(default_factory=dict)   # for metadata_props / docs / inspect
     _p: dict = field(default_factory=dict)
 
 
@@ -210,7 +216,8 @@ def encode(name: str, dtype, raw: np.ndarray, shape: tuple[int, ...], orient: st
         vals = dtype.dequantize(raw, (rows, cols))
         store = {"f32": (TensorProto.FLOAT, vals), "f16": (TensorProto.FLOAT16, raw.view(np.float16)),
                  "bf16": (TensorProto.BFLOAT16, raw.view(np.uint16))}[dtype.name]
-        enc = Encoded(name, "float", orient, out_shape, info={"dtype": dtype.spec, "encoding": "float"})
+        enc = Encoded(name, "float", orient, out_shape, info={"dtype": dtype.spec, "encoding": "float",
+                                                             "element": TensorProto.DataType.Name(store[0])})
         enc.inits.append(make_initializer(f"{name}", store[0], _orient(store[1].reshape(rows, cols), orient)))
         enc._p = {"elem": store[0]}
         return enc
@@ -221,14 +228,38 @@ def encode(name: str, dtype, raw: np.ndarray, shape: tuple[int, ...], orient: st
         bad = int(np.count_nonzero(ref.view(np.uint32) != want.view(np.uint32)))
         raise QuantconvError(f"internal error: the ONNX encoding of {name} ({dtype.spec}) differs from the GGUF "
                              f"dequantization in {bad} values; please report it")
-    if flavor == "ort" and orient == "kn":
-        return _matmulnbits(name, dtype, b, rows, cols)
-    if b.dq_type in ORT_CPU_DEQUANTIZE:
-        return _dq(name, dtype, b, orient, out_shape)
-    return _table(name, dtype, b, orient, out_shape)
+    if orient == "nk":
+        enc = _dq(name, dtype, b, orient, out_shape) if b.dq_type in _BYTE_INTS else _table(name, dtype, b, orient, out_shape)
+    elif flavor == "ort":
+        enc = _matmulnbits(name, dtype, b, rows, cols)
+    elif b.dq_type in _NIBBLE_INTS or b.dq_type in _FLOAT8:
+        enc = _dq(name, dtype, b, orient, out_shape)
+    elif b.dq_type in _BYTE_INTS:
+        enc = _cast(name, dtype, b, out_shape)
+    else:
+        enc = _table(name, dtype, b, orient, out_shape)
+    if b.natural is not None:   # the `table` stands in for a DequantizeLinear that ORT CPU lacks
+        enc.info["fallback"] = (f"{TensorProto.DataType.Name(b.natural)} DequantizeLinear is not implemented by "
+                                f"onnxruntime's CPU provider: {enc.info.get('index', '')} codes + "
+                                f"{len(b.table)}-entry table + block scales, standard ops")
+    return enc
 
 
-def _scale_inits(name: str, b: Blocks, orient: str, rank3: bool):
+# Which form a block-quantized weight takes (measured with onnxruntime 1.32 CPU, docs/onnx.md):
+#  4-bit ints feeding MatMul: DequantizeLinear -> MatMul, which ORT fuses into its 4-bit MatMulNBits.
+#  8-bit containers (int8, q8_0, mxint8, the 2/3/5/6/7-bit ints stored a byte per code): ORT would fuse
+#    DequantizeLinear -> MatMul into an 8-bit MatMulNBits whose float-activation kernel is ~50x slower than
+#    the 4-bit one, so these are written as Cast + Mul (the same product), which ORT constant-folds at load.
+#  FLOAT8 (mxfp8): DequantizeLinear (ORT neither fuses nor folds it: dequantized per run).
+#  Embeddings ("nk"): rows are gathered first and only those are dequantized (8-bit ints: DequantizeLinear
+#    on the gathered rows; everything else a table on the gathered codes, which Gather can index).
+_NIBBLE_INTS = {TensorProto.INT4, TensorProto.UINT4}
+_BYTE_INTS = {TensorProto.INT8, TensorProto.UINT8}
+_FLOAT8 = {TensorProto.FLOAT8E4M3FN, TensorProto.FLOAT8E5M2}
+MATMULNBITS_FAST_BITS = (4,)   # ORT's accuracy_level 0 MatMulNBits: 2 and 8 bits run ~40-50x slower than 4
+
+
+def _scale_init(name: str, b: Blocks, orient: str, rank3: bool):
     """The stored scale initializer, shaped for DequantizeLinear (2-D) or for a broadcast Mul (3-D)."""
     et, arr = b.scale_store
     arr = _orient(arr, orient)
@@ -237,35 +268,82 @@ def _scale_inits(name: str, b: Blocks, orient: str, rank3: bool):
     return make_initializer(f"{name}.scales", et, arr), et
 
 
+def _mins_init(name: str, b: Blocks, orient: str, rank3: bool):
+    m = _orient(b.mins, orient)
+    if rank3:
+        m = m[:, None, :] if orient == "kn" else m[:, :, None]
+    return make_initializer(f"{name}.mins", TensorProto.FLOAT, m)
+
+
 def _dq(name, dtype, b: Blocks, orient, out_shape) -> Encoded:
+    """DequantizeLinear codes. kn: a matmul weight (asymmetric ints: + (block sums of x) @ mins, so that the
+    DequantizeLinear still feeds the MatMul directly). nk: an embedding, dequantized after the Gather."""
     enc = Encoded(name, "dq", orient, out_shape,
                   info={"dtype": dtype.spec, "encoding": "dq", "element": TensorProto.DataType.Name(b.dq_type),
                         "block": b.block})
     enc.inits.append(make_initializer(f"{name}.codes", b.dq_type, _orient(b.dq_values, orient)))
-    init, et = _scale_inits(name, b, orient, rank3=False)
+    init, et = _scale_init(name, b, orient, rank3=False)
     enc.inits.append(init)
     if b.zero_point is not None:
         zp = np.full(init.dims, b.zero_point, np.uint8)
         enc.inits.append(make_initializer(f"{name}.zero_point", b.dq_type, zp))
     if b.mins is not None:
-        m = _orient(b.mins, orient)
-        enc.inits.append(make_initializer(f"{name}.mins", TensorProto.FLOAT,
-                                          m[:, None, :] if orient == "kn" else m[:, :, None]))
+        enc.inits.append(_mins_init(name, b, orient, rank3=orient == "nk"))
     enc._p = {"scale_type": et, "block": b.block, "scale_mul": b.scale_mul, "zp": b.zero_point is not None,
               "mins": b.mins is not None}
     return enc
 
 
-def _table(name, dtype, b: Blocks, orient, out_shape) -> Encoded:
-    idx_type = TensorProto.UINT4 if int(b.codes.max(initial=0)) < 16 and len(b.table) <= 16 else TensorProto.UINT8
-    enc = Encoded(name, "table", orient, out_shape,
-                  info={"dtype": dtype.spec, "encoding": "table", "index": TensorProto.DataType.Name(idx_type),
-                        "block": b.block, "table_size": len(b.table)})
-    enc.inits.append(make_initializer(f"{name}.codes", idx_type, _orient(b.codes, orient)))
-    enc.inits.append(make_initializer(f"{name}.table", TensorProto.FLOAT, (b.table * np.float32(1)).astype(np.float32)))
-    init, et = _scale_inits(name, b, orient, rank3=True)
+def _cast(name, dtype, b: Blocks, out_shape) -> Encoded:
+    """8-bit integer codes (kn) as Cast(codes) x scale (+ min): DequantizeLinear's arithmetic in plain ops."""
+    enc = Encoded(name, "cast", "kn", out_shape,
+                  info={"dtype": dtype.spec, "encoding": "cast", "element": TensorProto.DataType.Name(b.dq_type),
+                        "block": b.block})
+    enc.inits.append(make_initializer(f"{name}.codes", b.dq_type, _orient(b.dq_values, "kn")))
+    init, et = _scale_init(name, b, "kn", rank3=True)
     enc.inits.append(init)
-    enc._p = {"scale_type": et, "block": b.block, "scale_mul": b.scale_mul}
+    if b.mins is not None:
+        enc.inits.append(_mins_init(name, b, "kn", rank3=True))
+    enc._p = {"scale_type": et, "block": b.block, "scale_mul": b.scale_mul, "mins": b.mins is not None}
+    return enc
+
+
+def _int_values(b: Blocks) -> np.ndarray:
+    """The value of each code 0..2^bits-1 of a DequantizeLinear element type (signed ints two's
+    complement, minus the zero point), or the minifloat table: a `table` for gathered rows."""
+    if b.table is not None:
+        return b.table
+    n = 16 if b.dq_type in _NIBBLE_INTS else 256
+    c = np.arange(n, dtype=np.int64)
+    if b.dq_type in (TensorProto.INT4, TensorProto.INT8):
+        c = np.where(c >= n // 2, c - n, c)
+    return (c - (b.zero_point or 0)).astype(np.float32)
+
+
+def _table(name, dtype, b: Blocks, orient, out_shape) -> Encoded:
+    """Code indices + a float table. kn: UINT4/UINT8 indices, Cast + Gather (ORT folds it at load). nk (an
+    embedding): indices as UINT8 bytes, two 4-bit codes per byte in ONNX's nibble order (Gather can't
+    index UINT4), unpacked after gathering the rows."""
+    table = _int_values(b)
+    codes = b.codes   # the raw codes: table[code] is each one's value for every family
+    nibble = int(codes.max(initial=0)) < 16 and len(table) <= 16
+    enc = Encoded(name, "table", orient, out_shape,
+                  info={"dtype": dtype.spec, "encoding": "table", "block": b.block, "table_size": len(table),
+                        "index": "UINT4" if nibble and orient == "kn" else "UINT8 (two 4-bit codes a byte)"
+                        if nibble else "UINT8"})
+    if orient == "kn":
+        enc.inits.append(make_initializer(f"{name}.codes", TensorProto.UINT4 if nibble else TensorProto.UINT8,
+                                          _orient(codes, orient)))
+    else:
+        packed = (codes[:, 0::2] | (codes[:, 1::2] << 4)).astype(np.uint8) if nibble else codes
+        enc.inits.append(make_initializer(f"{name}.codes", TensorProto.UINT8, packed))
+    enc.inits.append(make_initializer(f"{name}.table", TensorProto.FLOAT, np.asarray(table, np.float32)))
+    init, et = _scale_init(name, b, orient, rank3=orient == "kn")
+    enc.inits.append(init)
+    if b.mins is not None:
+        enc.inits.append(_mins_init(name, b, orient, rank3=True))
+    enc._p = {"scale_type": et, "block": b.block, "scale_mul": b.scale_mul, "packed": nibble and orient == "nk",
+              "mins": b.mins is not None}
     return enc
 
 
@@ -297,6 +375,8 @@ def _matmulnbits(name, dtype, b: Blocks, rows, cols) -> Encoded:
                              f"{name}: {why}. Use --onnx-flavor standard (standard operators, every quantconv "
                              f"dtype) or export with one of: {ORT_FLAVOR_DTYPES} (group a power of two >= 16)")
     bits = dtype.elem_bits
+    if bits not in MATMULNBITS_FAST_BITS:   # exact either way; this one runs at 4-bit speed (see above)
+        return _cast(name, dtype, b, (cols, rows))
     nb = cols // b.block
     if b.mins is None and b.zero_point is None:   # signed q: stored as q + 2^(bits-1), the default zero point
         u = (b.dq_values.astype(np.int16) + (1 << (bits - 1))).astype(np.uint8)
@@ -316,47 +396,109 @@ def _matmulnbits(name, dtype, b: Blocks, rows, cols) -> Encoded:
 
 
 # ---- nodes ---------------------------------------------------------------------------------------
-def weight_nodes(g, enc: Encoded) -> str:
-    """Emit the nodes that produce the float32 weight (in enc.orient), named `<tensor>.dequantized`
-    (or the FLOAT initializer itself) so that tools and tests can fetch it."""
-    n, p = enc.name, enc._p
-    done = [f"{n}.dequantized"]
-    if enc.kind == "float":
-        return n if p["elem"] == TensorProto.FLOAT else g.op("Cast", [n], done, to=TensorProto.FLOAT)
-    scale = f"{n}.scales"
+# Every node of one weight's use is emitted in a GraphBuilder scope named after it (node names
+# "<tensor>/..."), so that runtime.onnx_runner.dequantized_weights can cut that use out of the graph and
+# run it on an identity matrix (linears, tied head) or on every token id (embedding).
+def _float_scale(g, enc: Encoded, scale: str) -> str:
+    p = enc._p
     if p["scale_type"] != TensorProto.FLOAT:
         scale = g.op("Cast", [scale], to=TensorProto.FLOAT)
     if p["scale_mul"] != 1.0:
         scale = g.op("Mul", [scale, g.const(np.float32(p["scale_mul"]))])
-    rows, cols = enc.shape
-    axis = 0 if enc.orient == "kn" else 1
-    blocked = g.const(np.array([rows // p["block"], p["block"], cols] if axis == 0
-                               else [rows, cols // p["block"], p["block"]], np.int64))
-    flat = g.const(np.array([rows, cols], np.int64))
-    if enc.kind == "dq":
-        ins = [f"{n}.codes", scale] + ([f"{n}.zero_point"] if p["zp"] else [])
-        if not p["mins"]:
-            return g.op("DequantizeLinear", ins, done, axis=axis, block_size=p["block"])
-        w = g.op("DequantizeLinear", ins, axis=axis, block_size=p["block"])
-        w = g.op("Add", [g.op("Reshape", [w, blocked]), f"{n}.mins"])
-        return g.op("Reshape", [w, flat], done)
-    w = g.op("Gather", [f"{n}.table", g.op("Cast", [f"{n}.codes"], to=TensorProto.INT32)])
-    w = g.op("Mul", [g.op("Reshape", [w, blocked]), scale])
-    return g.op("Reshape", [w, flat], done)
+    return scale
+
+
+def _block_sums_times_mins(g, x: str, enc: Encoded, K: int) -> str:
+    """sum_k x_k (d u_k + m_b) = sum_k x_k d u_k + sum_b (sum_{k in b} x_k) m_b: the second term."""
+    nb = K // enc._p["block"]
+    xb = g.op("Reshape", [x, g.ints(0, 0, nb, enc._p["block"])])
+    xs = g.op("ReduceSum", [xb, g.ints(-1)], keepdims=0)
+    return g.op("MatMul", [xs, f"{enc.name}.mins"])
 
 
 def linear_nodes(g, x: str, enc: Encoded) -> str:
-    """x (..., K) times the weight -> (..., N)."""
-    if enc.kind != "matmulnbits":
-        return g.op("MatMul", [x, weight_nodes(g, enc)])
-    p, n = enc._p, enc.name
-    ins = [x, f"{n}.codes", f"{n}.scales"] + ([f"{n}.zero_point"] if p["mins"] else [])
-    y = g.op("MatMulNBits", ins, domain="com.microsoft", K=p["K"], N=p["N"], bits=p["bits"],
-             block_size=p["block"], accuracy_level=0)
-    if not p["mins"]:
-        return y
-    # sum_k x_k (d u_k + m) = MatMulNBits(x, d u) + (per-block sums of x) @ mins
-    nb = p["K"] // p["block"]
-    xb = g.op("Reshape", [x, g.const(np.array([0, 0, nb, p["block"]], np.int64))])
-    xs = g.op("ReduceSum", [xb, g.const(np.array([-1], np.int64))], keepdims=0)
-    return g.op("Add", [y, g.op("MatMul", [xs, f"{n}.mins"])])
+    """x (batch, seq, K) times the weight -> (batch, seq, N)."""
+    n, p = enc.name, enc._p
+    K, N = enc.shape
+    with g.scope(n):
+        if enc.kind == "matmulnbits":
+            ins = [x, f"{n}.codes", f"{n}.scales"] + ([f"{n}.zero_point"] if p["mins"] else [])
+            y = g.op("MatMulNBits", ins, domain="com.microsoft", K=K, N=N, bits=p["bits"], block_size=p["block"],
+                     accuracy_level=0)
+            return g.op("Add", [y, _block_sums_times_mins(g, x, enc, K)]) if p["mins"] else y
+        if enc.kind == "float":
+            w = n if p["elem"] == TensorProto.FLOAT else g.op("Cast", [n], to=TensorProto.FLOAT)
+            return g.op("MatMul", [x, w])
+        scale = _float_scale(g, enc, f"{n}.scales")
+        if enc.kind == "dq":
+            ins = [f"{n}.codes", scale] + ([f"{n}.zero_point"] if p["zp"] else [])
+            w = g.op("DequantizeLinear", ins, axis=0, block_size=p["block"])
+            y = g.op("MatMul", [x, w])
+            return g.op("Add", [y, _block_sums_times_mins(g, x, enc, K)]) if p["mins"] else y
+        if enc.kind == "cast":
+            v = g.op("Cast", [f"{n}.codes"], to=TensorProto.FLOAT)
+        else:
+            v = g.op("Gather", [f"{n}.table", g.op("Cast", [f"{n}.codes"], to=TensorProto.INT32)])
+        w = g.op("Mul", [g.op("Reshape", [v, g.ints(K // p["block"], p["block"], N)]), scale])
+        if p["mins"]:
+            w = g.op("Add", [w, f"{n}.mins"])
+        return g.op("MatMul", [x, g.op("Reshape", [w, g.ints(K, N)])])
+
+
+def _rows(g, enc: Encoded, codes: str, lead: list[int], ids: str | None) -> str:
+    """Dequantize code rows: an embedding's rows gathered for `ids`, or (ids None) all of them. codes
+    (*lead, cols or cols/2) -> float (*lead, cols); lead: the leading dims for Reshape (0 = copy)."""
+    n, p = enc.name, enc._p
+    cols, block = enc.shape[1], p.get("block", 1)
+    if enc.kind == "float":
+        return codes if p["elem"] == TensorProto.FLOAT else g.op("Cast", [codes], to=TensorProto.FLOAT)
+    scale, mins = f"{n}.scales", f"{n}.mins" if p["mins"] else None
+    gathered, idx = ids is not None, ids
+    if gathered:   # FLOAT/FLOAT16 scales gather as they are; E8M0 can't be gathered: cast first (folded)
+        if p["scale_type"] in (TensorProto.FLOAT, TensorProto.FLOAT16):
+            scale = _float_scale(g, enc, g.op("Gather", [scale, idx]))
+        else:
+            scale = g.op("Gather", [_float_scale(g, enc, scale), idx])
+        mins = g.op("Gather", [mins, idx]) if mins else None
+    else:
+        scale = _float_scale(g, enc, scale)
+    blocked = g.ints(*lead, cols // block, block)
+    flat = g.ints(*lead, cols)
+    if enc.kind == "dq":
+        if not gathered:   # the whole table (a tied head): Cast + Mul, which ORT constant-folds
+            v = g.op("Reshape", [g.op("Cast", [codes], to=TensorProto.FLOAT), blocked])
+            w = g.op("Mul", [v, g.op("Unsqueeze", [scale, g.ints(-1)])])
+        else:
+            w = g.op("DequantizeLinear", [codes, scale], axis=-1, block_size=block)
+            if not mins:
+                return w
+            w = g.op("Reshape", [w, blocked])
+    else:
+        if p["packed"]:   # byte j holds codes 2j (low nibble) and 2j+1 (high nibble)
+            lo = g.op("BitwiseAnd", [codes, g.const(np.uint8(15))])
+            hi = g.op("BitShift", [codes, g.const(np.uint8(4))], direction="RIGHT")
+            both = g.op("Concat", [g.op("Unsqueeze", [lo, g.ints(-1)]), g.op("Unsqueeze", [hi, g.ints(-1)])], axis=-1)
+            codes = g.op("Reshape", [both, flat])
+        v = g.op("Gather", [f"{n}.table", g.op("Cast", [codes], to=TensorProto.INT32)])
+        w = g.op("Mul", [g.op("Reshape", [v, blocked]), g.op("Unsqueeze", [scale, g.ints(-1)])])
+    if mins:
+        w = g.op("Add", [w, mins])
+    return g.op("Reshape", [w, flat])
+
+
+def embedding_nodes(g, ids: str, enc: Encoded) -> str:
+    """The rows of an "nk" weight for token ids (batch, seq) -> (batch, seq, cols): only the gathered rows
+    are dequantized."""
+    with g.scope(enc.name):
+        rows = g.op("Gather", [enc.name if enc.kind == "float" else f"{enc.name}.codes", ids])
+        return _rows(g, enc, rows, [0, 0], ids)
+
+
+def tied_head_nodes(g, x: str, enc: Encoded) -> str:
+    """x (batch, seq, cols) times the "nk" table transposed -> logits (batch, seq, rows). Every input of the
+    weight's side is an initializer, so onnxruntime constant-folds it to one float32 matrix at load (no
+    per-step dequantization, no extra bytes in the file)."""
+    rows, cols = enc.shape
+    with g.scope(f"{enc.name}#head"):
+        w = _rows(g, enc, enc.name if enc.kind == "float" else f"{enc.name}.codes", [rows], None)
+        return g.op("MatMul", [x, g.op("Transpose", [w], perm=[1, 0])])

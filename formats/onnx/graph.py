@@ -11,12 +11,15 @@ RoPE, so those rows are put back in HF order here (rows move with their blocks: 
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 from onnx import TensorProto, helper
 
 from quantconv.convert.models import unpermute_qk
 from quantconv.errors import QuantconvError
-from quantconv.formats.onnx.encodings import Encoded, encode, linear_nodes, matmulnbits_problem, weight_nodes
+from quantconv.formats.onnx.encodings import (Encoded, embedding_nodes, encode, linear_nodes, matmulnbits_problem,
+                                               tied_head_nodes)
 
 OPSET = 24          # Cast from FLOAT8E8M0 (MX scales) needs 24; blocked DequantizeLinear needs 21
 MS_OPSET = 1
@@ -28,11 +31,21 @@ class GraphBuilder:
     """Collects nodes and initializers; op() returns the (fresh) output name."""
 
     def __init__(self):
-        self.nodes, self.inits, self._n = [], [], 0
+        self.nodes, self.inits, self._n, self._scope = [], [], 0, ""
 
     def fresh(self, hint: str) -> str:
         self._n += 1
-        return f"/{hint}_{self._n}"
+        return f"/{self._scope}{hint}_{self._n}"
+
+    @contextmanager
+    def scope(self, name: str):
+        """Names of nodes (and constants) made inside start with `name/`: one weight's use, cut out again by
+        runtime.onnx_runner.dequantized_weights."""
+        outer, self._scope = self._scope, f"{name}/"
+        try:
+            yield
+        finally:
+            self._scope = outer
 
     def op(self, op_type: str, inputs, outputs: int | list[str] = 1, domain: str = "", **attrs):
         outs = [self.fresh(op_type) for _ in range(outputs)] if isinstance(outputs, int) else outputs
@@ -103,7 +116,7 @@ class DecoderBuilder:
         flavor = self.flavor if t.dtype.family != "float" else "standard"
         enc = encode(name, t.dtype, self.f.raw(name), t.shape, orient, flavor, perm, expected)
         self.g.inits.extend(enc.inits)
-        self.encodings[name] = {**enc.info, "orient": enc.orient}
+        self.encodings[name] = {**enc.info, "orient": enc.orient, "shape": list(enc.shape)}
         if self.progress:
             self.progress(name, enc.info)
         return enc
@@ -140,10 +153,9 @@ class DecoderBuilder:
                 outputs.append(helper.make_tensor_value_info(f"present.{i}.{kind}", F,
                                                              ["batch_size", nkv, "total_sequence_length", hd]))
 
-        # token embedding: rows of the dequantized table
+        # token embedding: the codes and scales of the ids' rows, dequantized (not the whole table)
         emb = self.weight("token_embd.weight", "nk")
-        emb_w = weight_nodes(g, emb)
-        h = g.op("Gather", [emb_w, "input_ids"])
+        h = embedding_nodes(g, "input_ids", emb)
 
         # RoPE tables from position_ids: (B, 1, S, hd)
         rope_freqs = self.f.dequantize("rope_freqs.weight") if "rope_freqs.weight" in self.f else None
@@ -195,8 +207,8 @@ class DecoderBuilder:
         x = _rmsnorm(g, h, self.vector("output_norm.weight"), c["rms_eps"])
         if "output.weight" in self.f:
             logits = self.linear(x, "output.weight")
-        else:   # tied embeddings: the token table, transposed
-            logits = g.op("MatMul", [x, g.op("Transpose", [emb_w], perm=[1, 0])])
+        else:   # tied embeddings: the token table's own initializers, as a (constant-folded) float head
+            logits = tied_head_nodes(g, x, emb)
         g.op("Identity", [logits], ["logits"])
         graph = helper.make_graph(g.nodes, name, inputs, outputs, initializer=g.inits)
         opsets = [helper.make_opsetid("", OPSET)]
