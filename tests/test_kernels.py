@@ -4,16 +4,19 @@ for every registry datatype and its variants, on every kernel table this CPU run
 Exact path: within 1e-5 of sum|w_i * x_i| (float32 accumulation in another order; the weights
 themselves are decoded bit for bit).
 
-Fast path (int8 x int8 where the layout has one): the two int8 roundings bound the error. Each q8
-activation is off by at most d_b / 2 (d_b = amax / 127 of its block of 32); each int8 weight by at
-most 1/254 of its block's largest magnitude (the element table maps the largest |element| to an
-integer in [64, 127], picking the most accurate; at 127 the error is at most 0.5/127 of it). So
+Fast path (int8 x int8 where the layout has one): it computes dequant(W) . x^, x^ = d_b q the
+q8-rounded activations (asymmetric blocks w = d c + m included: m multiplies the block sum of x^,
+not of x), except that table codes (codebooks, E2M1, symmetric 4-bit ints) use int8 stand-ins for
+their elements. Each x^_i is off by at most d_b / 2 (d_b = amax / 127 of its block of 32); a table
+element by at most 1/254 of its block's largest |w - m_b| (the table maps the largest |element| to an
+integer in [64, 127], picking the most accurate; at 127 the error is at most 0.5/127 of it); int8
+and unsigned codes are exact. So
 
-    |fast - exact| <= sum_i |w_i - m_b| d_b / 2 + sum_i wmax_b / 254 (|x_i| + d_b / 2)   (+ float slack)
+    |fast - exact| <= sum_i |w_i| d_b / 2 + [table codes] sum_i wmax_b / 254 (|x_i| + d_b / 2)   (+ float slack)
 
-(m_b: the block offset of asymmetric types, whose integer part is w - m). That bound is the worst
-case; a wrong scale or a misplaced block hides easily under it, so the error must also stay within
-6 sigma of the same roundings taken as independent uniform errors.
+That bound is the worst case; a wrong scale or a misplaced block hides easily under it, so the error
+must also stay within 6 sigma of the same roundings taken as independent uniform errors, and where
+no table is involved the result must be dequant(W) . x^ itself up to float rounding.
 """
 from __future__ import annotations
 
@@ -82,6 +85,27 @@ def _sub_block(dt, cols: int) -> int:
     return 16 if dt.name == "nvfp4" else dt.block_for(cols)
 
 
+def _asym(dt) -> bool:
+    return bool(dt.descriptor().get("asym")) or dt.name == "q4_1"
+
+
+def _exact_ints(dt) -> bool:
+    """Codes that reach the integer path as themselves: unsigned (asymmetric ints) and int8 two's complement."""
+    d = dt.descriptor()
+    return _asym(dt) or (d["elem_bits"] == 8 and d.get("element", "int8") == "int8")
+
+
+def _q8_round(x: np.ndarray) -> np.ndarray:
+    """x^ = d q, the fast path's activations, rounded as the C++ quantizer does (float32: id = 127 / amax)."""
+    xb = x.astype(np.float32).reshape(-1, 32)
+    amax = np.abs(xb).max(axis=1, keepdims=True)
+    d = amax / np.float32(127.0)
+    with np.errstate(divide="ignore"):
+        inv = np.where(amax > 0, np.float32(127.0) / amax, np.float32(0.0)).astype(np.float32)
+    q = np.rint(np.clip(xb * inv, -127, 127))
+    return (d * q.astype(np.float32)).astype(np.float32).reshape(-1)
+
+
 def _fast_bounds(dt, deq: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(worst-case bound, 6-sigma typical bound) of |fast - exact| per row (see the module docstring)."""
     rows, cols = deq.shape
@@ -89,20 +113,20 @@ def _fast_bounds(dt, deq: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.nda
     half = np.repeat(np.abs(xb).max(axis=1) / 127.0 / 2.0 * 1.0001, 32)          # d_b / 2 per element
     g = _sub_block(dt, cols)
     blocks = deq.reshape(rows, cols // g, g)
-    asym = bool(dt.descriptor().get("asym")) or dt.name == "q4_1"
-    # the integer part of an asymmetric weight is w - m, with |m| <= the block's largest |w| (the
-    # block minimum is one of its values)
-    bmax_w = np.abs(blocks).max(axis=2, keepdims=True)
-    mag = (np.abs(blocks) + (bmax_w if asym else 0.0)).reshape(rows, cols)
+    asym = _asym(dt)
+    # an asymmetric block's minimum m is one of its values, so |m| <= max|w| and |w - m| <= 2 max|w|
+    bmax_w = np.broadcast_to(np.abs(blocks).max(axis=2, keepdims=True), blocks.shape).reshape(rows, cols)
+    mag = np.abs(deq)
     # the table error is relative to |scale| * max|element|; a codebook whose two sides differ (fp4-sr:
     # 8 vs -6) may put a block's largest |w| on the short side, so |scale| * max|element| is larger
     side = 1.0
     if dt.codebook is not None:
         cb = np.asarray(dt.codebook, dtype=np.float64)
         side = np.abs(cb).max() / min(cb.max(), -cb.min())
-    bmax = np.broadcast_to(bmax_w * (2.0 if asym else side) * 1.001, blocks.shape).reshape(rows, cols)
+    bmax = np.zeros_like(bmax_w) if _exact_ints(dt) else bmax_w * side * 1.001
     ax = np.abs(x.astype(np.float64))
-    worst = mag @ half + (bmax / 254.0) @ (ax + half) + 2e-6 * (mag @ ax)
+    # float slack: an asymmetric block's codes part (|w - m| <= 2 max|w|) and offset part may cancel
+    worst = mag @ half + (bmax / 254.0) @ (ax + half) + 2e-6 * ((mag + (2.0 * bmax_w if asym else 0.0)) @ ax)
     var = (mag * mag) @ (half * half) / 3.0 + ((bmax / 254.0) ** 2) @ (ax * ax) / 3.0
     return worst, 6.0 * np.sqrt(var)
 
@@ -130,6 +154,12 @@ def test_matvec_matches_numpy(spec):
         slack = 1e-5 * scale
         assert np.all(errf <= worst + slack), f"{spec} [{isa} fast]: error {errf} over the worst case {worst}"
         assert np.all(errf <= typical + slack), f"{spec} [{isa} fast]: error {errf} over 6 sigma {typical}"
+        if _exact_ints(dt):  # no table: the fast path is dequant(W) . x^ up to float rounding
+            hat = deq @ _q8_round(x).astype(np.float64)
+            parts = (np.abs(deq) + (2.0 * np.abs(deq).max(axis=1, keepdims=True) if _asym(dt) else 0.0)) @ \
+                np.abs(_q8_round(x).astype(np.float64))
+            np.testing.assert_array_less(np.abs(yf - hat), 1e-5 * parts + 1e-30,
+                                         err_msg=f"{spec} [{isa} fast]: not dequant(W) . x^")
     if "scalar" in exact_by_isa:  # SIMD exact paths agree with the portable one
         for isa, y in exact_by_isa.items():
             np.testing.assert_allclose(y, exact_by_isa["scalar"], rtol=0, atol=float(np.max(2e-5 * scale)) + 1e-30,

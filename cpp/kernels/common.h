@@ -17,7 +17,7 @@ namespace quantconv::kernels {
 enum class FastVal : uint8_t {
     Table,     // signed int8 table in the acts (4-bit and E2M3 codes)
     Int8,      // the code byte is the two's complement int8 itself (Q8_0, IntSym8, MXINT8)
-    Unsigned,  // the code is an unsigned integer 0..15 (IntAsym4, Q4_1): offsets go through xsum
+    Unsigned,  // the code is an unsigned integer 0..15 (IntAsym4, Q4_1): offsets go through qsum
 };
 
 namespace {

@@ -23,7 +23,8 @@ struct Acts {
     const float* x = nullptr;    // cols floats: the exact path's activations
     bool has_q8 = false;         // the q8 section exists (fast_supported for this type and cols)
     const float* d = nullptr;    // cols/32 q8 scales (amax/127)
-    const float* xsum = nullptr; // cols/32 float sums of x over each q8 block (offsets of asym weights)
+    const float* qsum = nullptr; // cols/32 sums of the rounded activations, d * sum(q), per q8 block
+                                 // (what an asymmetric block's offset m multiplies; 0 for other types)
     const int8_t* q = nullptr;   // cols int8 values, q = round(x / d)
     const int8_t* table = nullptr;  // weight code -> int8 element (16 entries; MX E2M3: 64)
     float tscale = 0.0f;            // element value = table[code] * tscale

@@ -461,7 +461,7 @@ void fast_tile(const uint8_t* W, size_t rb, const Plan& pl, const Acts* a, float
     const Fmt fmt(pl, a[0]);
     const float ts = a[0].tscale;
     __m256 acc[RM][RN];
-    float off[RM][RN];  // asymmetric codes: the sum of m * xsum
+    float off[RM][RN];  // asymmetric codes: the sum of m * qsum
 #pragma GCC unroll 8
     for (int r = 0; r < RM; ++r)
 #pragma GCC unroll 8
@@ -494,7 +494,7 @@ void fast_tile(const uint8_t* W, size_t rb, const Plan& pl, const Acts* a, float
             float xs[RN];
 #pragma GCC unroll 8
             for (int t = 0; t < RN; ++t) {
-                const float* s = a[t].xsum + kb;
+                const float* s = a[t].qsum + kb;
                 float v = s[0];
                 for (int64_t k = 1; k < fmt.per; ++k) v += s[k];
                 xs[t] = v;

@@ -251,7 +251,7 @@ float fast_nib4(const uint8_t* row, const Plan& pl, const Acts& a) {
             const uint8x16_t v = vld1q_u8(row + f.hdr_bytes);
             const int32x4_t s = dot32(decode(vandq_u8(v, m4)), decode(vshrq_n_u8(v, 4)), a.q + 32 * b);
             acc0 = vfmaq_n_f32(acc0, vcvtq_f32_s32(s), d * a.tscale * a.d[b]);
-            if constexpr (U) off += m * a.xsum[b];
+            if constexpr (U) off += m * a.qsum[b];
         }
         return vaddvq_f32(acc0) + off;
     }
@@ -271,7 +271,7 @@ float fast_nib4(const uint8_t* row, const Plan& pl, const Acts& a) {
             acc1 = vfmaq_n_f32(acc1, vcvtq_f32_s32(sh), dw * a.d[kh]);
         }
         if constexpr (U)
-            for (int64_t k = 0; k < f.G / 32; ++k) off += m * a.xsum[kb + k];
+            for (int64_t k = 0; k < f.G / 32; ++k) off += m * a.qsum[kb + k];
     }
     return vaddvq_f32(vaddq_f32(acc0, acc1)) + off;
 }

@@ -90,7 +90,8 @@ float exact_nvfp4(const uint8_t* row, const Plan& pl, const Acts& a) {
 // ---- fast paths ---------------------------------------------------------------------------------
 
 // Plane-coded layouts with an integer path: per q8 block, sum(int weight * q) in int32, then
-// (block scale * table unit * q8 scale) * sum in float. Asymmetric blocks add m * sum(x) exactly.
+// (block scale * table unit * q8 scale) * sum in float. Asymmetric blocks add m * qsum (the rounded
+// activations' block sum, acts.cpp).
 float fast_planes(const uint8_t* row, const Plan& pl, const Acts& a) {
     const BlockFmt& f = pl.f;
     const FastVal fv = fast_val(pl);
@@ -115,7 +116,7 @@ float fast_planes(const uint8_t* row, const Plan& pl, const Acts& a) {
                 s += w * q[t];
             }
             acc += (dw * a.d[kb + k]) * static_cast<float>(s);
-            if (fv == FastVal::Unsigned) acc += m * a.xsum[kb + k];
+            if (fv == FastVal::Unsigned) acc += m * a.qsum[kb + k];
         }
     }
     return acc;

@@ -4,9 +4,15 @@
 //     the scalar table's exact path within the same tolerance;
 //   - fast path (where the layout has one): the scalar fast path within 1e-5 of sum|w*x| (same
 //     integers, other summation order), and the exact dot within the bound the two int8 roundings
-//     allow: each q8 activation is off by at most d/2 (d = amax/127 of its block of 32) and each
-//     int8 weight by at most 1/254 of its block's largest magnitude (the element table maps the
-//     largest |element| to an integer k >= 127 or to a smaller k with a smaller error);
+//     allow. The fast path is dequant(W) . x^ with x^ = d * q the rounded activations (asymmetric
+//     blocks too: their offset m multiplies the block sum of x^, not of x), except that table codes
+//     stand in for their elements by int8 approximations. So the error is
+//       sum w_i (x_i - x^_i)  +  sum (w~_i - (w_i - m)) x^_i
+//     with |x_i - x^_i| <= d/2 (d = amax/127 of the q8 block of 32) and, for table codes only, the
+//     int8 element off by at most 1/254 of the block's largest |w - m| (the element table maps the
+//     largest |element| to an integer k >= 127 or to a smaller k with a smaller error); int8 and
+//     unsigned codes are their integers exactly. Besides the worst case, the error must stay
+//     within 6 sigma of the same roundings taken as independent uniform variables;
 //   - matmul equal to T matvecs, bit for bit; matvec over a sub-range equal to the full one.
 // Exit status 0 when everything passes. Built by -DQUANTCONV_BUILD_TESTS=ON; runs under qemu-aarch64
 // and ASan/UBSan (cpp/tests/run_native_tests.sh, scripts/cross-test-neon.sh).
@@ -50,13 +56,13 @@ struct Case {
 };
 
 // Packed random rows plus what the bounds need, per element: the decoded weight, |w - m| (the part
-// the integer path multiplies; m is the block offset of asymmetric layouts), |m| and the largest
-// |w - m| of the element's (sub-)block.
+// the integer codes carry; m is the block offset of asymmetric layouts), |m| and the table error
+// bound (the largest |w - m| of the element's (sub-)block / 254 for table codes, else 0).
 struct Weights {
     int64_t rows = 0, cols = 0;
     size_t row_bytes = 0;
     std::vector<uint8_t> bytes;
-    std::vector<float> w, mag, off, bmax;
+    std::vector<float> w, code, off, tab;
 };
 
 uint16_t random_fp16(std::mt19937& rng, int emin, int emax, bool any_sign) {
@@ -79,9 +85,9 @@ Weights make_weights(const Case& c, int64_t rows, std::mt19937& rng) {
     W.bytes.assign(W.row_bytes * static_cast<size_t>(rows), 0);
     const size_t n = static_cast<size_t>(rows * c.cols);
     W.w.resize(n);
-    W.mag.resize(n);
+    W.code.resize(n);
     W.off.assign(n, 0.0f);
-    W.bmax.resize(n);
+    W.tab.resize(n);
     const Layout L = c.p.layout;
     kernels::BlockFmt f;
     if (L == Layout::F32) {
@@ -129,8 +135,10 @@ Weights make_weights(const Case& c, int64_t rows, std::mt19937& rng) {
     }
     quant::dequantize(c.p, W.bytes.data(), W.bytes.size(), W.w.data(), rows, c.cols);
 
-    // offsets and (sub-)block maxima for the fast-path bound
+    // offsets and (sub-)block maxima for the fast-path bound; int8 codes (Q8_0, IntSym8, MXINT8) and
+    // unsigned codes (asymmetric ints, Q4_1) reach the integer path exactly, the others via a table
     const int64_t sub = L == Layout::NVFP4 ? 16 : (f.G ? f.G : 1);
+    const bool table = L == Layout::NVFP4 || (f.G && f.hdr != kernels::Hdr::F16Affine && f.bits != 8);
     for (int64_t r = 0; r < rows; ++r) {
         for (int64_t b = 0; b < c.cols / sub; ++b) {
             float m = 0.0f;
@@ -141,11 +149,11 @@ Weights make_weights(const Case& c, int64_t rows, std::mt19937& rng) {
             float mx = 0.0f;
             for (int64_t i = 0; i < sub; ++i) {
                 const size_t k = static_cast<size_t>(r * c.cols + b * sub + i);
-                W.mag[k] = std::fabs(W.w[k] - m);
+                W.code[k] = std::fabs(W.w[k] - m);
                 W.off[k] = std::fabs(m);
-                mx = std::max(mx, W.mag[k]);
+                mx = std::max(mx, W.code[k]);
             }
-            for (int64_t i = 0; i < sub; ++i) W.bmax[static_cast<size_t>(r * c.cols + b * sub + i)] = mx;
+            for (int64_t i = 0; i < sub; ++i) W.tab[static_cast<size_t>(r * c.cols + b * sub + i)] = table ? mx / 254.0f : 0.0f;
         }
     }
     return W;
@@ -161,12 +169,32 @@ std::vector<float> make_x(int64_t cols, std::mt19937& rng) {
 
 struct Refs {
     std::vector<double> dot, abs_dot, fast_bound, fast_sigma;
+    // dequant(W) . x^ with x^ = d * q the q8-rounded activations, and the float slack around it:
+    // where no table approximates the elements (W.tab == 0) the fast path is this dot itself
+    std::vector<double> dot_hat, hat_tol;
+    bool exact_ints = true;
 };
 
 Refs references(const Weights& W, const std::vector<float>& x) {
     Refs R;
+    const int64_t nb = W.cols / kernels::kQ8Block;
+    std::vector<float> xhat;
+    if (W.cols % kernels::kQ8Block == 0) {
+        std::vector<float> d(static_cast<size_t>(nb));
+        std::vector<int8_t> q(x.size());
+        kernels::q8_blocks_portable(x.data(), nb, d.data(), q.data());
+        for (size_t i = 0; i < x.size(); ++i) xhat.push_back(d[i / kernels::kQ8Block] * static_cast<float>(q[i]));
+    }
+    for (float t : W.tab) R.exact_ints = R.exact_ints && t == 0.0f;
     for (int64_t r = 0; r < W.rows; ++r) {
-        double dot = 0, ad = 0, bound = 0, var = 0;
+        double dot = 0, ad = 0, bound = 0, var = 0, dh = 0, ht = 0;
+        for (int64_t i = 0; i < static_cast<int64_t>(xhat.size()); ++i) {
+            const size_t k = static_cast<size_t>(r * W.cols + i);
+            dh += double(W.w[k]) * double(xhat[size_t(i)]);
+            ht += 1e-5 * (W.code[k] + W.off[k]) * std::fabs(double(xhat[size_t(i)]));
+        }
+        R.dot_hat.push_back(dh);
+        R.hat_tol.push_back(ht + 1e-30);
         for (int64_t b = 0; b < W.cols / kernels::kQ8Block; ++b) {
             double amax = 0;
             for (int64_t i = 0; i < kernels::kQ8Block; ++i) amax = std::max(amax, std::fabs(double(x[size_t(b * 32 + i)])));
@@ -174,11 +202,13 @@ Refs references(const Weights& W, const std::vector<float>& x) {
             for (int64_t i = 0; i < kernels::kQ8Block; ++i) {
                 const size_t k = static_cast<size_t>(r * W.cols + b * 32 + i);
                 const double xi = x[size_t(b * 32 + i)];
-                bound += W.mag[k] * half + W.bmax[k] / 254.0 * (std::fabs(xi) + half);
+                const double wi = std::fabs(double(W.w[k])), tab = W.tab[k];
+                bound += wi * half + tab * (std::fabs(xi) + half);
                 // the same errors as independent uniform variables: the typical size of the sum
-                var += (W.mag[k] * half) * (W.mag[k] * half) / 3.0 + (W.bmax[k] / 254.0 * xi) * (W.bmax[k] / 254.0 * xi) / 3.0;
-                // float summation of (scale * int sum) terms and of m * sum(x)
-                bound += 2e-6 * (W.mag[k] + W.off[k]) * std::fabs(xi);
+                var += (wi * half) * (wi * half) / 3.0 + (tab * xi) * (tab * xi) / 3.0;
+                // float summation of the (scale * int sum) terms and of the m * qsum terms, which
+                // cancel where m and the codes' part have opposite signs
+                bound += 2e-6 * (W.code[k] + W.off[k]) * std::fabs(xi);
             }
         }
         for (int64_t i = 0; i < W.cols; ++i) {
@@ -253,6 +283,9 @@ void test_case(const Case& c, const std::vector<kernels::Isa>& isas, std::mt1993
                     check(std::fabs(y[i] - R.dot[i]) <= typical,
                           at + " vs dequantized dot " + fmt(R.dot[i]) + " (6 sigma " + fmt(typical) + ")");
                 }
+                if (!ex && R.exact_ints)  // int8 / unsigned codes: exactly dequant(W) . x^, up to float rounding
+                    check(std::fabs(y[i] - R.dot_hat[i]) <= R.hat_tol[i],
+                          at + " vs dequant(W) . x^ " + fmt(R.dot_hat[i]) + " (tol " + fmt(R.hat_tol[i]) + ")");
             }
             // a sub-range of rows gives the same values as the full matvec
             const std::vector<float> part = run_matvec(c, W, x, 2, 4);
