@@ -43,8 +43,13 @@ def _check_out(out: Path) -> None:
 
 
 def gguf_to_onnx(gguf_path, out, flavor: str = "standard",
-                 progress: Callable[[str, dict], None] | None = None) -> OnnxExportReport:
-    """Write the quantconv GGUF file `gguf_path` as an ONNX decoder at `out` (atomically)."""
+                 progress: Callable[[str, dict], None] | None = None, fused_ops: bool = True,
+                 genai: bool = True) -> OnnxExportReport:
+    """Write the quantconv GGUF file `gguf_path` as an ONNX decoder at `out` (atomically). fused_ops=False
+    writes norms/RoPE/attention in basic operators instead of opset-23/24 RMSNormalization/RotaryEmbedding/
+    Attention (same numbers within float rounding; for runtimes that lack those ops). The ort flavor also
+    writes onnxruntime-genai's genai_config.json (+ tokenizer.json where feasible) beside `out`, unless
+    genai=False."""
     _need_onnx()
     from quantconv.formats.gguf_reader import GGUFFile
     from quantconv.formats.onnx import io
@@ -57,13 +62,35 @@ def gguf_to_onnx(gguf_path, out, flavor: str = "standard",
     with GGUFFile(gguf_path) as f:
         check_flavor(((t.name, t.shape, t.dtype) for t in f.tensors), flavor)
         cfg = model_config(f)
-        builder = DecoderBuilder(f, cfg, flavor, progress)
+        builder = DecoderBuilder(f, cfg, flavor, progress, fused=fused_ops)
         model = builder.build()
         codebooks = {t.dtype.spec: list(t.dtype.codebook) for t in f.tensors
                      if t.dtype is not None and t.dtype.codebook is not None}
-        props = io.metadata(f.kv, cfg, flavor, builder.encodings, codebooks)
-    size = io.save(model, out, props)
-    return OnnxExportReport(out, time.perf_counter() - start, size, flavor, builder.encodings)
+        props = io.metadata(f.kv, cfg, flavor, builder.encodings, codebooks, fused_ops)
+        beside, notes = _genai(f.kv, cfg, out) if flavor == "ort" and genai else ({}, [])
+    size = io.save(model, out, props, beside)
+    if beside:
+        notes.insert(0, f"wrote {', '.join(beside)} beside {out.name} for onnxruntime-genai")
+    return OnnxExportReport(out, time.perf_counter() - start, size, flavor, builder.encodings, notes=notes)
+
+
+def _genai(kv, cfg, out: Path) -> tuple[dict[str, bytes], list[str]]:
+    """onnxruntime-genai's files (formats/onnx/genai.py), unless the folder's genai_config.json belongs to
+    another model: genai reads one model per folder, and overwriting it would break that one."""
+    import json
+
+    from quantconv.formats.onnx.genai import genai_files
+
+    existing = out.parent / "genai_config.json"
+    if existing.exists():
+        try:
+            other = json.loads(existing.read_text())["model"]["decoder"]["filename"]
+        except (ValueError, KeyError, TypeError, OSError):
+            other = None
+        if other != out.name:
+            return {}, [f"kept the existing {existing} (it is not {out.name}'s); export into a folder of its own "
+                        "for onnxruntime-genai"]
+    return genai_files(kv, cfg, out.name)
 
 
 def export_onnx(source, out, dtype: str, group_size: int | None = None, algo: str = "rtn", keep=(),
@@ -90,6 +117,6 @@ def export_onnx(source, out, dtype: str, group_size: int | None = None, algo: st
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     report.gguf_report = greport
-    report.notes = list(greport.notes)
+    report.notes = list(greport.notes) + report.notes
     report.linear_bits_per_weight = greport.linear_bits_per_weight
     return report

@@ -149,15 +149,18 @@ def dtypes(
 @app.command()
 @one_line_errors
 def inspect(
-    file: str = typer.Argument(..., help="a .gguf file"),
+    file: str = typer.Argument(..., help="a .gguf or quantconv .onnx file"),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ):
-    """List a file's tensors, their types and sizes, and the recipe that made it."""
+    """List a file's tensors, their types and sizes, and the recipe that made it (.onnx: encodings, opsets, fallbacks)."""
     from quantconv.runtime.inspect import describe_file
 
     info = describe_file(file)
     if as_json:
         print(json.dumps(info, indent=2))
+        return
+    if info.get("format") == "onnx":
+        _print_onnx(file, info)
         return
     table = Table(title=f"{file}: {info['architecture']}, {len(info['tensors'])} tensors")
     for col in ("tensor", "type", "shape", "bits/weight", "MB"):
@@ -169,6 +172,28 @@ def inspect(
     s = info["summary"]
     out.print(f"total {s['parameters'] / 1e6:.1f}M parameters, {s['bytes'] / 1e6:.1f} MB, "
               f"{s['bits_per_weight']:.3f} bits/weight overall, linear layers {s['linear_bits_per_weight']:.3f}",
+              highlight=False)
+    if info["recipe"]:
+        out.print("recipe: " + ", ".join(f"{k}={v}" for k, v in info["recipe"].items()), highlight=False)
+
+
+def _print_onnx(file: str, info: dict) -> None:
+    table = Table(title=f"{file}: {info['architecture']}, {len(info['tensors'])} weights, flavor {info['flavor']}")
+    for col in ("tensor", "dtype", "encoding", "element/index", "block", "shape", "bits/weight", "MB"):
+        table.add_column(col, justify="right" if col in ("bits/weight", "MB", "block") else "left")
+    for t in info["tensors"]:
+        table.add_row(t["name"], t["type"], t["encoding"] + (" (fallback)" if t["fallback"] else ""), t["element"],
+                      str(t["block"] or ""), "x".join(map(str, t["shape"])), f"{t['bits_per_weight']:.3f}",
+                      f"{t['bytes'] / 1e6:.2f}")
+    out.print(table)
+    s = info["summary"]
+    out.print(f"total {s['parameters'] / 1e6:.1f}M parameters, weights {s['bytes'] / 1e6:.1f} MB "
+              f"({s['bits_per_weight']:.3f} bits/weight, linear layers {s['linear_bits_per_weight']:.3f}), file "
+              f"{info['file_bytes'] / 1e6:.1f} MB", highlight=False)
+    out.print("opsets: " + ", ".join(f"{d} {v}" for d, v in info["opsets"].items()) + f"; IR {info['ir_version']}; "
+              f"graph ops: {info['graph_ops']}; encodings: " + ", ".join(f"{k} x{v}" for k, v in s["encodings"].items()),
+              highlight=False)
+    out.print("fallbacks: " + ("; ".join(f"{d}: {why}" for d, why in info["fallbacks"].items()) or "none"),
               highlight=False)
     if info["recipe"]:
         out.print("recipe: " + ", ".join(f"{k}={v}" for k, v in info["recipe"].items()), highlight=False)

@@ -1,4 +1,5 @@
-"""What `quantconv inspect` reports about a GGUF file: tensors, types, sizes, recipe (no torch)."""
+"""What `quantconv inspect` reports about a GGUF file: tensors, types, sizes, recipe (no torch); .onnx files
+are described by formats/onnx/describe.py."""
 from __future__ import annotations
 
 from typing import Any
@@ -10,6 +11,10 @@ from quantconv.formats.gguf_reader import GGUFFile
 
 
 def describe_file(path: str) -> dict[str, Any]:
+    if str(path).lower().endswith(".onnx"):   # a quantconv ONNX export: its metadata and initializers
+        from quantconv.formats.onnx.describe import describe_onnx
+
+        return describe_onnx(path)
     with GGUFFile(path) as f:
         tensors = []
         for t in f.tensors:

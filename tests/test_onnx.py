@@ -282,3 +282,96 @@ def test_not_a_quantconv_onnx_file_is_refused(tmp_path):
     onnx.save_model(helper.make_model(g), tmp_path / "y.onnx")
     with pytest.raises(QuantconvError, match="not written by quantconv"):
         OnnxEngine(tmp_path / "y.onnx")
+
+
+# ---- onnxruntime-genai files ---------------------------------------------------------------------------
+def test_ort_flavor_writes_genai_config_and_tokenizer(hf, tmp_path):
+    """genai_config.json names what the graph has; a loop driven only by it (growing past, as genai runs
+    with past_present_share_buffer false) generates what quantconv's runner does; tokenizer.json encodes as
+    the GGUF's tokenizer does."""
+    import tokenizers
+
+    out, gguf = tmp_path / "model.onnx", tmp_path / "m.gguf"
+    report = export_onnx(open_source(str(hf("llama-tied"))), out, "int4", group_size=32, flavor="ort", keep_gguf=gguf)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["genai_config.json", "m.gguf", "model.onnx", "tokenizer.json",
+                                                          "tokenizer_config.json"]
+    assert any("genai_config.json" in n for n in report.notes)
+    cfg = json.loads((tmp_path / "genai_config.json").read_text())
+    dec, L = cfg["model"]["decoder"], TINY["num_hidden_layers"]
+    model = onnx.load(str(out), load_external_data=False)
+    ins, outs = {i.name for i in model.graph.input}, {o.name for o in model.graph.output}
+    assert dec["filename"] == "model.onnx" and cfg["search"]["past_present_share_buffer"] is False
+    assert {dec["inputs"][k] for k in ("input_ids", "attention_mask", "position_ids")} <= ins
+    assert {dec["inputs"]["past_key_names"] % i for i in range(L)} <= ins and dec["outputs"]["logits"] in outs
+    assert dec["num_hidden_layers"] == L and dec["num_key_value_heads"] == TINY["num_key_value_heads"]
+    assert dec["head_size"] * dec["num_attention_heads"] == TINY["hidden_size"]
+    with GGUFFile(gguf) as f:
+        ours = Tokenizer.from_gguf_metadata(f.kv)
+        assert cfg["model"]["eos_token_id"] == f.kv["tokenizer.ggml.eos_token_id"]
+    text = "Hello world! The quick brown fox jumps over the lazy dog 12345."
+    assert tokenizers.Tokenizer.from_file(str(tmp_path / "tokenizer.json")).encode(text).ids == ours.encode(text)
+
+    import onnxruntime as ort
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])   # genai's default options
+    ids, nkv, hd = list(ours.encode(text)), dec["num_key_value_heads"], dec["head_size"]
+    past = {dec["inputs"][f"past_{t}_names"] % i: np.zeros((1, nkv, 0, hd), np.float32) for i in range(L) for t in ("key", "value")}
+    step, n, got = np.array([ids], np.int64), 0, []
+    for _ in range(6):
+        feed = {dec["inputs"]["input_ids"]: step, dec["inputs"]["attention_mask"]: np.ones((1, n + step.shape[1]), np.int64),
+                dec["inputs"]["position_ids"]: np.arange(n, n + step.shape[1])[None], **past}
+        res = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feed)))
+        past = {dec["inputs"][f"past_{t}_names"] % i: res[dec["outputs"][f"present_{t}_names"] % i]
+                for i in range(L) for t in ("key", "value")}
+        n += step.shape[1]
+        got.append(int(res[dec["outputs"]["logits"]][0, -1].argmax()))
+        step = np.array([[got[-1]]], np.int64)
+    assert ours.decode(got) == generate_text(out, text, max_tokens=6, n_ctx=64)
+
+
+def test_genai_config_only_for_the_ort_flavor_and_never_over_another_models(hf, tmp_path):
+    export_onnx(open_source(str(hf("llama"))), tmp_path / "std.onnx", "int4", group_size=32)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["std.onnx"]
+    (tmp_path / "genai_config.json").write_text(json.dumps({"model": {"decoder": {"filename": "other.onnx"}}}))
+    report = export_onnx(open_source(str(hf("llama"))), tmp_path / "m.onnx", "int4", group_size=32, flavor="ort")
+    assert json.loads((tmp_path / "genai_config.json").read_text())["model"]["decoder"]["filename"] == "other.onnx"
+    assert any("kept the existing" in n for n in report.notes) and not (tmp_path / "tokenizer.json").exists()
+
+
+# ---- quantconv inspect model.onnx ----------------------------------------------------------------------
+def test_inspect_onnx_lists_encodings_opsets_and_fallbacks(hf, tmp_path):
+    from typer.testing import CliRunner
+
+    from quantconv.cli import app
+
+    runner = CliRunner()
+    mx = tmp_path / "mx.onnx"
+    r = runner.invoke(app, ["export", str(hf("qwen2")), "-o", str(mx), "--dtype", "mxfp4", "-q"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["inspect", str(mx), "--json"])
+    assert r.exit_code == 0, r.output
+    info = json.loads(r.output)
+    assert info["format"] == "onnx" and info["flavor"] == "standard" and info["opsets"] == {"ai.onnx": 24}
+    assert info["graph_ops"] == "fused" and info["operators"]["Attention"] == TINY["num_hidden_layers"]
+    assert "FLOAT4E2M1" in info["fallbacks"]["mxfp4"] and info["recipe"]["dtype"] == "mxfp4"
+    q = next(t for t in info["tensors"] if t["name"] == "blk.0.attn_q.weight")
+    assert q["encoding"] == "table" and q["element"] == "UINT4" and q["fallback"]
+    assert set(q["initializers"]) == {"blk.0.attn_q.weight.codes", "blk.0.attn_q.weight.table", "blk.0.attn_q.weight.scales"}
+    assert q["initializers"]["blk.0.attn_q.weight.scales"]["type"] == "FLOAT8E8M0"
+    emb = next(t for t in info["tensors"] if t["name"] == "token_embd.weight")
+    assert emb["encoding"] == "dq" and emb["element"] == "INT8" and not emb["fallback"]
+    assert info["summary"]["bytes"] + info["summary"]["other_bytes"] <= info["file_bytes"]
+    r = runner.invoke(app, ["inspect", str(mx)])
+    assert r.exit_code == 0 and "fallbacks: mxfp4: FLOAT4E2M1" in " ".join(r.output.split())
+
+    ort_file = tmp_path / "i4.onnx"
+    r = runner.invoke(app, ["export", str(hf("llama")), "-o", str(ort_file), "--dtype", "int4:asym", "-g", "32",
+                            "--onnx-flavor", "ort", "-q"])
+    assert r.exit_code == 0, r.output
+    info = json.loads(runner.invoke(app, ["inspect", str(ort_file), "--json"]).output)
+    assert info["opsets"] == {"ai.onnx": 24, "com.microsoft": 1} and info["fallbacks"] == {}
+    assert info["summary"]["encodings"]["matmulnbits"] == 7 * TINY["num_hidden_layers"]
+
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"nope")
+    r = runner.invoke(app, ["inspect", str(bad)])
+    assert r.exit_code == 2 and "not a readable ONNX file" in r.output

@@ -3,8 +3,10 @@ graph written node by node with onnx.helper, from a quantconv GGUF file.
 
 Inputs/outputs follow optimum / onnxruntime-genai: input_ids, attention_mask, position_ids,
 past_key_values.{i}.key|value -> logits, present.{i}.key|value, caches [batch, n_kv_heads, seq, head_dim].
-Everything is basic standard operators (no opset-23 RMSNormalization/RotaryEmbedding/Attention):
-portable to any runtime, and exact enough (<1e-3 logits vs transformers in float32).
+Norms, RoPE and attention are the standard opset-23/24 RMSNormalization, RotaryEmbedding (rotate_half
+form, cos/sin from position_ids) and Attention (GQA, past/present, an additive causal + padding mask);
+`fused=False` writes the same math in basic operators (Split/Concat RoPE, MatMul/Softmax attention) for
+runtimes without those ops. Both are within 1e-3 of transformers' logits in float32 (tests/test_onnx.py).
 
 RoPE is HF's rotate_half form: llama-arch GGUFs store q/k rows permuted for llama.cpp's interleaved
 RoPE, so those rows are put back in HF order here (rows move with their blocks: codes stay exact).
@@ -77,6 +79,24 @@ def _rotate(g: GraphBuilder, x: str, cos: str, sin: str) -> str:
     return g.op("Add", [g.op("Mul", [x, cos]), g.op("Mul", [rot, sin])])
 
 
+def _attention_basic(g: GraphBuilder, q, k, v, cos, sin, mask, past, present, nh, nkv, hd) -> str:
+    """RoPE + GQA attention in basic operators (the graph before opset-23 Attention), q/k/v (B, S, heads*hd)."""
+    def heads(y: str, n: int) -> str:   # (B, S, n*hd) -> (B, n, S, hd)
+        return g.op("Transpose", [g.op("Reshape", [y, g.ints(0, 0, n, hd)])], perm=[0, 2, 1, 3])
+
+    q, k, v = _rotate(g, heads(q, nh), cos, sin), _rotate(g, heads(k, nkv), cos, sin), heads(v, nkv)
+    k_all = g.op("Concat", [past[0], k], [present[0]], axis=2)
+    v_all = g.op("Concat", [past[1], v], [present[1]], axis=2)
+    # GQA without copying the cache: q as (B, n_kv, rep, S, hd) against k/v as (B, n_kv, 1, T, hd)
+    q5 = g.op("Reshape", [g.op("Mul", [q, g.const(np.float32(1.0 / np.sqrt(hd)))]), g.ints(0, nkv, nh // nkv, -1, hd)])
+    k5 = g.op("Unsqueeze", [k_all, g.ints(2)])
+    v5 = g.op("Unsqueeze", [v_all, g.ints(2)])
+    scores = g.op("Add", [g.op("MatMul", [q5, g.op("Transpose", [k5], perm=[0, 1, 2, 4, 3])]), mask])
+    ctx = g.op("MatMul", [g.op("Softmax", [scores], axis=-1), v5])
+    ctx = g.op("Reshape", [ctx, g.ints(0, nh, -1, hd)])
+    return g.op("Reshape", [g.op("Transpose", [ctx], perm=[0, 2, 1, 3]), g.ints(0, 0, nh * hd)])
+
+
 def _inv_freq(cfg: dict, rope_freqs: np.ndarray | None) -> np.ndarray:
     dim, base = cfg["rope_dim"], cfg["rope_base"]
     inv = 1.0 / base ** (np.arange(0, dim, 2, dtype=np.float64) / dim)
@@ -88,8 +108,8 @@ def _inv_freq(cfg: dict, rope_freqs: np.ndarray | None) -> np.ndarray:
 class DecoderBuilder:
     """Builds the ONNX graph of one GGUF decoder. `f`: an open GGUFFile, `cfg`: runtime.engine.model_config(f)."""
 
-    def __init__(self, f, cfg: dict, flavor: str, progress=None):
-        self.f, self.cfg, self.flavor, self.progress = f, cfg, flavor, progress
+    def __init__(self, f, cfg: dict, flavor: str, progress=None, fused: bool = True):
+        self.f, self.cfg, self.flavor, self.progress, self.fused = f, cfg, flavor, progress, fused
         self.g = GraphBuilder()
         self.encodings: dict[str, dict] = {}
         if cfg["rope_dim"] != cfg["head_dim"]:
@@ -130,6 +150,11 @@ class DecoderBuilder:
         self.g.inits.append(helper.make_tensor(name, TensorProto.FLOAT, list(v.shape), v.tobytes(), raw=True))
         return name
 
+    def rmsnorm(self, x: str, weight: str) -> str:
+        if self.fused:
+            return self.g.op("RMSNormalization", [x, self.vector(weight)], axis=-1, epsilon=float(self.cfg["rms_eps"]))
+        return _rmsnorm(self.g, x, self.vector(weight), self.cfg["rms_eps"])
+
     def linear(self, x: str, name: str, bias: str | None = None) -> str:
         y = linear_nodes(self.g, x, self.weight(name, "kn"))
         if bias and bias in self.f:
@@ -140,7 +165,6 @@ class DecoderBuilder:
     def build(self, name: str = "quantconv_decoder"):
         c, g = self.cfg, self.g
         nh, nkv, hd, L = c["n_head"], c["n_head_kv"], c["head_dim"], c["n_layer"]
-        rep = nh // nkv
         F = TensorProto.FLOAT
         inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch_size", "sequence_length"]),
                   helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch_size", "total_sequence_length"]),
@@ -157,54 +181,49 @@ class DecoderBuilder:
         emb = self.weight("token_embd.weight", "nk")
         h = embedding_nodes(g, "input_ids", emb)
 
-        # RoPE tables from position_ids: (B, 1, S, hd)
+        # RoPE angles from position_ids: (B, S, hd/2) for RotaryEmbedding, (B, 1, S, hd) for the basic form
         rope_freqs = self.f.dequantize("rope_freqs.weight") if "rope_freqs.weight" in self.f else None
         pos = g.op("Unsqueeze", [g.op("Cast", ["position_ids"], to=F), g.ints(-1)])
         freqs = g.op("Mul", [pos, g.const(_inv_freq(c, rope_freqs))])
-        angles = g.op("Unsqueeze", [g.op("Concat", [freqs, freqs], axis=-1), g.ints(1)])
-        cos, sin = g.op("Cos", [angles]), g.op("Sin", [angles])
+        if self.fused:
+            cos, sin = g.op("Cos", [freqs]), g.op("Sin", [freqs])
+        else:
+            angles = g.op("Unsqueeze", [g.op("Concat", [freqs, freqs], axis=-1), g.ints(1)])
+            cos, sin = g.op("Cos", [angles]), g.op("Sin", [angles])
 
-        # additive mask (B, 1, 1, S, T): causal over absolute positions, and attention_mask padding
+        # additive mask (B, 1, S, T) [basic form: (B, 1, 1, S, T)]: causal over absolute positions (the past
+        # length is the cache's), and attention_mask padding
         past_len = g.op("Gather", [g.op("Shape", ["past_key_values.0.key"]), g.const(np.int64(2))])
         seq_len = g.op("Gather", [g.op("Shape", ["input_ids"]), g.const(np.int64(1))])
         total = g.op("Add", [past_len, seq_len])
         kpos = g.op("Range", [g.const(np.int64(0)), total, g.const(np.int64(1))])
         qpos = g.op("Range", [past_len, total, g.const(np.int64(1))])
         causal = g.op("LessOrEqual", [g.op("Unsqueeze", [kpos, g.ints(0)]), g.op("Unsqueeze", [qpos, g.ints(1)])])
-        keep = g.op("Unsqueeze", [g.op("Cast", ["attention_mask"], to=TensorProto.BOOL), g.ints(1, 2, 3)])
+        keep = g.op("Unsqueeze", [g.op("Cast", ["attention_mask"], to=TensorProto.BOOL),
+                                  g.ints(1, 2) if self.fused else g.ints(1, 2, 3)])
         mask = g.op("Where", [g.op("And", [causal, keep]), g.const(np.float32(0)), g.const(np.float32(NEG))])
-        scale = g.const(np.float32(1.0 / np.sqrt(hd)))
 
         for i in range(L):
             p = f"blk.{i}."
-            x = _rmsnorm(g, h, self.vector(p + "attn_norm.weight"), c["rms_eps"])
-
-            def heads(name: str, n: int) -> str:   # (B, S, n*hd) -> (B, n, S, hd)
-                y = self.linear(x, p + f"{name}.weight", p + f"{name}.bias")
-                return g.op("Transpose", [g.op("Reshape", [y, g.ints(0, 0, n, hd)])], perm=[0, 2, 1, 3])
-
-            q = _rotate(g, heads("attn_q", nh), cos, sin)
-            k = _rotate(g, heads("attn_k", nkv), cos, sin)
-            v = heads("attn_v", nkv)
-            k_all = g.op("Concat", [f"past_key_values.{i}.key", k], [f"present.{i}.key"], axis=2)
-            v_all = g.op("Concat", [f"past_key_values.{i}.value", v], [f"present.{i}.value"], axis=2)
-            # GQA without copying the cache: q as (B, n_kv, rep, S, hd) against k/v as (B, n_kv, 1, T, hd)
-            q5 = g.op("Reshape", [g.op("Mul", [q, scale]), g.ints(0, nkv, rep, -1, hd)])
-            k5 = g.op("Unsqueeze", [k_all, g.ints(2)])
-            v5 = g.op("Unsqueeze", [v_all, g.ints(2)])
-            scores = g.op("Add", [g.op("MatMul", [q5, g.op("Transpose", [k5], perm=[0, 1, 2, 4, 3])]), mask])
-            ctx = g.op("MatMul", [g.op("Softmax", [scores], axis=-1), v5])
-            ctx = g.op("Reshape", [ctx, g.ints(0, nh, -1, hd)])
-            ctx = g.op("Reshape", [g.op("Transpose", [ctx], perm=[0, 2, 1, 3]), g.ints(0, 0, nh * hd)])
+            x = self.rmsnorm(h, p + "attn_norm.weight")
+            q, k, v = (self.linear(x, p + f"{n}.weight", p + f"{n}.bias") for n in ("attn_q", "attn_k", "attn_v"))
+            past, present = [f"past_key_values.{i}.{t}" for t in ("key", "value")], [f"present.{i}.{t}" for t in ("key", "value")]
+            if self.fused:   # (B, S, heads*hd) in and out; the caches (B, n_kv, T, hd)
+                q = g.op("RotaryEmbedding", [q, cos, sin], num_heads=nh, interleaved=0)
+                k = g.op("RotaryEmbedding", [k, cos, sin], num_heads=nkv, interleaved=0)
+                ctx = g.op("Attention", [q, k, v, mask, *past], [g.fresh("Attention"), *present],
+                           q_num_heads=nh, kv_num_heads=nkv, scale=float(1.0 / np.sqrt(hd)))[0]
+            else:
+                ctx = _attention_basic(g, q, k, v, cos, sin, mask, past, present, nh, nkv, hd)
             h = g.op("Add", [h, self.linear(ctx, p + "attn_output.weight", p + "attn_output.bias")])
 
-            x = _rmsnorm(g, h, self.vector(p + "ffn_norm.weight"), c["rms_eps"])
+            x = self.rmsnorm(h, p + "ffn_norm.weight")
             gate = self.linear(x, p + "ffn_gate.weight")
             up = self.linear(x, p + "ffn_up.weight")
             act = g.op("Mul", [g.op("Mul", [gate, g.op("Sigmoid", [gate])]), up])
             h = g.op("Add", [h, self.linear(act, p + "ffn_down.weight")])
 
-        x = _rmsnorm(g, h, self.vector("output_norm.weight"), c["rms_eps"])
+        x = self.rmsnorm(h, "output_norm.weight")
         if "output.weight" in self.f:
             logits = self.linear(x, "output.weight")
         else:   # tied embeddings: the token table's own initializers, as a (constant-folded) float head

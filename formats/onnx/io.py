@@ -3,9 +3,10 @@
 metadata_props (all strings):
   quantconv.format       "quantconv-onnx/1"
   quantconv.onnx_flavor  standard | ort
+  quantconv.graph_ops    fused (RMSNormalization/RotaryEmbedding/Attention) | basic (their basic-op form)
   quantconv.recipe.*     the GGUF's recipe keys (dtype, group_size, algo, ...)
   quantconv.config       JSON: the decoder hyper-parameters
-  quantconv.encodings    JSON: GGUF tensor -> {dtype, encoding, element/index, block}
+  quantconv.encodings    JSON: GGUF tensor -> {dtype, encoding, element/index, block, orient, shape, fallback}
   quantconv.codebooks    JSON: dtype spec -> its 16-entry codebook (codebook dtypes)
   quantconv.gguf_kv      JSON: the GGUF metadata minus quantconv.type.* (the tokenizer lives here)
 """
@@ -27,8 +28,10 @@ FORMAT = "quantconv-onnx/1"
 EXTERNAL_OVER = 1_800_000_000     # protobuf's hard limit is 2 GiB; leave room for the graph itself
 
 
-def metadata(kv: dict[str, Any], cfg: dict, flavor: str, encodings: dict[str, dict], codebooks: dict) -> dict[str, str]:
+def metadata(kv: dict[str, Any], cfg: dict, flavor: str, encodings: dict[str, dict], codebooks: dict,
+             fused_ops: bool = True) -> dict[str, str]:
     props = {"quantconv.format": FORMAT, "quantconv.onnx_flavor": flavor,
+             "quantconv.graph_ops": "fused" if fused_ops else "basic",
              "quantconv.config": json.dumps(cfg), "quantconv.encodings": json.dumps(encodings),
              "quantconv.codebooks": json.dumps(codebooks)}
     props.update({k: str(v) for k, v in kv.items() if k.startswith("quantconv.recipe.")})
@@ -38,9 +41,10 @@ def metadata(kv: dict[str, Any], cfg: dict, flavor: str, encodings: dict[str, di
     return props
 
 
-def save(model: onnx.ModelProto, out: Path, props: dict[str, str]) -> int:
-    """Check and write `model` to `out` (plus `out.data` when large); nothing appears at `out` unless
-    everything succeeded. Returns the bytes written."""
+def save(model: onnx.ModelProto, out: Path, props: dict[str, str], beside: dict[str, bytes] | None = None) -> int:
+    """Check and write `model` to `out` (plus `out.data` when large, plus the `beside` files, e.g.
+    genai_config.json, next to it); nothing appears at `out` unless everything succeeded (the model is
+    renamed into place last). Returns the bytes of the model and its data."""
     helper.set_model_props(model, props)
     out = Path(out)
     weights = sum(len(t.raw_data) for t in model.graph.initializer)
@@ -60,6 +64,10 @@ def save(model: onnx.ModelProto, out: Path, props: dict[str, str]) -> int:
             raise QuantconvError(f"internal error: the ONNX graph fails onnx.checker ({str(e).splitlines()[0]}); "
                                  "please report it") from None
         total = staged.stat().st_size
+        for name, blob in (beside or {}).items():
+            (tmp / name).write_bytes(blob)
+        for name in beside or {}:
+            os.replace(tmp / name, out.parent / name)
         if data:
             total += (tmp / data).stat().st_size
             os.replace(tmp / data, out.parent / data)
