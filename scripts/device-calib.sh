@@ -19,7 +19,8 @@ run)
   [ -f $Q/ref.gguf ] || cat $Q/ref.part1 .devcarryB/ref.part2 > $Q/ref.gguf
   mkdir -p $Q/res && { [ -d .devcarryR/res ] && cp -rn .devcarryR/res/. $Q/res/ || true; }
   T="timeout $2"
-  common="--text $Q/wikitext-2-raw-test.txt --calib $Q/wikitext-2-valid.txt --device cuda --threads 3 --no-bench"
+  TH=${THREADS:-3}
+  common="--text $Q/wikitext-2-raw-test.txt --calib $Q/wikitext-2-valid.txt --device cuda --threads $TH --no-bench"
   i=0
   for d in int4:asym nf4 sf4 fp4 fp4-sr fp4-sp apot4 mxfp4; do
     $T quantconv sweep $Q/ref.gguf --dtypes $d --algos rtn,gptq,awq,awq+gptq $common --out $Q/res/sweep-$i \
@@ -27,10 +28,13 @@ run)
       > $Q/res/sweep-$i.log 2>&1 &
     i=$((i+1))
   done
-  for g in w8a8 w4a8mx normtweak best; do
-    $T python3 bench/calib_experiments.py --group $g --out $Q/res/exp-$g.json --source $Q/ref.gguf \
-      --text $Q/wikitext-2-raw-test.txt --calib $Q/wikitext-2-valid.txt --device cuda --threads 3 --tmp /tmp \
-      > $Q/res/exp-$g.log 2>&1 &
+  # the long "best" group runs as three processes (entries 0-3, 4-6, 7-9), each with its own JSON
+  for g in w8a8 w4a8mx normtweak best:0,1,2,3 best:4,5,6 best:7,8,9; do
+    name=${g/:/-}; name=${name//,/}; items=""
+    [[ $g == *:* ]] && items=$(echo ${g#*:} | tr ',' '\n' | sed 's/^/--item /' | tr '\n' ' ')
+    $T python3 bench/calib_experiments.py --group ${g%%:*} $items --out $Q/res/exp-$name.json --source $Q/ref.gguf \
+      --text $Q/wikitext-2-raw-test.txt --calib $Q/wikitext-2-valid.txt --device cuda --threads $TH --tmp /tmp \
+      > $Q/res/exp-$name.log 2>&1 &
   done
   wait || true
   tail -n 3 $Q/res/*.log
