@@ -38,7 +38,7 @@ run)
   done
   wait || true
   tail -n 3 $Q/res/*.log
-  tar czf $OUT/res.tgz -C $Q res
+  tar czf $OUT/res.tgz --exclude="*.gguf" -C $Q res
   ;;
 measure)
   # per-layer output errors (GPU, cores 4-15), GPTQ export time on 2 pinned CPU cores (0,1), and the
@@ -54,6 +54,6 @@ measure)
     > $Q/res/sweep_speed.log 2>&1 &
   wait || true
   tail -n 5 $Q/res/*.log $Q/res/*.md
-  tar czf $OUT/res.tgz -C $Q res
+  tar czf $OUT/res.tgz --exclude="*.gguf" -C $Q res
   ;;
 esac
