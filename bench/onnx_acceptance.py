@@ -47,18 +47,36 @@ def slug(dtype: str, recipe: str) -> str:
 
 
 class Table:
-    """onnx_acceptance.json: {"gguf": {dtype|recipe: {...}}, "rows": {dtype|recipe|flavor: {...}}, "bench": {...}}."""
+    """onnx_acceptance.json: {"gguf": {dtype|recipe: {...}}, "rows": {dtype|recipe|flavor: {...}}, "bench": {...}}.
+    Several runs may share the file (e.g. the GGUF phase of one recipe while the ONNX phase of another runs):
+    each write re-reads it under a lock and replaces only its own entry."""
 
     def __init__(self, out: Path):
         self.path = out / "onnx_acceptance.json"
-        self.data = json.loads(self.path.read_text()) if self.path.exists() else {}
-        self.data.setdefault("gguf", {})
-        self.data.setdefault("rows", {})
+        self.data = self._read()
 
-    def save(self) -> None:
-        tmp = self.path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.data, indent=1))
-        os.replace(tmp, self.path)
+    def _read(self) -> dict:
+        data = json.loads(self.path.read_text()) if self.path.exists() else {}
+        data.setdefault("gguf", {})
+        data.setdefault("rows", {})
+        return data
+
+    def put(self, section: str, key: str | None, value) -> None:
+        import fcntl
+
+        with open(self.path.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self.data = self._read()
+            if key is None:
+                self.data[section] = value
+            else:
+                self.data[section][key] = value
+            tmp = self.path.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps(self.data, indent=1))
+            os.replace(tmp, self.path)
+
+    def refresh(self) -> None:
+        self.data = self._read()
 
 
 def ppl(file: Path, args, exact: bool = False) -> dict:
@@ -71,6 +89,7 @@ def ppl(file: Path, args, exact: bool = False) -> dict:
 
 def gguf_phase(table: Table, dtype: str, recipe: str, args) -> dict:
     key = f"{dtype}|{recipe}"
+    table.refresh()
     g = table.data["gguf"].get(key, {})
     gguf = args.work / f"{slug(dtype, recipe)}.gguf"
     if not gguf.exists():
@@ -84,8 +103,7 @@ def gguf_phase(table: Table, dtype: str, recipe: str, args) -> dict:
             log(f"{key}: our runtime, {path} path, perplexity")
             g[path] = ppl(gguf, args, exact)
             log(f"{key}: {path} ppl {g[path]['ppl']:.4f} ({g[path]['seconds']} s)")
-        table.data["gguf"][key] = g
-        table.save()
+        table.put("gguf", key, g)
     return g
 
 
@@ -95,8 +113,13 @@ def onnx_phase(table: Table, dtype: str, recipe: str, flavor: str, args) -> None
     from quantconv.formats.onnx.io import read_props
 
     key = f"{dtype}|{recipe}|{flavor}"
+    table.refresh()
     if key in table.data["rows"] and not args.redo_onnx:
         return
+    while "fast" not in table.data["gguf"].get(f"{dtype}|{recipe}", {}):   # its GGUF phase runs elsewhere
+        log(f"{key}: waiting for the GGUF results of {dtype} {recipe}")
+        time.sleep(60)
+        table.refresh()
     gguf = args.work / f"{slug(dtype, recipe)}.gguf"
     out = args.work / f"{slug(dtype, recipe)}-{flavor}.onnx"
     log(f"{key}: gguf_to_onnx")
@@ -107,8 +130,9 @@ def onnx_phase(table: Table, dtype: str, recipe: str, flavor: str, args) -> None
     q = encs["blk.0.attn_q.weight"]
     log(f"{key}: onnxruntime perplexity")
     r = ppl(out, args)
+    table.refresh()
     g = table.data["gguf"][f"{dtype}|{recipe}"]
-    table.data["rows"][key] = {
+    row = {
         "dtype": dtype, "spec": DTYPES[dtype], "recipe": recipe, "flavor": flavor,
         "onnx_bytes": out.stat().st_size + (out.with_name(out.name + ".data").stat().st_size
                                             if out.with_name(out.name + ".data").exists() else 0),
@@ -118,8 +142,8 @@ def onnx_phase(table: Table, dtype: str, recipe: str, flavor: str, args) -> None
         "encoding": q["encoding"] + (f" ({q.get('element') or q.get('index')})" if q.get("element") or q.get("index") else ""),
         "fallbacks": fallbacks(encs), "commit": _commit(),
     }
-    table.save()
-    log(f"{key}: ORT ppl {r['ppl']:.4f}, {table.data['rows'][key]['delta_pct_vs_exact']:+.3f}% vs exact ({r['seconds']} s)")
+    table.put("rows", key, row)
+    log(f"{key}: ORT ppl {r['ppl']:.4f}, {row['delta_pct_vs_exact']:+.3f}% vs exact ({r['seconds']} s)")
     if not args.keep_onnx:
         out.unlink()
 
@@ -169,11 +193,10 @@ def bench(table: Table, args) -> None:
                "quantconv (fast, q4_0)": b.engine_runner(Engine(q40, n_ctx=n, n_threads=args.threads)),
                "llama.cpp (q4_0)": b.llama_cpp_runner(peer_llama_cpp.load(str(q40), ctx=n, threads=args.threads))}
     speeds = b.measure(runners, 49152, args.prompt, args.gen, args.reps, progress=log)
-    table.data["bench"] = {"threads": args.threads, "prompt": args.prompt, "gen": args.gen, "reps": args.reps,
+    table.put("bench", None, {"threads": args.threads, "prompt": args.prompt, "gen": args.gen, "reps": args.reps,
                            "onnx_bytes": onnx_file.stat().st_size, "commit": _commit(),
                            "command": "python bench/onnx_acceptance.py --bench " + " ".join(sys.argv[1:]),
-                           "speeds": {k: {**s.as_dict(), "runs": s.runs} for k, s in speeds.items()}}
-    table.save()
+                           "speeds": {k: {**s.as_dict(), "runs": s.runs} for k, s in speeds.items()}})
 
 
 def markdown(table: Table) -> str:
@@ -246,6 +269,7 @@ def main() -> None:
                 for flavor in flavors_for(dtype):
                     if flavor in args.flavors.split(","):
                         onnx_phase(table, dtype, recipe, flavor, args)
+    table.refresh()
     (args.out / "onnx_acceptance.md").write_text(markdown(table))
     log(f"wrote {args.out / 'onnx_acceptance.md'}")
 

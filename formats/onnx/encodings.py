@@ -358,6 +358,12 @@ def matmulnbits_problem(dtype, cols: int) -> str | None:
     return None
 
 
+def ort_flavor_error(name: str, why: str) -> QuantconvError:
+    return QuantconvError(f"--onnx-flavor ort takes uniform-integer linear weights (com.microsoft MatMulNBits), but "
+                          f"tensor {name}: {why}. Use --onnx-flavor standard (standard operators, every quantconv "
+                          f"dtype) or export with one of: {ORT_FLAVOR_DTYPES} (group a power of two >= 16)")
+
+
 def _pack_nbits(u: np.ndarray, bits: int) -> np.ndarray:
     """MatMulNBits blob order: within a block, element k at bit (k*bits) % 8 of byte k*bits // 8."""
     per = 8 // bits
@@ -371,9 +377,7 @@ def _pack_nbits(u: np.ndarray, bits: int) -> np.ndarray:
 def _matmulnbits(name, dtype, b: Blocks, rows, cols) -> Encoded:
     why = matmulnbits_problem(dtype, cols)
     if why:
-        raise QuantconvError(f"--onnx-flavor ort writes linear weights as com.microsoft MatMulNBits, but tensor "
-                             f"{name}: {why}. Use --onnx-flavor standard (standard operators, every quantconv "
-                             f"dtype) or export with one of: {ORT_FLAVOR_DTYPES} (group a power of two >= 16)")
+        raise ort_flavor_error(name, why)
     bits = dtype.elem_bits
     if bits not in MATMULNBITS_FAST_BITS:   # exact either way; this one runs at 4-bit speed (see above)
         return _cast(name, dtype, b, (cols, rows))

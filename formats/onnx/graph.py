@@ -240,7 +240,7 @@ class DecoderBuilder:
 def check_flavor(tensors, flavor: str) -> None:
     """Refuse, before any work, weights the flavor can't encode. tensors: (name, shape, dtype) triples —
     a GGUF file's tensors, or an export plan's (checked before quantizing)."""
-    from quantconv.formats.onnx.encodings import FLAVORS, ORT_FLAVOR_DTYPES
+    from quantconv.formats.onnx.encodings import FLAVORS, ort_flavor_error
     if flavor not in FLAVORS:
         raise QuantconvError(f"--onnx-flavor must be one of {', '.join(FLAVORS)} (got '{flavor}')")
     if flavor != "ort":
@@ -249,7 +249,4 @@ def check_flavor(tensors, flavor: str) -> None:
         if len(shape) == 2 and name != "token_embd.weight" and dtype is not None and dtype.family != "float":
             why = matmulnbits_problem(dtype, shape[1])
             if why:
-                raise QuantconvError(
-                    f"--onnx-flavor ort writes linear weights as com.microsoft MatMulNBits, but tensor {name}: "
-                    f"{why}. Use --onnx-flavor standard (standard operators, every quantconv dtype) or export with "
-                    f"one of: {ORT_FLAVOR_DTYPES} (group a power of two >= 16)")
+                raise ort_flavor_error(name, why)
