@@ -80,6 +80,9 @@ struct Plan {
     bool planes = false;                // f is valid (a plane-coded layout)
     BlockFmt f;
     const float* ue4m3_half = nullptr;  // NVFP4: UE4M3 byte -> its float value * 0.5 (256 entries)
+    // Matvec row groups (the kGroupRows x 1 shape only): prefetch the weight bytes this far ahead of
+    // the group, a few lines per step of the group's own reading (0: none). See dispatch.cpp.
+    int64_t prefetch = 0;
 };
 
 Plan make_plan(const quant::TypeParams& p, int64_t cols);

@@ -56,6 +56,14 @@ inline float scale_exact1(float v, float d, float m) {
     else return d * v;
 }
 
+// Matvec row groups (Plan::prefetch): the group's bytes [pos, pos + n) are being read now, so ask
+// for those `dist` bytes further on. Prefetches never fault, so reading past the matrix is harmless.
+inline void prefetch_ahead(const uint8_t* group, int64_t dist, int64_t pos, int64_t n) {
+    if (dist <= 0) return;
+    const uint8_t* p = group + dist + pos;
+    for (int64_t o = 0; o < n; o += 64) _mm_prefetch(reinterpret_cast<const char*>(p + o), _MM_HINT_T0);
+}
+
 // lut[idx] for 8 indices < 16, the 16 floats in two registers.
 inline __m256 lut16(__m256 lo, __m256 hi, __m256i idx) {
     const __m256 a = _mm256_permutevar8x32_ps(lo, idx), b = _mm256_permutevar8x32_ps(hi, idx);
@@ -70,12 +78,15 @@ inline __m256 lut16(__m256 lo, __m256 hi, __m256i idx) {
 // activation vector RM rows.
 template <int RM, int RN, class Load8, class Load1>
 inline void float_tile(const uint8_t* W, size_t rb, int64_t n, const Acts* a, float* out, int64_t ldo, Load8 load8,
-                       Load1 load1) {
+                       Load1 load1, int64_t prefetch) {
     __m256 acc[RM][RN];
     for (int r = 0; r < RM; ++r)
         for (int t = 0; t < RN; ++t) acc[r][t] = _mm256_setzero_ps();
+    const int64_t es = n ? static_cast<int64_t>(rb) / n : 0;  // bytes per weight
     int64_t i = 0;
     for (; i + 8 <= n; i += 8) {
+        if constexpr (RN == 1 && RM > 1)
+            if (i % 32 == 0) prefetch_ahead(W, prefetch, RM * i * es, RM * 32 * es);
         __m256 w[RM];
         for (int r = 0; r < RM; ++r) w[r] = load8(W + r * rb, i);
         for (int t = 0; t < RN; ++t) {
@@ -117,7 +128,7 @@ template <class L, int RM, int RN>
 void exact_float_tile(const uint8_t* W, size_t rb, const Plan& pl, const Acts* a, float* out, int64_t ldo) {
     const L ld;
     float_tile<RM, RN>(W, rb, pl.cols, a, out, ldo, [&](const uint8_t* row, int64_t i) { return ld(row, i); },
-                       [&](const uint8_t* row, int64_t i) { return ld(row, i, 0); });
+                       [&](const uint8_t* row, int64_t i) { return ld(row, i, 0); }, pl.prefetch);
 }
 
 template <class L>
@@ -321,9 +332,10 @@ float exact_nvfp4(const uint8_t* row, const Plan& pl, const Acts& a) {
 // ---- fast paths ---------------------------------------------------------------------------------
 // Weights decode to int8 per q8 block (32 elements): |w| as unsigned bytes `aw` and a byte vector
 // `sg` carrying w's signs (a zero w has a zero |w|, so its sign byte does not matter). The q8
-// activations take the signs (vpsignb), vpmaddubsw multiplies, vpmaddwd sums pairs, and one float
-// FMA per q8 block scales by (block scale * tscale) * activation scale. Pairs stay below
-// 2 * 128 * 127 < 32767, so nothing saturates.
+// activations take the signs (vpsignb), vpmaddubsw multiplies, vpmaddwd sums pairs, one float FMA
+// per q8 block scales by the activation scale into a per-weight-block sum, and one FMA per weight
+// block by (block scale * tscale) into the row's accumulator. Pairs stay below 2 * 128 * 127 < 32767,
+// so nothing saturates.
 //
 // One kernel per block format, templated on RM rows x RN tokens with one accumulator per (row,
 // token): the vec_dot is the 1 x 1 instance, matvec row groups kGroupRows x 1, matmul tiles
@@ -335,14 +347,16 @@ inline __m256i load32(const void* p) { return _mm256_loadu_si256(static_cast<con
 
 #define QC_INLINE inline __attribute__((always_inline))
 
-// q8 block k of every token against RM rows' decoded weights: acc[r][t] += dot * (dw[r] * d[t]).
-// U: unsigned codes (aw is the code, sg unused). The scale is a vector product (the same rounding
-// as the scalar one), so its broadcasts come from memory instead of costing a shuffle each.
+// q8 block k of every token against RM rows' decoded weights: bacc[r][t] += dot * d[t], the integer
+// dot scaled by the activation scale only; fast_tile applies the weight block's scale once per
+// block (per q8 block this saves a broadcast and a multiply per (row, token): ~10-14% on SF4 g128/64
+// matvec and tiles in kernels_bench).
+// U: unsigned codes (aw is the code, sg unused).
 // SW: sg is the signed weight itself, within +-127: for one token |q| is then shared by the rows
 // and the sign moves onto the weights, one vpsignb less per row (the same integer products).
 template <bool U, bool SW, int RM, int RN>
-QC_INLINE void mac_block(const __m256i (&aw)[RM], const __m256i (&sg)[RM], const float (&dw)[RM], const Acts* a,
-                         int64_t k, __m256 (&acc)[RM][RN]) {
+QC_INLINE void mac_block(const __m256i (&aw)[RM], const __m256i (&sg)[RM], const Acts* a, int64_t k,
+                         __m256 (&bacc)[RM][RN]) {
     const __m256i ones = _mm256_set1_epi16(1);
     if constexpr (SW && RN == 1 && RM > 1) {
         const __m256i q = load32(a[0].q + 32 * k), qa = _mm256_sign_epi8(q, q);
@@ -350,8 +364,7 @@ QC_INLINE void mac_block(const __m256i (&aw)[RM], const __m256i (&sg)[RM], const
 #pragma GCC unroll 8
         for (int r = 0; r < RM; ++r) {
             const __m256i s = _mm256_madd_epi16(_mm256_maddubs_epi16(qa, _mm256_sign_epi8(sg[r], q)), ones);
-            const __m256 scale = _mm256_mul_ps(_mm256_broadcast_ss(dw + r), d);
-            acc[r][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), scale, acc[r][0]);
+            bacc[r][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), d, bacc[r][0]);
         }
         return;
     }
@@ -363,8 +376,7 @@ QC_INLINE void mac_block(const __m256i (&aw)[RM], const __m256i (&sg)[RM], const
         for (int r = 0; r < RM; ++r) {
             const __m256i qs = U ? q : _mm256_sign_epi8(q, sg[r]);
             const __m256i s = _mm256_madd_epi16(_mm256_maddubs_epi16(aw[r], qs), ones);
-            const __m256 scale = _mm256_mul_ps(_mm256_broadcast_ss(dw + r), d);
-            acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), scale, acc[r][t]);
+            bacc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), d, bacc[r][t]);
         }
     }
 }
@@ -379,7 +391,7 @@ struct Nib4G32 {
     static constexpr bool SW = !U_;  // table values are within +-127
     const __m256i tab, m4 = _mm256_set1_epi8(0x0F);
     const int hdr;
-    const int64_t per = 1;
+    static constexpr int64_t per = 1;
     Nib4G32(const Plan& pl, const Acts& a)
         : tab(_mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a.table)))), hdr(pl.f.hdr_bytes) {}
     void decode(const uint8_t* blk, int64_t, __m256i& aw, __m256i& sg) const {
@@ -437,7 +449,7 @@ struct E2M3Fmt {
     static constexpr bool U = false;
     static constexpr bool SW = false;  // sg is only a sign
     const __m256i t0, t1;
-    const int64_t per = 1;
+    static constexpr int64_t per = 1;
     E2M3Fmt(const Plan&, const Acts& a)
         : t0(_mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a.table)))),
           t1(_mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a.table + 16)))) {}
@@ -480,12 +492,25 @@ void fast_tile(const uint8_t* W, size_t rb, const Plan& pl, const Acts* a, float
             header<Fmt::H>(blk[r], d, m[r]);
             dw[r] = d * ts;
         }
+        if constexpr (RN == 1 && RM > 1) prefetch_ahead(W, pl.prefetch, b * RM * f.block_bytes, RM * f.block_bytes);
         const int64_t kb = b * fmt.per;
+        // the block's q8 blocks with their activation scales, then the weight scale once
+        __m256 bacc[RM][RN];
+#pragma GCC unroll 8
+        for (int r = 0; r < RM; ++r)
+#pragma GCC unroll 8
+            for (int t = 0; t < RN; ++t) bacc[r][t] = _mm256_setzero_ps();
         for (int64_t k = 0; k < fmt.per; ++k) {
             __m256i aw[RM], sg[RM];
 #pragma GCC unroll 8
             for (int r = 0; r < RM; ++r) fmt.decode(blk[r], k, aw[r], sg[r]);
-            mac_block<Fmt::U, Fmt::SW>(aw, sg, dw, a, kb + k, acc);
+            mac_block<Fmt::U, Fmt::SW>(aw, sg, a, kb + k, bacc);
+        }
+#pragma GCC unroll 8
+        for (int r = 0; r < RM; ++r) {
+            const __m256 vd = _mm256_broadcast_ss(dw + r);
+#pragma GCC unroll 8
+            for (int t = 0; t < RN; ++t) acc[r][t] = _mm256_fmadd_ps(bacc[r][t], vd, acc[r][t]);
         }
         if constexpr (Fmt::U) {
             // Per token the block's activation sum once (shared by the rows), then one FMA per
