@@ -181,8 +181,6 @@ void rms_norm(const float* x, const float* w, float* out, int64_t n, double eps)
     for (int64_t i = 0; i < n; ++i) out[i] = w[i] * (x[i] * scale);
 }
 
-inline float silu(float g) { return g / (1.0f + std::exp(-g)); }
-
 }  // namespace
 
 // ---- Model ----------------------------------------------------------------------------------------
@@ -601,11 +599,7 @@ void Model::forward(const int32_t* tokens, int64_t T, float* logits, bool all_lo
                 kernels::matmul(L.gate.p, L.gate.data, L.gate.row_bytes, E, m.a_gate.buf.data(), T, m.gate.data(), F, r0, r1);
                 kernels::matmul(L.up.p, L.up.data, L.up.row_bytes, E, au, T, m.up.data(), F, r0, r1);
             }
-            for (int64_t t = 0; t < T; ++t) {
-                float* g = m.gate.data() + t * F;
-                const float* u = m.up.data() + t * F;
-                for (int64_t r = r0; r < r1; ++r) g[r] = silu(g[r]) * u[r];
-            }
+            for (int64_t t = 0; t < T; ++t) swiglu(m.gate.data() + t * F + r0, m.up.data() + t * F + r0, r1 - r0);
         });
         act_quant(m.gate.data(), F);
         prepare(L.down, m.gate.data(), F, m.a_down);

@@ -85,7 +85,11 @@ void attend_f16_scalar(const float* q, const uint16_t* K, const uint16_t* V, int
     }
 }
 
-const detail::OpsTable kScalar = {to_fp16_scalar, attend_f32_scalar, attend_f16_scalar, "scalar"};
+void swiglu_scalar(float* g, const float* u, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) g[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
+}
+
+const detail::OpsTable kScalar = {to_fp16_scalar, attend_f32_scalar, attend_f16_scalar, swiglu_scalar, "scalar"};
 
 const detail::OpsTable& pick() {
     // QUANTCONV_ISA=scalar (the kernels' switch) also selects the portable routines here
@@ -116,6 +120,8 @@ void attend_f16(const float* q, const uint16_t* K, const uint16_t* V, int64_t n,
                 float* scores, float* out) {
     table().attend_f16(q, K, V, n, hd, scale, scores, out);
 }
+
+void swiglu(float* g, const float* u, int64_t n) { table().swiglu(g, u, n); }
 
 const char* ops_isa() { return table().name; }
 

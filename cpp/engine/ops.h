@@ -39,6 +39,9 @@ void attend_f32(const float* q, const float* K, const float* V, int64_t n, int64
 void attend_f16(const float* q, const uint16_t* K, const uint16_t* V, int64_t n, int64_t hd, float scale,
                 float* scores, float* out);
 
+// SwiGLU in place: g[i] = silu(g[i]) * u[i], silu(x) = x / (1 + e^-x).
+void swiglu(float* g, const float* u, int64_t n);
+
 // Which implementation is in use ("avx2" or "scalar").
 const char* ops_isa();
 
@@ -47,6 +50,7 @@ struct OpsTable {
     void (*to_fp16)(const float*, uint16_t*, int64_t);
     void (*attend_f32)(const float*, const float*, const float*, int64_t, int64_t, float, float*, float*);
     void (*attend_f16)(const float*, const uint16_t*, const uint16_t*, int64_t, int64_t, float, float*, float*);
+    void (*swiglu)(float*, const float*, int64_t);
     const char* name;
 };
 #if defined(__x86_64__) || defined(_M_X64)
