@@ -106,6 +106,7 @@ struct Model::Impl {
     size_t kv_layer_stride = 0;
     // scratch for n_batch tokens
     Buffer<float> x, xn, q, k, v, att, proj, gate, up, scores;
+    size_t scores_per_thread = 0;  // attention scratch floats per thread (scores, attend_block_floats)
     ActsSlot a_q, a_k, a_v, a_o, a_gate, a_up, a_down, a_out;
     ActQuant act;  // inactive unless the file asks for quantized activations
     std::unique_ptr<ThreadPool> pool;
@@ -336,7 +337,8 @@ void Model::set_threads(int n) {
     if (m.pool && m.pool->size() == n) return;
     m.pool.reset();
     m.pool = std::make_unique<ThreadPool>(n);
-    m.scores.resize(static_cast<size_t>(n) * static_cast<size_t>(n_ctx_));
+    m.scores_per_thread = static_cast<size_t>(attend_block_floats(n_ctx_, cfg_.head_dim));
+    m.scores.resize(static_cast<size_t>(n) * m.scores_per_thread);
 }
 
 void Model::reset() {
@@ -549,22 +551,31 @@ void Model::forward(const int32_t* tokens, int64_t T, float* logits, bool all_lo
                 }
             }
         });
-        // attention: one chunk per (token, head), handed out dynamically (later tokens see more keys)
-        const int64_t n_tasks = T * c.n_head;
+        // attention: one task per (block of up to kAttendBlock consecutive tokens, head), handed out
+        // dynamically (later tokens see more keys); a block reads each key and value row once for all
+        // its tokens. The heads of one KV group are neighbouring tasks (their rows stay in L2).
+        const int64_t n_blocks = (T + kAttendBlock - 1) / kAttendBlock, n_tasks = n_blocks * c.n_head;
         pool.run(std::min(n_tasks, ThreadPool::kMaxChunks), [&](int64_t ch, int64_t nch, int thread) {
-            float* sc = m.scores.data() + static_cast<size_t>(thread) * static_cast<size_t>(n_ctx_);
+            float* sc = m.scores.data() + static_cast<size_t>(thread) * m.scores_per_thread;
             int64_t k0, k1;
             split_range(n_tasks, ch, nch, 1, k0, k1);
             for (int64_t task = k0; task < k1; ++task) {
-                const int64_t t = task / c.n_head, h = task % c.n_head, g = h / group;
-                const int64_t n_keys = n_past + t + 1;
-                const float* q = m.q.data() + t * nq + h * hd;
-                float* o = m.att.data() + t * nq + h * hd;
+                const int64_t b = task / c.n_head, h = task % c.n_head, g = h / group;
+                const int64_t t0 = b * kAttendBlock, nb = std::min<int64_t>(kAttendBlock, T - t0);
+                const float* q = m.q.data() + t0 * nq + h * hd;
+                float* o = m.att.data() + t0 * nq + h * hd;
                 const size_t off = kv_off + static_cast<size_t>(g) * static_cast<size_t>(n_ctx_) * static_cast<size_t>(hd);
-                if (kv16)
-                    attend_f16(q, m.k16.data() + off, m.v16.data() + off, n_keys, hd, scale, sc, o);
-                else
-                    attend_f32(q, m.k32.data() + off, m.v32.data() + off, n_keys, hd, scale, sc, o);
+                const int64_t n_keys = n_past + t0 + 1;  // of the block's first token
+                if (nb == 1) {
+                    if (kv16) attend_f16(q, m.k16.data() + off, m.v16.data() + off, n_keys, hd, scale, sc, o);
+                    else attend_f32(q, m.k32.data() + off, m.v32.data() + off, n_keys, hd, scale, sc, o);
+                } else if (kv16) {
+                    attend_block_f16(q, nq, static_cast<int>(nb), m.k16.data() + off, m.v16.data() + off, n_keys, hd, scale,
+                                     sc, o, nq);
+                } else {
+                    attend_block_f32(q, nq, static_cast<int>(nb), m.k32.data() + off, m.v32.data() + off, n_keys, hd, scale,
+                                     sc, o, nq);
+                }
             }
         });
         act_quant(m.att.data(), nq);

@@ -89,7 +89,19 @@ void swiglu_scalar(float* g, const float* u, int64_t n) {
     for (int64_t i = 0; i < n; ++i) g[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
 }
 
-const detail::OpsTable kScalar = {to_fp16_scalar, attend_f32_scalar, attend_f16_scalar, swiglu_scalar, "scalar"};
+// The portable block versions: one query after the other (the same values as attend_*).
+void attend_block_f32_scalar(const float* q, int64_t ldq, int nq, const float* K, const float* V, int64_t n0,
+                             int64_t hd, float scale, float* scratch, float* out, int64_t ldo) {
+    for (int j = 0; j < nq; ++j) attend_f32_scalar(q + j * ldq, K, V, n0 + j, hd, scale, scratch, out + j * ldo);
+}
+
+void attend_block_f16_scalar(const float* q, int64_t ldq, int nq, const uint16_t* K, const uint16_t* V, int64_t n0,
+                             int64_t hd, float scale, float* scratch, float* out, int64_t ldo) {
+    for (int j = 0; j < nq; ++j) attend_f16_scalar(q + j * ldq, K, V, n0 + j, hd, scale, scratch, out + j * ldo);
+}
+
+const detail::OpsTable kScalar = {to_fp16_scalar,         attend_f32_scalar,       attend_f16_scalar, swiglu_scalar,
+                                  attend_block_f32_scalar, attend_block_f16_scalar, "scalar"};
 
 const detail::OpsTable& pick() {
     // QUANTCONV_ISA=scalar (the kernels' switch) also selects the portable routines here
@@ -122,6 +134,18 @@ void attend_f16(const float* q, const uint16_t* K, const uint16_t* V, int64_t n,
 }
 
 void swiglu(float* g, const float* u, int64_t n) { table().swiglu(g, u, n); }
+
+int64_t attend_block_floats(int64_t n_ctx, int64_t hd) { return kAttendBlock * (n_ctx + 8) + kAttendBlock * hd; }
+
+void attend_block_f32(const float* q, int64_t ldq, int nq, const float* K, const float* V, int64_t n0, int64_t hd,
+                      float scale, float* scratch, float* out, int64_t ldo) {
+    table().attend_block_f32(q, ldq, nq, K, V, n0, hd, scale, scratch, out, ldo);
+}
+
+void attend_block_f16(const float* q, int64_t ldq, int nq, const uint16_t* K, const uint16_t* V, int64_t n0,
+                      int64_t hd, float scale, float* scratch, float* out, int64_t ldo) {
+    table().attend_block_f16(q, ldq, nq, K, V, n0, hd, scale, scratch, out, ldo);
+}
 
 const char* ops_isa() { return table().name; }
 

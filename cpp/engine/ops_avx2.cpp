@@ -3,6 +3,7 @@
 // no AVX2 copy of a shared inline function can leak into code that runs on older CPUs.
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 
@@ -79,32 +80,42 @@ inline __m256 dot_q8keys(const float* q, const KV* k, int64_t hd) {
     return hsum8(acc);
 }
 
+// attend() in three phases that attend_block() shares, so that both give the same values per query.
+
+// Scores of keys [k0, k1) (k0 a multiple of 8; keys past the last multiple of 8 below n only when k1 ==
+// n) into scores, their max into vmx / mx.
 template <class KV>
-void attend(const float* q, const KV* K, const KV* V, int64_t n, int64_t hd, float scale, float* scores, float* out) {
-    // scores and their max
-    float mx = -INFINITY;
-    int64_t j = 0;
+inline void score_range(const float* q, const KV* K, int64_t k0, int64_t k1, int64_t n, int64_t hd, float scale,
+                        float* scores, __m256& vmx, float& mx) {
+    int64_t j = k0;
     if (hd % 8 == 0) {
         const __m256 vs = _mm256_set1_ps(scale);
-        __m256 vmx = _mm256_set1_ps(-INFINITY);
-        for (; j + 8 <= n; j += 8) {
+        for (; j + 8 <= k1; j += 8) {
             const __m256 s = _mm256_mul_ps(vs, dot_q8keys(q, K + j * hd, hd));
             _mm256_storeu_ps(scores + j, s);
             vmx = _mm256_max_ps(vmx, s);
         }
-        alignas(32) float m8[8];
-        _mm256_store_ps(m8, vmx);
-        for (float v : m8) mx = v > mx ? v : mx;
     }
-    for (; j < n; ++j) {
+    if (k1 < n && hd % 8 == 0) return;  // a full chunk: no tail here
+    for (; j < k1; ++j) {
         const float s = scale * dot_q(q, K + j * hd, hd);
         scores[j] = s;
         mx = s > mx ? s : mx;
     }
-    // exponentials and their sum
+}
+
+inline float max_of(__m256 vmx, float mx) {
+    alignas(32) float m8[8];
+    _mm256_store_ps(m8, vmx);
+    for (float v : m8) mx = v > mx ? v : mx;
+    return mx;
+}
+
+// scores[j] = e^(scores[j] - mx); returns their sum.
+inline float exp_scores(float* scores, int64_t n, float mx) {
     const __m256 m8 = _mm256_set1_ps(mx);
     __m256 vsum = _mm256_setzero_ps();
-    j = 0;
+    int64_t j = 0;
     for (; j + 8 <= n; j += 8) {
         const __m256 e = exp_neg(_mm256_sub_ps(_mm256_loadu_ps(scores + j), m8));
         _mm256_storeu_ps(scores + j, e);
@@ -116,35 +127,93 @@ void attend(const float* q, const KV* K, const KV* V, int64_t n, int64_t hd, flo
         scores[j] = e;
         sum += e;
     }
-    const float inv = 1.0f / sum;
-    // out = sum_j p_j V_j, 32 dimensions at a time in registers
+    return sum;
+}
+
+// o[d] += sum_{j in [k0, k1)} p_j V_j[d] for the first hd8 = hd rounded down to 8 dimensions, 32 at a
+// time in registers (each lane sums its keys in key order).
+template <class KV>
+inline void pv_range(const float* p, const KV* V, int64_t k0, int64_t k1, int64_t hd, float* o) {
     int64_t d0 = 0;
     for (; d0 + 32 <= hd; d0 += 32) {
-        __m256 o0 = _mm256_setzero_ps(), o1 = _mm256_setzero_ps(), o2 = _mm256_setzero_ps(), o3 = _mm256_setzero_ps();
-        for (j = 0; j < n; ++j) {
-            const __m256 p = _mm256_broadcast_ss(scores + j);
+        __m256 o0 = _mm256_loadu_ps(o + d0), o1 = _mm256_loadu_ps(o + d0 + 8), o2 = _mm256_loadu_ps(o + d0 + 16),
+               o3 = _mm256_loadu_ps(o + d0 + 24);
+        for (int64_t j = k0; j < k1; ++j) {
+            const __m256 pj = _mm256_broadcast_ss(p + j);
             const KV* v = V + j * hd + d0;
-            o0 = _mm256_fmadd_ps(p, load8(v), o0);
-            o1 = _mm256_fmadd_ps(p, load8(v + 8), o1);
-            o2 = _mm256_fmadd_ps(p, load8(v + 16), o2);
-            o3 = _mm256_fmadd_ps(p, load8(v + 24), o3);
+            o0 = _mm256_fmadd_ps(pj, load8(v), o0);
+            o1 = _mm256_fmadd_ps(pj, load8(v + 8), o1);
+            o2 = _mm256_fmadd_ps(pj, load8(v + 16), o2);
+            o3 = _mm256_fmadd_ps(pj, load8(v + 24), o3);
         }
-        const __m256 s = _mm256_set1_ps(inv);
-        _mm256_storeu_ps(out + d0, _mm256_mul_ps(o0, s));
-        _mm256_storeu_ps(out + d0 + 8, _mm256_mul_ps(o1, s));
-        _mm256_storeu_ps(out + d0 + 16, _mm256_mul_ps(o2, s));
-        _mm256_storeu_ps(out + d0 + 24, _mm256_mul_ps(o3, s));
+        _mm256_storeu_ps(o + d0, o0);
+        _mm256_storeu_ps(o + d0 + 8, o1);
+        _mm256_storeu_ps(o + d0 + 16, o2);
+        _mm256_storeu_ps(o + d0 + 24, o3);
     }
     for (; d0 + 8 <= hd; d0 += 8) {
-        __m256 o0 = _mm256_setzero_ps();
-        for (j = 0; j < n; ++j) o0 = _mm256_fmadd_ps(_mm256_broadcast_ss(scores + j), load8(V + j * hd + d0), o0);
-        _mm256_storeu_ps(out + d0, _mm256_mul_ps(o0, _mm256_set1_ps(inv)));
+        __m256 o0 = _mm256_loadu_ps(o + d0);
+        for (int64_t j = k0; j < k1; ++j) o0 = _mm256_fmadd_ps(_mm256_broadcast_ss(p + j), load8(V + j * hd + d0), o0);
+        _mm256_storeu_ps(o + d0, o0);
     }
-    for (; d0 < hd; ++d0) {
-        float o = 0.0f;
-        for (j = 0; j < n; ++j) o += scores[j] * load1(V + j * hd + d0);
-        out[d0] = o * inv;
+}
+
+// out = o * inv over the vector dimensions; the scalar remainder of hd from scratch.
+template <class KV>
+inline void finish(const float* p, const KV* V, int64_t n, int64_t hd, const float* o, float inv, float* out) {
+    const int64_t hd8 = hd / 8 * 8;
+    const __m256 s = _mm256_set1_ps(inv);
+    for (int64_t d = 0; d < hd8; d += 8) _mm256_storeu_ps(out + d, _mm256_mul_ps(_mm256_loadu_ps(o + d), s));
+    for (int64_t d = hd8; d < hd; ++d) {
+        float acc = 0.0f;
+        for (int64_t j = 0; j < n; ++j) acc += p[j] * load1(V + j * hd + d);
+        out[d] = acc * inv;
     }
+}
+
+template <class KV>
+void attend(const float* q, const KV* K, const KV* V, int64_t n, int64_t hd, float scale, float* scores, float* out) {
+    __m256 vmx = _mm256_set1_ps(-INFINITY);
+    float mx = -INFINITY;
+    score_range(q, K, 0, n, n, hd, scale, scores, vmx, mx);
+    const float inv = 1.0f / exp_scores(scores, n, max_of(vmx, mx));
+    // out doubles as the accumulator (it is written only at the end otherwise)
+    for (int64_t d = 0; d < hd; ++d) out[d] = 0.0f;
+    pv_range(scores, V, 0, n, hd, out);
+    finish(scores, V, n, hd, out, inv, out);
+}
+
+// Keys per chunk in attend_block: 64 rows of K or V (16 KB at hd = 64 in fp32) stay in L1 while every
+// query of the block uses them.
+constexpr int64_t kKeyChunk = 64;
+
+template <class KV>
+void attend_block(const float* q, int64_t ldq, int nq, const KV* K, const KV* V, int64_t n0, int64_t hd, float scale,
+                  float* scratch, float* out, int64_t ldo) {
+    const int64_t stride = (n0 + nq + 7) / 8 * 8;
+    float* acc = scratch + nq * stride;  // nq x hd accumulators
+    __m256 vmx[kAttendBlock];
+    float mx[kAttendBlock], inv[kAttendBlock];
+    for (int j = 0; j < nq; ++j) {
+        vmx[j] = _mm256_set1_ps(-INFINITY);
+        mx[j] = -INFINITY;
+    }
+    const int64_t n_last = n0 + nq - 1;
+    for (int64_t c0 = 0; c0 < n_last; c0 += kKeyChunk)
+        for (int j = 0; j < nq; ++j) {
+            const int64_t n = n0 + j, c1 = std::min(c0 + kKeyChunk, n);
+            if (c0 < c1) score_range(q + j * ldq, K, c0, c1, n, hd, scale, scratch + j * stride, vmx[j], mx[j]);
+        }
+    for (int j = 0; j < nq; ++j) {
+        inv[j] = 1.0f / exp_scores(scratch + j * stride, n0 + j, max_of(vmx[j], mx[j]));
+        for (int64_t d = 0; d < hd; ++d) acc[j * hd + d] = 0.0f;
+    }
+    for (int64_t c0 = 0; c0 < n_last; c0 += kKeyChunk)
+        for (int j = 0; j < nq; ++j) {
+            const int64_t c1 = std::min(c0 + kKeyChunk, n0 + j);
+            if (c0 < c1) pv_range(scratch + j * stride, V, c0, c1, hd, acc + j * hd);
+        }
+    for (int j = 0; j < nq; ++j) finish(scratch + j * stride, V, n0 + j, hd, acc + j * hd, inv[j], out + j * ldo);
 }
 
 void to_fp16_avx2(const float* x, uint16_t* out, int64_t n) {
@@ -179,7 +248,18 @@ void swiglu_avx2(float* g, const float* u, int64_t n) {
     for (; i < n; ++i) g[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
 }
 
-const detail::OpsTable kAvx2 = {to_fp16_avx2, attend_f32_avx2, attend_f16_avx2, swiglu_avx2, "avx2"};
+void attend_block_f32_avx2(const float* q, int64_t ldq, int nq, const float* K, const float* V, int64_t n0, int64_t hd,
+                           float scale, float* scratch, float* out, int64_t ldo) {
+    attend_block<float>(q, ldq, nq, K, V, n0, hd, scale, scratch, out, ldo);
+}
+
+void attend_block_f16_avx2(const float* q, int64_t ldq, int nq, const uint16_t* K, const uint16_t* V, int64_t n0,
+                           int64_t hd, float scale, float* scratch, float* out, int64_t ldo) {
+    attend_block<uint16_t>(q, ldq, nq, K, V, n0, hd, scale, scratch, out, ldo);
+}
+
+const detail::OpsTable kAvx2 = {to_fp16_avx2,       attend_f32_avx2,       attend_f16_avx2, swiglu_avx2,
+                                attend_block_f32_avx2, attend_block_f16_avx2, "avx2"};
 
 }  // namespace
 
