@@ -130,31 +130,46 @@ inline float exp_scores(float* scores, int64_t n, float mx) {
     return sum;
 }
 
-// o[d] += sum_{j in [k0, k1)} p_j V_j[d] for the first hd8 = hd rounded down to 8 dimensions, 32 at a
-// time in registers (each lane sums its keys in key order).
+// o[d] += sum_{j in [k0, k1)} p_j V_j[d] for the first hd rounded down to 8 dimensions, 32 at a time in
+// registers: even and odd keys in separate accumulators (8 independent FMA chains instead of 4, which
+// left the loop waiting on FMA latency), added once at the end of the range. Callers use the same
+// ranges (kKeyChunk chunks from key 0) so that every caller sums in the same order.
 template <class KV>
 inline void pv_range(const float* p, const KV* V, int64_t k0, int64_t k1, int64_t hd, float* o) {
     int64_t d0 = 0;
     for (; d0 + 32 <= hd; d0 += 32) {
-        __m256 o0 = _mm256_loadu_ps(o + d0), o1 = _mm256_loadu_ps(o + d0 + 8), o2 = _mm256_loadu_ps(o + d0 + 16),
-               o3 = _mm256_loadu_ps(o + d0 + 24);
-        for (int64_t j = k0; j < k1; ++j) {
-            const __m256 pj = _mm256_broadcast_ss(p + j);
-            const KV* v = V + j * hd + d0;
-            o0 = _mm256_fmadd_ps(pj, load8(v), o0);
-            o1 = _mm256_fmadd_ps(pj, load8(v + 8), o1);
-            o2 = _mm256_fmadd_ps(pj, load8(v + 16), o2);
-            o3 = _mm256_fmadd_ps(pj, load8(v + 24), o3);
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+        int64_t j = k0;
+        for (; j + 2 <= k1; j += 2) {
+            const __m256 pa = _mm256_broadcast_ss(p + j), pb = _mm256_broadcast_ss(p + j + 1);
+            const KV* va = V + j * hd + d0;
+            const KV* vb = va + hd;
+            a0 = _mm256_fmadd_ps(pa, load8(va), a0);
+            a1 = _mm256_fmadd_ps(pa, load8(va + 8), a1);
+            a2 = _mm256_fmadd_ps(pa, load8(va + 16), a2);
+            a3 = _mm256_fmadd_ps(pa, load8(va + 24), a3);
+            b0 = _mm256_fmadd_ps(pb, load8(vb), b0);
+            b1 = _mm256_fmadd_ps(pb, load8(vb + 8), b1);
+            b2 = _mm256_fmadd_ps(pb, load8(vb + 16), b2);
+            b3 = _mm256_fmadd_ps(pb, load8(vb + 24), b3);
         }
-        _mm256_storeu_ps(o + d0, o0);
-        _mm256_storeu_ps(o + d0 + 8, o1);
-        _mm256_storeu_ps(o + d0 + 16, o2);
-        _mm256_storeu_ps(o + d0 + 24, o3);
+        if (j < k1) {
+            const __m256 pa = _mm256_broadcast_ss(p + j);
+            const KV* va = V + j * hd + d0;
+            a0 = _mm256_fmadd_ps(pa, load8(va), a0);
+            a1 = _mm256_fmadd_ps(pa, load8(va + 8), a1);
+            a2 = _mm256_fmadd_ps(pa, load8(va + 16), a2);
+            a3 = _mm256_fmadd_ps(pa, load8(va + 24), a3);
+        }
+        _mm256_storeu_ps(o + d0, _mm256_add_ps(_mm256_loadu_ps(o + d0), _mm256_add_ps(a0, b0)));
+        _mm256_storeu_ps(o + d0 + 8, _mm256_add_ps(_mm256_loadu_ps(o + d0 + 8), _mm256_add_ps(a1, b1)));
+        _mm256_storeu_ps(o + d0 + 16, _mm256_add_ps(_mm256_loadu_ps(o + d0 + 16), _mm256_add_ps(a2, b2)));
+        _mm256_storeu_ps(o + d0 + 24, _mm256_add_ps(_mm256_loadu_ps(o + d0 + 24), _mm256_add_ps(a3, b3)));
     }
     for (; d0 + 8 <= hd; d0 += 8) {
-        __m256 o0 = _mm256_loadu_ps(o + d0);
-        for (int64_t j = k0; j < k1; ++j) o0 = _mm256_fmadd_ps(_mm256_broadcast_ss(p + j), load8(V + j * hd + d0), o0);
-        _mm256_storeu_ps(o + d0, o0);
+        __m256 a0 = _mm256_setzero_ps();
+        for (int64_t j = k0; j < k1; ++j) a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(p + j), load8(V + j * hd + d0), a0);
+        _mm256_storeu_ps(o + d0, _mm256_add_ps(_mm256_loadu_ps(o + d0), a0));
     }
 }
 
@@ -171,6 +186,10 @@ inline void finish(const float* p, const KV* V, int64_t n, int64_t hd, const flo
     }
 }
 
+// Keys per chunk of the value sums (and, in attend_block, of the score pass): 64 rows of K or V (16 KB at
+// hd = 64 in fp32) stay in L1 while every query of a block uses them.
+constexpr int64_t kKeyChunk = 64;
+
 template <class KV>
 void attend(const float* q, const KV* K, const KV* V, int64_t n, int64_t hd, float scale, float* scores, float* out) {
     __m256 vmx = _mm256_set1_ps(-INFINITY);
@@ -179,13 +198,9 @@ void attend(const float* q, const KV* K, const KV* V, int64_t n, int64_t hd, flo
     const float inv = 1.0f / exp_scores(scores, n, max_of(vmx, mx));
     // out doubles as the accumulator (it is written only at the end otherwise)
     for (int64_t d = 0; d < hd; ++d) out[d] = 0.0f;
-    pv_range(scores, V, 0, n, hd, out);
+    for (int64_t c0 = 0; c0 < n; c0 += kKeyChunk) pv_range(scores, V, c0, std::min(c0 + kKeyChunk, n), hd, out);
     finish(scores, V, n, hd, out, inv, out);
 }
-
-// Keys per chunk in attend_block: 64 rows of K or V (16 KB at hd = 64 in fp32) stay in L1 while every
-// query of the block uses them.
-constexpr int64_t kKeyChunk = 64;
 
 template <class KV>
 void attend_block(const float* q, int64_t ldq, int nq, const KV* K, const KV* V, int64_t n0, int64_t hd, float scale,
