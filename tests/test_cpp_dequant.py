@@ -355,3 +355,4 @@ def test_native_cpp_tests(flags):
     proc = subprocess.run(["bash", str(script), *flags], cwd=ROOT, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, f"run_native_tests.sh failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     assert "checks passed" in proc.stdout
+    assert "test_thread_pool: all" in proc.stdout

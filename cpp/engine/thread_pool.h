@@ -1,18 +1,25 @@
 // A small fork-join pool of std::threads for the engine.
 //
 // run(n_chunks, fn) calls fn(chunk, n_chunks, thread) once for every chunk in [0, n_chunks) and returns
-// when all have finished. Chunks are handed out dynamically (an atomic counter that the calling thread
-// and the workers claim from), so a worker that the OS has not scheduled (other processes on the
-// cores) simply gets no chunks instead of stalling the job: the caller then does the work itself.
-// `thread` (0 = the caller, 1..size()-1 the workers) indexes per-thread scratch.
+// when all have finished. `thread` (0 = the caller, 1..size()-1 the workers) indexes per-thread scratch.
 //
-// Workers spin briefly between jobs (one decode step is a few hundred short jobs), then sleep on a
-// condition variable so an idle model costs no CPU. Nothing is allocated after construction.
+// Chunks are dealt out in contiguous ranges, one per thread (thread i owns [i n / N, (i + 1) n / N)),
+// each range with its own claim counter on its own cache line: a thread claims its chunks without
+// touching a line another thread writes, so a decode step's ~150 small jobs cost no contended atomics
+// per chunk (one shared counter per job, which every chunk claimed and retired through, made each
+// claim a cache-line transfer). A thread that runs out steals from the other ranges, so a worker the
+// OS has not scheduled (other processes on the cores) stalls nothing: the caller does its chunks.
+// Each thread reports its finished chunks once per job.
+//
+// Workers spin between jobs for kSpinNs of wall time (a pause count means different times on
+// different cores), yielding the core now and then after the first part, then sleep on a condition
+// variable so an idle model costs no CPU. Nothing is allocated after construction.
 #pragma once
 
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -38,18 +45,24 @@ class ThreadPool {
 
    private:
     using call_fn = void (*)(void*, int64_t, int64_t, int);
+    // One thread's range of the current job: generation (24 bits) | range end (20) | next chunk (20).
+    struct alignas(64) Range {
+        std::atomic<uint64_t> word{0};
+    };
     void run_raw(int64_t n_chunks, void* ctx, call_fn call);
-    void work(uint64_t word, uint32_t gen, int thread);  // claims and runs chunks of job `gen`
+    void work(uint32_t gen, int thread);  // runs chunks of job `gen`: its own range, then steals
+    int64_t drain(Range& r, uint32_t gen, int thread);
     void worker(int thread);
 
     int n_ = 1;
     std::vector<std::thread> threads_;
+    std::unique_ptr<Range[]> ranges_;
     uint32_t gen_ = 0;          // the caller's count of jobs (24 bits are published)
-    void* ctx_ = nullptr;       // the current job; read only by a thread holding a claimed chunk
+    int64_t n_chunks_ = 0;      // the current job's; read only by a thread holding a claimed chunk
+    void* ctx_ = nullptr;
     call_fn call_ = nullptr;
-    // generation (24 bits) | chunk count (20 bits) | next chunk (20 bits)
-    alignas(64) std::atomic<uint64_t> claim_{0};
-    alignas(64) std::atomic<int64_t> done_{0};
+    alignas(64) std::atomic<uint32_t> job_{0};   // generation of the latest job (what workers wait on)
+    alignas(64) std::atomic<int64_t> done_{0};   // chunks finished in the current job
     alignas(64) std::atomic<int> sleepers_{0};
     std::atomic<bool> stop_{false};
     std::mutex mutex_;

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Configure, build and run the standalone C++ tests of cpp/quant and cpp/kernels with plain CMake and the system
+# Configure, build and run the standalone C++ tests of cpp/quant, cpp/kernels and the engine's thread pool with plain CMake and the system
 # C++ compiler (no Python, no nanobind), into build/cpp-tests (build/cpp-tests-sanitize with
 # -DSANITIZE=ON).
 #
-#   cpp/tests/run_native_tests.sh                  # Release build, run test_dequant and test_kernels
+#   cpp/tests/run_native_tests.sh                  # Release build, run test_dequant, test_kernels, test_thread_pool
 #   cpp/tests/run_native_tests.sh -DSANITIZE=ON    # -fsanitize=address,undefined
 #   CXX=clang++ cpp/tests/run_native_tests.sh      # another compiler; extra args go to cmake
 #
@@ -28,7 +28,7 @@ fi
 
 cmake -S "$root/cpp" -B "$build" ${generator[@]+"${generator[@]}"} \
   -DQUANTCONV_BUILD_PYTHON=OFF -DQUANTCONV_BUILD_TESTS=ON "$@"
-cmake --build "$build" --target test_dequant test_kernels --parallel "${QUANTCONV_JOBS:-2}"
+cmake --build "$build" --target test_dequant test_kernels test_thread_pool --parallel "${QUANTCONV_JOBS:-2}"
 
 runner=()
 if [ -n "${QUANTCONV_TEST_RUNNER:-}" ]; then
@@ -36,3 +36,4 @@ if [ -n "${QUANTCONV_TEST_RUNNER:-}" ]; then
 fi
 ${runner[@]+"${runner[@]}"} "$build/test_dequant"
 ${runner[@]+"${runner[@]}"} "$build/test_kernels"
+${runner[@]+"${runner[@]}"} "$build/test_thread_pool"
