@@ -9,6 +9,7 @@ Also: decode tok/s as a fraction of the memory-bandwidth roofline (bytes read pe
 read bandwidth).
 
     python bench/speed.py [--threads 2] [--reps 3] [--json out.json] [--threads-scan 1,2] [--only-scan]
+    python bench/speed.py --threads 1 --clock cpu     # process CPU time: a loaded machine's preemption drops out
 
 --threads-scan also measures SF4 vs IQ4_NL and q8_0 vs q8_0 at each listed thread count (scaling).
 """
@@ -81,7 +82,12 @@ def main() -> None:
     ap.add_argument("--only-scan", action="store_true", help="only the --threads-scan table")
     ap.add_argument("--only", help="comma-separated vs-SF4 specs (e.g. mxint8,int4:asym): only those rows, "
                     "no llama.cpp rows")
+    ap.add_argument("--clock", choices=sorted(b.CLOCKS), default="wall",
+                    help="wall time, or process CPU time (meaningful at --threads 1 only: spinning threads add "
+                         "CPU time; on a machine shared with other jobs it leaves out the preempted time)")
     args = ap.parse_args()
+    if args.clock == "cpu" and (args.threads != 1 or (args.threads_scan and args.threads_scan.strip() != "1")):
+        ap.error("--clock cpu needs --threads 1 (several threads' CPU time includes their spinning)")
     ctx = args.prompt + args.gen + 32
     tmp = Path(tempfile.mkdtemp())
     source = open_source(None)
@@ -110,7 +116,7 @@ def main() -> None:
                 runners[label] = b.engine_runner(Engine(path, n_ctx=ctx, n_threads=threads))
             else:
                 runners[label] = b.llama_cpp_runner(peer_llama_cpp.load(str(path), ctx=ctx, threads=threads))
-        return b.measure(runners, 49152, args.prompt, args.gen, args.reps)
+        return b.measure(runners, 49152, args.prompt, args.gen, args.reps, clock=args.clock)
 
     if args.threads_scan:
         print(f"\nthread scaling, prompt {args.prompt}, gen {args.gen}, median of {args.reps}\n")
@@ -137,7 +143,7 @@ def main() -> None:
         rows.append((f"{spec} vs quantconv SF4", spec, r[spec], r["sf4"], 0.85, None))
 
     print(f"\nreference model, {args.threads} threads, prompt {args.prompt}, gen {args.gen}, median of "
-          f"{args.reps}; read bandwidth {bandwidth:.1f} GB/s (numpy, 1 thread)\n")
+          f"{args.reps}, {args.clock} clock; read bandwidth {bandwidth:.1f} GB/s (numpy, 1 thread)\n")
     print("| comparison | ours prefill | peer prefill | ratio | ours decode | peer decode | ratio | target | "
           "decode / roofline |\n|---|---|---|---|---|---|---|---|---|")
     out = []

@@ -37,35 +37,45 @@ def llama_cpp_runner(model) -> Runner:
     return Runner(model.reset, eval_tokens)
 
 
-def time_prefill(r: Runner, tokens: list[int]) -> float:
+# The clocks a measurement can use: wall time (what a user waits), or this process's CPU time. On a
+# machine shared with other jobs, CPU time at one thread leaves out the time the thread was preempted
+# (it still pays for the caches and memory bandwidth the others take); with several threads it would
+# also count their spinning, so it only means something at --threads 1.
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def time_prefill(r: Runner, tokens: list[int], clock: Callable[[], float] = time.perf_counter) -> float:
     r.reset()
-    t = time.perf_counter()
+    t = clock()
     r.eval(tokens)
-    return len(tokens) / (time.perf_counter() - t)
+    return len(tokens) / (clock() - t)
 
 
-def time_decode(r: Runner, prompt: list[int], gen: int, vocab: int) -> float:
+def time_decode(r: Runner, prompt: list[int], gen: int, vocab: int,
+                clock: Callable[[], float] = time.perf_counter) -> float:
     r.reset()
     r.eval(prompt)
     rng = np.random.default_rng(0)
     steps = [int(t) for t in rng.integers(100, min(vocab, 20000), size=gen)]
-    t = time.perf_counter()
+    t = clock()
     for tok in steps:   # the token fed back does not change the cost of a step
         r.eval([tok])
-    return gen / (time.perf_counter() - t)
+    return gen / (clock() - t)
 
 
 def measure(runners: dict[str, Runner], vocab: int, prompt: int = 512, gen: int = 64, reps: int = 3,
-            progress: Callable[[str], None] | None = None) -> dict[str, Speed]:
-    """Interleaves the runners rep by rep (A, B, A, B, ...) and reports each one's median."""
+            progress: Callable[[str], None] | None = None, clock: str = "wall") -> dict[str, Speed]:
+    """Interleaves the runners rep by rep (A, B, A, B, ...) and reports each one's median (`clock`: a
+    key of CLOCKS)."""
+    tick = CLOCKS[clock]
     rng = np.random.default_rng(1)
     prompt_tokens = [int(t) for t in rng.integers(100, min(vocab, 20000), size=prompt)]
     short = prompt_tokens[:16]
     samples = {name: {"prefill": [], "decode": []} for name in runners}
     for rep in range(reps + 1):            # rep 0 warms caches and page-ins, not counted
         for name, r in runners.items():
-            p = time_prefill(r, prompt_tokens)
-            d = time_decode(r, short, gen, vocab)
+            p = time_prefill(r, prompt_tokens, tick)
+            d = time_decode(r, short, gen, vocab, tick)
             if rep:
                 samples[name]["prefill"].append(p)
                 samples[name]["decode"].append(d)
