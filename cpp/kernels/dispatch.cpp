@@ -147,15 +147,16 @@ const int64_t kPrefetchGroups = [] {
 struct Kernels {
     vec_dot_fn dot = nullptr;
     tile_dot_fn tile = nullptr, rows = nullptr;
+    int64_t tile_rows = kTileRows;
 };
 
 Kernels pick(const quant::TypeParams& p, const Acts& a) {
     const KernelRow& row = table_of(active_isa()).row(p.layout);
     if (a.has_q8 && !exact()) {
-        if (row.fast) return {row.fast, row.fast_tile, row.fast_rows};
+        if (row.fast) return {row.fast, row.fast_tile, row.fast_rows, kTileRows};
         if (const vec_dot_fn f = scalar_table().row(p.layout).fast) return {f};
     }
-    return {row.exact, row.exact_tile, row.exact_rows};
+    return {row.exact, row.exact_tile, row.exact_rows, kExactTileRows};
 }
 
 }  // namespace
@@ -181,9 +182,10 @@ void matmul(const quant::TypeParams& p, const uint8_t* W, size_t row_bytes, int6
     const Plan pl = make_plan(p, cols);
     const Kernels k = pick(p, view_acts(base));
     // Row blocks whose weights stay in L2 (kRowBlockBytes) against token groups of kTileTokens
-    // (their q8 blocks stay in L1), kTileRows rows at a time through the table's tile kernel where
+    // (their q8 blocks stay in L1), k.tile_rows rows at a time through the table's tile kernel where
     // it has one; tokens and rows left over go one by one.
-    const int64_t block = std::max<int64_t>(kTileRows, static_cast<int64_t>(kRowBlockBytes / row_bytes) / kTileRows * kTileRows);
+    const int64_t tr = k.tile_rows;
+    const int64_t block = std::max<int64_t>(tr, static_cast<int64_t>(kRowBlockBytes / row_bytes) / tr * tr);
     for (int64_t b0 = r0; b0 < r1; b0 += block) {
         const int64_t b1 = std::min(r1, b0 + block);
         Acts ta[kTileTokens];
@@ -192,7 +194,7 @@ void matmul(const quant::TypeParams& p, const uint8_t* W, size_t row_bytes, int6
             for (; t + kTileTokens <= T; t += kTileTokens) {
                 for (int i = 0; i < kTileTokens; ++i) ta[i] = view_acts(base + static_cast<size_t>(t + i) * stride);
                 int64_t r = b0;
-                for (; r + kTileRows <= b1; r += kTileRows)
+                for (; r + tr <= b1; r += tr)
                     k.tile(W + static_cast<size_t>(r) * row_bytes, row_bytes, pl, ta, Y + t * ldy + r, ldy);
                 for (; r < b1; ++r)
                     for (int i = 0; i < kTileTokens; ++i) Y[(t + i) * ldy + r] = k.dot(W + static_cast<size_t>(r) * row_bytes, pl, ta[i]);

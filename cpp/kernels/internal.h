@@ -92,11 +92,14 @@ using vec_dot_fn = float (*)(const uint8_t* row, const Plan& pl, const Acts& a);
 
 // RM weight rows (row_bytes apart from W) against RN prepared activations at once: out[t * ldo + r] =
 // dot(row r, a[t]) for r < RM, t < RN (the tokens' acts share p and cols). Two shapes: matmul tiles
-// (kTileRows x kTileTokens: each decoded weight block serves several tokens, each activation block
-// several rows) and matvec row groups (kGroupRows x 1). Per (row, token) a shape must do the same
-// arithmetic in the same order as the row's vec_dot, so that matmul equals T matvecs bit for bit
-// (kernels.h; test_kernels checks it).
-constexpr int kTileRows = 2, kTileTokens = 4, kGroupRows = 4;
+// (kTileRows x kTileTokens for the integer fast paths, kExactTileRows x kTileTokens for the exact
+// paths: each decoded weight block serves several tokens, each activation block several rows) and
+// matvec row groups (kGroupRows x 1). Per (row, token) a shape must do the same arithmetic in the same
+// order as the row's vec_dot, so that matmul equals T matvecs bit for bit (kernels.h; test_kernels
+// checks it). The exact tiles are float FMA chains: 3 x 4 keeps 12 of them in flight, enough to hide
+// the FMA latency (F16 2x4 -> 3x4: -21% per matmul in kernels_bench); the integer tiles gain nothing
+// from a third row.
+constexpr int kTileRows = 2, kExactTileRows = 3, kTileTokens = 4, kGroupRows = 4;
 using tile_dot_fn = void (*)(const uint8_t* W, size_t row_bytes, const Plan& pl, const Acts* a, float* out, int64_t ldo);
 
 // One row per quant::Layout, in Layout order (ggml's type_traits style). `exact` is never null;

@@ -74,7 +74,7 @@ inline __m256 lut16(__m256 lo, __m256 hi, __m256i idx) {
 
 // ---- exact: float layouts -----------------------------------------------------------------------
 // RM rows x RN tokens at once (RM = RN = 1: the vec_dot; kGroupRows x 1: matvec row groups;
-// kTileRows x kTileTokens: matmul tiles). One accumulator per (row, token), 8 columns per FMA, then
+// kExactTileRows x kTileTokens: matmul tiles). One accumulator per (row, token), 8 columns per FMA, then
 // hsum and the scalar tail in column order: every shape does the same arithmetic per (row, token),
 // so matmul equals T matvecs bit for bit. Each converted weight vector serves RN tokens and each
 // activation vector RM rows.
@@ -665,7 +665,7 @@ constexpr KernelRow fast_row(vec_dot_fn exact) {
 }
 template <class L>
 constexpr KernelRow float_row() {
-    return {exact_float<L>, nullptr, exact_float_tile<L, kTileRows, kTileTokens>, nullptr,
+    return {exact_float<L>, nullptr, exact_float_tile<L, kExactTileRows, kTileTokens>, nullptr,
             exact_float_tile<L, kGroupRows, 1>, nullptr};
 }
 
