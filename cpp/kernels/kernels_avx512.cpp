@@ -1,7 +1,7 @@
 // AVX-512 kernels (F/BW/VL/DQ; dispatch.cpp also requires the VNNI/VBMI/BF16 flags this file is
-// built with): 512-bit exact paths, 16 weights at a time. 4-bit codes index a 16-float lut in one
-// register (vpermps), 5- and 6-bit codes a 32-float lut in two (vpermt2ps, twice for 6 bits;
-// sign-magnitude luts look up the magnitude in half the table).
+// built with): 512-bit exact paths of the plane-coded layouts, 16 weights at a time. 4-bit codes index
+// a 16-float lut in one register (vpermps), 5- and 6-bit codes a 32-float lut in two (vpermt2ps, twice
+// for 6 bits; sign-magnitude luts look up the magnitude in half the table).
 // The integer fast paths stay AVX2's: on Sapphire Rapids a VPDPBUSD version with 512-bit registers
 // (two q8 blocks per instruction) measured 10-50% slower than the AVX2 kernels, whose per-block
 // shuffles and scale broadcasts already fill the shuffle port that 512-bit code leans on.
@@ -52,49 +52,10 @@ inline __m512 scale_exact(__m512 v, __m512 d, __m512 m) {
     else return _mm512_mul_ps(d, v);
 }
 
-// ---- exact: float layouts -----------------------------------------------------------------------
-
-template <class Load16, class Load1>
-inline float dot_float_row(int64_t n, const float* x, Load16 load16, Load1 load1) {
-    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    int64_t i = 0;
-    for (; i + 64 <= n; i += 64) {
-        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(x + i), load16(i), a0);
-        a1 = _mm512_fmadd_ps(_mm512_loadu_ps(x + i + 16), load16(i + 16), a1);
-        a2 = _mm512_fmadd_ps(_mm512_loadu_ps(x + i + 32), load16(i + 32), a2);
-        a3 = _mm512_fmadd_ps(_mm512_loadu_ps(x + i + 48), load16(i + 48), a3);
-    }
-    for (; i + 16 <= n; i += 16) a0 = _mm512_fmadd_ps(_mm512_loadu_ps(x + i), load16(i), a0);
-    float s = hsum(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
-    for (; i < n; ++i) s += x[i] * load1(i);
-    return s;
-}
-
-float exact_f32(const uint8_t* row, const Plan& pl, const Acts& a) {
-    return dot_float_row(
-        pl.cols, a.x, [&](int64_t i) { return _mm512_loadu_ps(row + 4 * i); },
-        [&](int64_t i) {
-            float w;
-            std::memcpy(&w, row + 4 * i, sizeof w);
-            return w;
-        });
-}
-
-float exact_f16(const uint8_t* row, const Plan& pl, const Acts& a) {
-    return dot_float_row(
-        pl.cols, a.x, [&](int64_t i) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 2 * i))); },
-        [&](int64_t i) { return h2f(row + 2 * i); });
-}
-
-float exact_bf16(const uint8_t* row, const Plan& pl, const Acts& a) {
-    return dot_float_row(
-        pl.cols, a.x,
-        [&](int64_t i) {
-            const __m512i h = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 2 * i)));
-            return _mm512_castsi512_ps(_mm512_slli_epi32(h, 16));
-        },
-        [&](int64_t i) { return bits_to_f32(static_cast<uint32_t>(rd16(row + 2 * i)) << 16); });
-}
+// ---- exact: float layouts ----------------------------------------------------------------------
+// F32 / F16 / BF16 keep the AVX2 table's rows: their matmul tiles and matvec row groups are AVX2 code,
+// and a 512-bit vec_dot beside them would sum the leftover rows and tokens in another order, breaking
+// matmul == T matvecs bit for bit (kernels.h).
 
 // ---- exact: plane-coded layouts -----------------------------------------------------------------
 
@@ -229,14 +190,12 @@ float exact_planes(const uint8_t* row, const Plan& pl, const Acts& a) {
     }
 }
 
-// The AVX2 table with the exact paths replaced (NVFP4's exact path and every fast path stay AVX2).
+// The AVX2 table with the plane-coded exact paths replaced (which have no tiles or row groups there);
+// the float layouts, NVFP4's exact path and every fast path stay AVX2.
 KernelTable make_table() {
     KernelTable t = avx2_table();
     t.isa = Isa::AVX512;
     auto exact = [&](Layout l, vec_dot_fn fn) { t.rows[static_cast<size_t>(l)].exact = fn; };
-    exact(Layout::F32, exact_f32);
-    exact(Layout::F16, exact_f16);
-    exact(Layout::BF16, exact_bf16);
     for (Layout l : {Layout::IntSym, Layout::IntAsym, Layout::Codebook4, Layout::Mx, Layout::Bfp, Layout::Bmf,
                      Layout::Blog, Layout::Q8_0, Layout::Q4_0, Layout::Q4_1})
         exact(l, exact_planes);
