@@ -205,15 +205,17 @@ def markdown(table: Table) -> str:
              "Reference model SmolLM2-135M-Instruct (the built-in default source), perplexity ctx 512, 40 windows of "
              "wikitext-2-raw-test (20,440 scored tokens). `ours` = quantconv's runtime on the GGUF of the same recipe "
              "(`exact`: float path, `fast`: int8-activation path); `ORT` = onnxruntime 1.32 CPU on the ONNX file "
-             "converted from that GGUF. Δ% is ORT vs ours-exact (both compute with float32 activations; "
-             "int4:asym's fast path carries a known +2.5% gap under repair). Made by `bench/onnx_acceptance.py`.", "",
+             "converted from that GGUF (`gguf_to_onnx`: the same codes and scales). Δ% vs exact is the acceptance "
+             "number (both compute with float32 activations; the issue asks for |Δ| <= 0.5%); Δ% vs fast is for "
+             "information (the fast path quantizes activations to int8). MB = 10^6 bytes. Commands, times and "
+             "commits are in onnx_acceptance.json. Made by `bench/onnx_acceptance.py`.", "",
              "| dtype | recipe | flavor | ONNX MB | GGUF MB | ppl ours exact | ppl ours fast | ppl ORT | Δ% vs exact | Δ% vs fast | encoding (blk.0.attn_q) | fallbacks |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for key, r in sorted(d["rows"].items(), key=lambda kv: (kv[1]["recipe"] != "rtn", list(DTYPES).index(kv[1]["dtype"]), kv[1]["flavor"])):
         g = d["gguf"][f"{r['dtype']}|{r['recipe']}"]
         fb = "; ".join(f"{k}: {v}" for k, v in r["fallbacks"].items()) or "none"
         lines.append(f"| {r['spec']} | {r['recipe']} | {r['flavor']} | {r['onnx_bytes'] / 1e6:.1f} | {r['gguf_bytes'] / 1e6:.1f} | "
-                     f"{g['exact']['ppl']:.4f} | {g['fast']['ppl']:.4f} | {r['ort']['ppl']:.4f} | {r['delta_pct_vs_exact']:+.3f} | "
+                     f"{g['exact']['ppl']:.5f} | {g['fast']['ppl']:.5f} | {r['ort']['ppl']:.5f} | {r['delta_pct_vs_exact']:+.5f} | "
                      f"{r['delta_pct_vs_fast']:+.3f} | {r['encoding']} | {fb} |")
     missing = [k for k in d["gguf"] if not any(k2.startswith(k + "|") for k2 in d["rows"])]
     if missing:
@@ -222,9 +224,10 @@ def markdown(table: Table) -> str:
         bch = d["bench"]
         lines += ["", f"## Decode speed, one interleaved run ({bch['threads']} threads, prompt {bch['prompt']}, "
                       f"{bch['gen']} decode steps, median of {bch['reps']}; commit {bch['commit']})", "",
-                  "| engine / file | prefill tok/s | decode tok/s |", "|---|---|---|"]
+                  "| engine / file | prefill tok/s | decode tok/s | decode per rep |", "|---|---|---|---|"]
         for name, s in bch["speeds"].items():
-            lines.append(f"| {name} | {s['prefill_tok_s']:.1f} | {s['decode_tok_s']:.1f} |")
+            reps = ", ".join(f"{x:.1f}" for x in s["runs"]["decode"])
+            lines.append(f"| {name} | {s['prefill_tok_s']:.1f} | {s['decode_tok_s']:.1f} | {reps} |")
     return "\n".join(lines) + "\n"
 
 
@@ -244,6 +247,7 @@ def main() -> None:
     ap.add_argument("--redo-onnx", action="store_true", help="recompute ONNX rows already in the JSON")
     ap.add_argument("--keep-onnx", action="store_true", help="keep the .onnx files (default: delete after scoring)")
     ap.add_argument("--bench", action="store_true", help="only the decode-speed run (needs the int4:asym rtn GGUF)")
+    ap.add_argument("--report", action="store_true", help="only rewrite onnx_acceptance.md from the JSON")
     ap.add_argument("--prompt", type=int, default=128)
     ap.add_argument("--gen", type=int, default=32)
     ap.add_argument("--reps", type=int, default=3)
@@ -259,7 +263,7 @@ def main() -> None:
     table = Table(args.out)
     if args.bench:
         bench(table, args)
-    else:
+    elif not args.report:
         jobs = [(d, r) for r in args.recipes.split(",") for d in args.dtypes.split(",")]
         for i, (dtype, recipe) in enumerate(jobs, 1):
             log(f"({i}/{len(jobs)}) {dtype} {recipe}")
