@@ -93,9 +93,10 @@ def gguf_phase(table: Table, dtype: str, recipe: str, args) -> dict:
     g = table.data["gguf"].get(key, {})
     gguf = args.work / f"{slug(dtype, recipe)}.gguf"
     if not gguf.exists():
-        extra = ["--algo", "gptq", "--calib", str(args.calib)] if recipe == "gptq" else []
+        extra = ["--algo", "gptq", "--calib", str(args.calib), "--device", args.device] if recipe == "gptq" else []
+        source = [str(args.source)] if args.source else []   # default: the built-in reference model
         log(f"{key}: exporting GGUF ({'~10 min on 2 cores' if recipe == 'gptq' else 'seconds'})")
-        _, secs, cmd = cli("export", "-o", str(gguf), "--dtype", DTYPES[dtype], "-q", *extra)
+        _, secs, cmd = cli("export", *source, "-o", str(gguf), "--dtype", DTYPES[dtype], "-q", *extra)
         g = {"export_seconds": round(secs, 1), "export_command": cmd}
     g["gguf_bytes"] = gguf.stat().st_size
     for path, exact in (("exact", True), ("fast", False)):
@@ -241,6 +242,8 @@ def main() -> None:
     ap.add_argument("--phase", choices=("gguf", "onnx", "all"), default="all")
     ap.add_argument("--text", type=Path, default=DATA / "wikitext-2-raw-test.txt")
     ap.add_argument("--calib", type=Path, default=DATA / "wikitext-2-valid.txt")
+    ap.add_argument("--source", type=Path, help="model to export (default: the built-in reference model)")
+    ap.add_argument("--device", default="cpu", help="calibration device of the gptq recipe (cpu, cuda)")
     ap.add_argument("--ctx", type=int, default=512)
     ap.add_argument("--windows", type=int, default=40)
     ap.add_argument("--threads", type=int, default=2)

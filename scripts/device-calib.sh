@@ -4,6 +4,8 @@
 #   call 1: scripts/device-calib.sh setup          (carry .devcarryA: part 1, gguf wheel, texts)
 #   call 2+: scripts/device-calib.sh run SECONDS   (carry .devcarryB: part 2, and .devcarryR: results so far)
 #            scripts/device-calib.sh measure SECONDS  (carry .devcarryB: layer errors, 2-core GPTQ export time, sweep speeds)
+#   ONNX acceptance (issue 5, GPTQ rows): setup, then `ortsetup` (carry .whl: the onnxruntime 1.32 cp312 wheel),
+#            then `onnx SECONDS` (carry .devcarryB)
 # Results come back as $OUT/res.tgz (sweep folders and experiment JSON).
 set -e
 Q=/root/qc
@@ -55,5 +57,24 @@ measure)
   wait || true
   tail -n 5 $Q/res/*.log $Q/res/*.md
   tar czf $OUT/res.tgz --exclude="*.gguf" -C $Q res
+  ;;
+ortsetup)
+  # onnxruntime 1.32 (the onnx extra's version; the image has 1.30) from .whl, ahead of the image's on PYTHONPATH
+  python3 -m pip install -q --no-index --no-deps --no-compile --target $Q/site .whl/onnxruntime-*.whl
+  python3 -c "import onnxruntime, onnx; print('onnxruntime', onnxruntime.__version__, 'onnx', onnx.__version__)"
+  ;;
+onnx)
+  # issue 5's GPTQ rows: one bench/onnx_acceptance.py process per dtype (GPTQ on the GPU, evals on THREADS cores each)
+  [ -f $Q/ref.gguf ] || cat $Q/ref.part1 .devcarryB/ref.part2 > $Q/ref.gguf
+  mkdir -p $Q/res
+  for d in ${DTYPES:-int4:asym mxfp4 mxfp8 sf4 fp4-sp}; do
+    n=${d/:/-}
+    timeout $2 python3 bench/onnx_acceptance.py --work $Q/w-$n --out $Q/res/acc-$n --recipes gptq --dtypes $d \
+      --source $Q/ref.gguf --device cuda --threads ${THREADS:-3} --text $Q/wikitext-2-raw-test.txt \
+      --calib $Q/wikitext-2-valid.txt > $Q/res/acc-$n.log 2>&1 &
+  done
+  wait || true
+  tail -n 4 $Q/res/*.log
+  tar czf $OUT/res.tgz --exclude="*.gguf" --exclude="*.onnx*" -C $Q res
   ;;
 esac

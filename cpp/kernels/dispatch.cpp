@@ -6,8 +6,10 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "kernels/internal.h"
+#include "quant/traits.h"
 
 namespace quantconv::kernels {
 namespace {
@@ -148,6 +150,7 @@ struct Kernels {
     vec_dot_fn dot = nullptr;
     tile_dot_fn tile = nullptr, rows = nullptr;
     int64_t tile_rows = kTileRows;
+    bool exact = false;
 };
 
 Kernels pick(const quant::TypeParams& p, const Acts& a) {
@@ -156,7 +159,58 @@ Kernels pick(const quant::TypeParams& p, const Acts& a) {
         if (row.fast) return {row.fast, row.fast_tile, row.fast_rows, kTileRows};
         if (const vec_dot_fn f = scalar_table().row(p.layout).fast) return {f};
     }
-    return {row.exact, row.exact_tile, row.exact_rows, kExactTileRows};
+    return {row.exact, row.exact_tile, row.exact_rows, kExactTileRows, true};
+}
+
+// The exact path of a coded layout has no matmul tile: its vec_dot decodes every weight block again
+// for every token, which made an exact 512-token prefill 4-8x slower than the fast one. From this
+// many tokens on, matmul instead decodes each row block once (quant::dequantize_row: the values the
+// exact vec_dot multiplies by) into a per-thread float buffer and runs the F32 layout's exact tiles
+// on it. The sums then run in the F32 kernels' order: the result equals T matvecs of the dequantized
+// F32 rows bit for bit (test_kernels), and T matvecs of the coded rows only to float rounding.
+constexpr int64_t kDecodeOnceTokens = 16;
+
+const quant::TypeParams& f32_params() {
+    static const quant::TypeParams p = [] {
+        quant::TypeParams q;
+        q.layout = quant::Layout::F32;
+        quant::prepare_params(q);
+        return q;
+    }();
+    return p;
+}
+
+void matmul_decoded(const quant::TypeParams& p, const uint8_t* W, size_t row_bytes, int64_t cols, const uint8_t* base,
+                    size_t stride, int64_t T, float* Y, int64_t ldy, int64_t r0, int64_t r1) {
+    const KernelRow& f32 = table_of(active_isa()).row(quant::Layout::F32);
+    const size_t fb = static_cast<size_t>(cols) * sizeof(float);
+    const Plan pl = make_plan(f32_params(), cols);
+    const int64_t tr = f32.exact_tile ? kExactTileRows : 1;
+    // a block of decoded rows stays in L2 while every token group passes over it
+    const int64_t block = std::max<int64_t>(tr, static_cast<int64_t>(kRowBlockBytes / fb) / tr * tr);
+    thread_local std::vector<float> buf;
+    buf.resize(static_cast<size_t>(block * cols));
+    const auto* B = reinterpret_cast<const uint8_t*>(buf.data());
+    for (int64_t b0 = r0; b0 < r1; b0 += block) {
+        const int64_t n = std::min(r1, b0 + block) - b0;
+        // the weights were validated when the model was loaded: a bad block cannot occur here
+        for (int64_t i = 0; i < n; ++i)
+            quant::dequantize_row(p, W + static_cast<size_t>(b0 + i) * row_bytes, buf.data() + i * cols, cols);
+        Acts ta[kTileTokens];
+        int64_t t = 0;
+        if (f32.exact_tile)
+            for (; t + kTileTokens <= T; t += kTileTokens) {
+                for (int j = 0; j < kTileTokens; ++j) ta[j] = view_acts(base + static_cast<size_t>(t + j) * stride);
+                int64_t r = 0;
+                for (; r + tr <= n; r += tr) f32.exact_tile(B + r * fb, fb, pl, ta, Y + t * ldy + b0 + r, ldy);
+                for (; r < n; ++r)
+                    for (int j = 0; j < kTileTokens; ++j) Y[(t + j) * ldy + b0 + r] = f32.exact(B + r * fb, pl, ta[j]);
+            }
+        for (; t < T; ++t) {
+            const Acts a = view_acts(base + static_cast<size_t>(t) * stride);
+            for (int64_t r = 0; r < n; ++r) Y[t * ldy + b0 + r] = f32.exact(B + r * fb, pl, a);
+        }
+    }
 }
 
 }  // namespace
@@ -181,6 +235,10 @@ void matmul(const quant::TypeParams& p, const uint8_t* W, size_t row_bytes, int6
     const auto* base = static_cast<const uint8_t*>(acts);
     const Plan pl = make_plan(p, cols);
     const Kernels k = pick(p, view_acts(base));
+    if (k.exact && !k.tile && T >= kDecodeOnceTokens && p.layout != quant::Layout::F32) {
+        matmul_decoded(p, W, row_bytes, cols, base, stride, T, Y, ldy, r0, r1);
+        return;
+    }
     // Row blocks whose weights stay in L2 (kRowBlockBytes) against token groups of kTileTokens
     // (their q8 blocks stay in L1), k.tile_rows rows at a time through the table's tile kernel where
     // it has one; tokens and rows left over go one by one.

@@ -444,6 +444,42 @@ void test_q8_blocks(std::mt19937& rng) {
 #endif
 }
 
+// Exact matmul over enough tokens to decode each row block once (dispatch.cpp, kDecodeOnceTokens)
+// equals the exact matmul of the same rows dequantized to F32, bit for bit, on every ISA: the coded
+// rows are decoded to the values quant::dequantize_row gives and then run through the F32 kernels.
+void test_matmul_decoded(const Case& c, const std::vector<kernels::Isa>& isas, std::mt19937& rng) {
+    const int64_t rows = 7, T = 19, r0 = 1, r1 = 6, ldy = rows + 3;
+    const Weights W = make_weights(c, rows, rng);
+    TypeParams f32;
+    f32.layout = Layout::F32;
+    quant::prepare_params(f32);
+    const size_t fb = static_cast<size_t>(c.cols) * sizeof(float);
+    std::vector<float> Wf(static_cast<size_t>(rows * c.cols));
+    for (int64_t r = 0; r < rows; ++r)
+        check(quant::dequantize_row(c.p, W.bytes.data() + r * W.row_bytes, Wf.data() + r * c.cols, c.cols).ok(),
+              c.name + ": dequantize_row failed");
+    const size_t ab = kernels::acts_bytes(c.p, c.cols), fab = kernels::acts_bytes(f32, c.cols);
+    std::vector<uint8_t> acts(ab * T + 64), facts(fab * T + 64);
+    uint8_t* base = acts.data() + (64 - reinterpret_cast<uintptr_t>(acts.data()) % 64) % 64;
+    uint8_t* fbase = facts.data() + (64 - reinterpret_cast<uintptr_t>(facts.data()) % 64) % 64;
+    kernels::set_exact(true);
+    for (int64_t t = 0; t < T; ++t) {
+        const std::vector<float> x = make_x(c.cols, rng);
+        kernels::prepare_acts(c.p, x.data(), c.cols, base + static_cast<size_t>(t) * ab);
+        kernels::prepare_acts(f32, x.data(), c.cols, fbase + static_cast<size_t>(t) * fab);
+    }
+    for (kernels::Isa isa : isas) {
+        kernels::set_isa(isa);
+        std::vector<float> Y(static_cast<size_t>(T * ldy), -1.0f), F(static_cast<size_t>(T * ldy), -1.0f);
+        kernels::matmul(c.p, W.bytes.data(), W.row_bytes, c.cols, base, T, Y.data(), ldy, r0, r1);
+        kernels::matmul(f32, reinterpret_cast<const uint8_t*>(Wf.data()), fb, c.cols, fbase, T, F.data(), ldy, r0, r1);
+        check(std::memcmp(Y.data(), F.data(), Y.size() * sizeof(float)) == 0,
+              c.name + " [" + kernels::isa_name(isa) + "]: exact matmul of " + std::to_string(T) +
+                  " tokens != the F32 matmul of the dequantized rows");
+    }
+    kernels::set_exact(false);
+}
+
 int main() {
     try {
         test_dispatch();
@@ -459,7 +495,10 @@ int main() {
             ++n;
         }
         for (const Case& c : all_cases())
-            if (c.cols == 256) test_matmul(c, isas, rng);
+            if (c.cols == 256) {
+                test_matmul(c, isas, rng);
+                test_matmul_decoded(c, isas, rng);
+            }
         std::printf("test_kernels: %d cases\n", n);
     } catch (const std::exception& e) {
         std::fprintf(stderr, "test_kernels: unexpected exception: %s\n", e.what());
