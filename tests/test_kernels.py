@@ -7,7 +7,7 @@ themselves are decoded bit for bit).
 Fast path (int8 x int8 where the layout has one): it computes dequant(W) . x^, x^ = d_b q the
 q8-rounded activations (asymmetric blocks w = d c + m included: m multiplies the block sum of x^,
 not of x), except that table codes (codebooks, E2M1, symmetric 4-bit ints) use int8 stand-ins for
-their elements. Each x^_i is off by at most d_b / 2 (d_b = amax / 127 of its block of 32); a table
+their elements. Each x^_i is off by at most d_g / 2 (d_g = amax / 127 of its group of 4); a table
 element by at most 1/254 of its block's largest |w - m_b| (the table maps the largest |element| to an
 integer in [64, 127], picking the most accurate; at 127 the error is at most 0.5/127 of it); int8
 and unsigned codes are exact. So
@@ -95,9 +95,12 @@ def _exact_ints(dt) -> bool:
     return _asym(dt) or (d["elem_bits"] == 8 and d.get("element", "int8") == "int8")
 
 
+Q8_GROUP = 4   # activation values per q8 scale (cpp/kernels/internal.h, kQ8Group)
+
+
 def _q8_round(x: np.ndarray) -> np.ndarray:
     """x^ = d q, the fast path's activations, rounded as the C++ quantizer does (float32: id = 127 / amax)."""
-    xb = x.astype(np.float32).reshape(-1, 32)
+    xb = x.astype(np.float32).reshape(-1, Q8_GROUP)
     amax = np.abs(xb).max(axis=1, keepdims=True)
     d = amax / np.float32(127.0)
     with np.errstate(divide="ignore"):
@@ -109,8 +112,8 @@ def _q8_round(x: np.ndarray) -> np.ndarray:
 def _fast_bounds(dt, deq: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(worst-case bound, 6-sigma typical bound) of |fast - exact| per row (see the module docstring)."""
     rows, cols = deq.shape
-    xb = x.astype(np.float64).reshape(-1, 32)
-    half = np.repeat(np.abs(xb).max(axis=1) / 127.0 / 2.0 * 1.0001, 32)          # d_b / 2 per element
+    xb = x.astype(np.float64).reshape(-1, Q8_GROUP)
+    half = np.repeat(np.abs(xb).max(axis=1) / 127.0 / 2.0 * 1.0001, Q8_GROUP)    # d_g / 2 per element
     g = _sub_block(dt, cols)
     blocks = deq.reshape(rows, cols // g, g)
     asym = _asym(dt)

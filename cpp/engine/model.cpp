@@ -80,6 +80,7 @@ struct Weight {
     const uint8_t* data = nullptr;
     size_t row_bytes = 0;
     int64_t rows = 0, cols = 0;
+    bool fast = true;  // false: this weight always takes the kernels' exact path (QUANTCONV_EXACT_TENSORS)
 };
 
 struct LayerW {
@@ -149,6 +150,13 @@ Weight matrix(const std::map<std::string, TensorView>& t, const std::string& nam
     w.rows = rows;
     w.cols = cols;
     w.row_bytes = static_cast<size_t>(quant::row_bytes(tv.type, cols));
+    // QUANTCONV_EXACT_TENSORS=a,b,...: weights whose names contain one of these substrings take the exact
+    // path (float activations) while the rest stay fast: for measuring where the fast path's error comes from
+    if (const char* ex = std::getenv("QUANTCONV_EXACT_TENSORS")) {
+        std::string list = std::string(",") + ex + ",";
+        for (size_t a = 1, b; (b = list.find(',', a)) != std::string::npos; a = b + 1)
+            if (b > a && name.find(list.substr(a, b - a)) != std::string::npos) w.fast = false;
+    }
     return w;
 }
 
@@ -490,7 +498,7 @@ void Model::forward(const int32_t* tokens, int64_t T, float* logits, bool all_lo
         slot.stride = kernels::acts_bytes(w.p, w.cols);
         uint8_t* base = slot.buf.data();
         const size_t stride = slot.stride;
-        for_tokens([&](int64_t t) { kernels::prepare_acts(w.p, X + t * ldx, w.cols, base + static_cast<size_t>(t) * stride); });
+        for_tokens([&](int64_t t) { kernels::prepare_acts(w.p, X + t * ldx, w.cols, base + static_cast<size_t>(t) * stride, w.fast); });
     };
 
     // ---- embeddings
@@ -632,7 +640,7 @@ void Model::forward(const int32_t* tokens, int64_t T, float* logits, bool all_lo
         const Weight& w = m.output;
         m.a_out.stride = kernels::acts_bytes(w.p, E);
         for (int64_t t = 0; t < n_out; ++t)
-            kernels::prepare_acts(w.p, m.xn.data() + t * E, E, m.a_out.buf.data() + static_cast<size_t>(t) * m.a_out.stride);
+            kernels::prepare_acts(w.p, m.xn.data() + t * E, E, m.a_out.buf.data() + static_cast<size_t>(t) * m.a_out.stride, w.fast);
         const LinearJob job{&w, m.a_out.buf.data(), logits, c.n_vocab};
         run_linear(&job, 1, n_out);
     }

@@ -46,7 +46,7 @@ ActsLayout acts_layout(int64_t cols, bool q8) {
     size_t end = l.x + align_up(n * sizeof(float));
     if (q8) {
         l.d = end;
-        l.qsum = l.d + align_up(nb * sizeof(float));
+        l.qsum = l.d + align_up(nb * kQ8Scales * sizeof(float));
         l.q = l.qsum + align_up(nb * sizeof(float));
         end = l.q + align_up(n);
     }
@@ -162,18 +162,18 @@ q8_blocks_fn pick_q8_blocks() {
 }  // namespace
 
 void q8_blocks_portable(const float* x, int64_t nb, float* d, int8_t* q) {
-    for (int64_t b = 0; b < nb; ++b, x += kQ8Block, q += kQ8Block) {
+    for (int64_t g = 0; g < nb * kQ8Scales; ++g, x += kQ8Group, q += kQ8Group) {
         float amax = 0.0f;
-        for (int64_t i = 0; i < kQ8Block; ++i) amax = std::max(amax, std::fabs(x[i]));
+        for (int64_t i = 0; i < kQ8Group; ++i) amax = std::max(amax, std::fabs(x[i]));
         const float db = amax / 127.0f;
         const float id = db > 0.0f ? 127.0f / amax : 0.0f;
-        for (int64_t i = 0; i < kQ8Block; ++i) {
+        for (int64_t i = 0; i < kQ8Group; ++i) {
             float v = x[i] * id;
             v = v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v;
             if (v != v) v = 0.0f;  // NaN activations: keep the conversion defined
             q[i] = static_cast<int8_t>(std::lrint(v));
         }
-        d[b] = db;
+        d[g] = db;
     }
 }
 
@@ -264,9 +264,9 @@ size_t acts_bytes(const TypeParams& p, int64_t cols) {
     return acts_layout(cols < 0 ? 0 : cols, fast_supported(p, cols)).total;
 }
 
-void prepare_acts(const TypeParams& p, const float* x, int64_t cols, void* acts) {
+void prepare_acts(const TypeParams& p, const float* x, int64_t cols, void* acts, bool fast) {
     auto* base = static_cast<uint8_t*>(acts);
-    const bool q8 = fast_supported(p, cols);
+    const bool q8 = fast && fast_supported(p, cols);
     const ActsLayout l = acts_layout(cols, q8);
     ActsHeader h{};
     h.magic = kActsMagic;
@@ -282,7 +282,7 @@ void prepare_acts(const TypeParams& p, const float* x, int64_t cols, void* acts)
     static const q8_blocks_fn q8_blocks = pick_q8_blocks();
     q8_blocks(x, cols / kQ8Block, d, q);
     // Asymmetric weights (F16Affine: w = d * c + m) need, per q8 block, the sum of the activations
-    // that m multiplies. It is the sum of the *rounded* activations, qd * sum(q) (ggml's q8_1 way), not
+    // that m multiplies. It is the sum of the *rounded* activations, sum(qd * q) (ggml's q8_1 way), not
     // of x itself: then codes and offset both multiply the same x^ = qd * q, the fast path is
     // dequant(W) . x^ up to float rounding, and its error is sum(w * (x - x^)), as for symmetric
     // weights. With sum(x) the offset's part came out exact while the codes' part carried
@@ -291,10 +291,14 @@ void prepare_acts(const TypeParams& p, const float* x, int64_t cols, void* acts)
     BlockFmt f;
     const bool affine = block_fmt(p, cols, f) && f.hdr == Hdr::F16Affine;
     for (int64_t b = 0; b < cols / kQ8Block; ++b) {
-        int32_t s = 0;
+        float sum = 0.0f;
         if (affine)
-            for (int64_t i = 0; i < kQ8Block; ++i) s += q[b * kQ8Block + i];
-        qsum[b] = d[b] * static_cast<float>(s);  // |s| <= 32 * 127: exact in a float
+            for (int64_t g = 0; g < kQ8Scales; ++g) {
+                int32_t s = 0;
+                for (int64_t i = 0; i < kQ8Group; ++i) s += q[b * kQ8Block + g * kQ8Group + i];
+                sum += d[b * kQ8Scales + g] * static_cast<float>(s);
+            }
+        qsum[b] = sum;
     }
 }
 

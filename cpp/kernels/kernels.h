@@ -31,7 +31,9 @@ void set_exact(bool on);
 // Activations prepared for one weight type: holds the float copy (exact path) and/or the q8 blocks.
 // Prepare once per input vector and share it across all rows (and threads).
 size_t acts_bytes(const quant::TypeParams& p, int64_t cols);
-void prepare_acts(const quant::TypeParams& p, const float* x, int64_t cols, void* acts);
+// fast = false leaves the q8 section out: the kernels then take the exact path for these acts
+// (per weight, while the process-wide switch stays as it is).
+void prepare_acts(const quant::TypeParams& p, const float* x, int64_t cols, void* acts, bool fast = true);
 
 // y[r - r0] = dot(row r of W, x) for r in [r0, r1). W: rows of `row_bytes` bytes (quant::row_bytes).
 // `acts` comes from prepare_acts with the same p and cols. Thread-safe; no allocation.

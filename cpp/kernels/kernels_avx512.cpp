@@ -7,6 +7,8 @@
 // shuffles and scale broadcasts already fill the shuffle port that 512-bit code leans on.
 #include <immintrin.h>
 
+#include <cmath>
+
 #include "kernels/common.h"
 #include "kernels/x86_planes.h"
 
@@ -20,6 +22,7 @@
 namespace quantconv::kernels {
 namespace {
 
+using quant::ElemKind;
 using quant::Layout;
 
 inline float h2f(const uint8_t* p) { return _cvtsh_ss(rd16(p)); }
@@ -100,6 +103,30 @@ struct GatherLut {  // 7- and 8-bit codes
     __m512 operator()(__m128i c16) const { return _mm512_i32gather_ps(_mm512_cvtepu8_epi32(c16), lut, 4); }
 };
 
+// MX E4M3 / E5M2 codes decoded arithmetically (the AVX2 file's MiniFloat8Codes, 16 lanes): normal
+// magnitudes by moving the bits into float32's fields plus the bias difference, subnormal ones as
+// m * 2^(1 - bias - mbits), then the sign; the lut's values without a gather.
+struct MiniFloat8Codes {
+    __m512i mag_mask, exp_adj, sub_limit;
+    __m512 sub_scale;
+    unsigned mshift;
+    MiniFloat8Codes(int mbits, int bias)
+        : mag_mask(_mm512_set1_epi32(0x7F)),
+          exp_adj(_mm512_set1_epi32((127 - bias) << 23)),
+          sub_limit(_mm512_set1_epi32(1 << mbits)),
+          sub_scale(_mm512_set1_ps(std::ldexp(1.0f, 1 - bias - mbits))),
+          mshift(static_cast<unsigned>(23 - mbits)) {}
+    __m512 operator()(__m128i c16) const {
+        const __m512i c = _mm512_cvtepu8_epi32(c16);
+        const __m512i mag = _mm512_and_si512(c, mag_mask);
+        const __m512 normal = _mm512_castsi512_ps(_mm512_add_epi32(_mm512_sll_epi32(mag, _mm_cvtsi32_si128(static_cast<int>(mshift))), exp_adj));
+        const __m512 sub = _mm512_mul_ps(_mm512_cvtepi32_ps(mag), sub_scale);
+        const __m512 v = _mm512_mask_blend_ps(_mm512_cmplt_epi32_mask(mag, sub_limit), normal, sub);
+        const __m512i sign = _mm512_slli_epi32(_mm512_andnot_si512(mag_mask, c), 24);
+        return _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(v), sign));
+    }
+};
+
 // Up to 64 entries: vpermps (16) / vpermt2ps (32), and bit 5 of the code picks between two of those.
 template <int N>
 struct RegLut {
@@ -178,6 +205,8 @@ float exact_planes_h(const uint8_t* row, const Plan& pl, const Acts& a) {
             return exact_codes<H, 7>(row, pl, a, GatherLut{f.lut});
         default:
             if (pl.p->layout == Layout::Q8_0 || pl.p->layout == Layout::IntSym) return exact_codes<H, 8>(row, pl, a, Int8Codes{});
+            if (pl.p->layout == Layout::Mx && (pl.p->elem.kind == ElemKind::E4M3 || pl.p->elem.kind == ElemKind::E5M2))
+                return exact_codes<H, 8>(row, pl, a, MiniFloat8Codes(pl.p->elem.mbits, pl.p->elem.bias));
             return exact_codes<H, 8>(row, pl, a, GatherLut{f.lut});
     }
 }

@@ -225,9 +225,13 @@ float exact_nvfp4(const uint8_t* row, const Plan& pl, const Acts& a) {
 
 // ---- fast paths ---------------------------------------------------------------------------------
 
-// sum over 32 elements of w * q: SDOT on two 16-byte halves.
-inline int32x4_t dot32(int8x16_t w0, int8x16_t w1, const int8_t* q) {
-    return vdotq_s32(vdotq_s32(vdupq_n_s32(0), w0, vld1q_s8(q)), w1, vld1q_s8(q + 16));
+// acc += sum over 32 elements of w * q * (activation scale of the element's group of 4) * dw: SDOT
+// leaves elements 4i..4i+3 of each 16-byte half in lane i, which meets its scale lane for lane.
+inline float32x4_t mac32(float32x4_t acc, int8x16_t w0, int8x16_t w1, const int8_t* q, const float* dq, float dw) {
+    const int32x4_t s0 = vdotq_s32(vdupq_n_s32(0), w0, vld1q_s8(q));
+    const int32x4_t s1 = vdotq_s32(vdupq_n_s32(0), w1, vld1q_s8(q + 16));
+    acc = vfmaq_f32(acc, vcvtq_f32_s32(s0), vmulq_n_f32(vld1q_f32(dq), dw));
+    return vfmaq_f32(acc, vcvtq_f32_s32(s1), vmulq_n_f32(vld1q_f32(dq + 4), dw));
 }
 
 // 4-bit codes, G == 32 or a multiple of 64 (the element order of kernels_avx2.cpp's fast_nib4).
@@ -249,8 +253,7 @@ float fast_nib4(const uint8_t* row, const Plan& pl, const Acts& a) {
             float d, m;
             header<H>(row, d, m);
             const uint8x16_t v = vld1q_u8(row + f.hdr_bytes);
-            const int32x4_t s = dot32(decode(vandq_u8(v, m4)), decode(vshrq_n_u8(v, 4)), a.q + 32 * b);
-            acc0 = vfmaq_n_f32(acc0, vcvtq_f32_s32(s), d * a.tscale * a.d[b]);
+            acc0 = mac32(acc0, decode(vandq_u8(v, m4)), decode(vshrq_n_u8(v, 4)), a.q + 32 * b, a.d + kQ8Scales * b, d * a.tscale);
             if constexpr (U) off += m * a.qsum[b];
         }
         return vaddvq_f32(acc0) + off;
@@ -265,10 +268,8 @@ float fast_nib4(const uint8_t* row, const Plan& pl, const Acts& a) {
         for (int64_t c = 0; c < nh; ++c) {
             const uint8x16_t v0 = vld1q_u8(nib + 32 * c), v1 = vld1q_u8(nib + 32 * c + 16);
             const int64_t kl = kb + c, kh = kb + nh + c;
-            const int32x4_t sl = dot32(decode(vandq_u8(v0, m4)), decode(vandq_u8(v1, m4)), a.q + 32 * kl);
-            const int32x4_t sh = dot32(decode(vshrq_n_u8(v0, 4)), decode(vshrq_n_u8(v1, 4)), a.q + 32 * kh);
-            acc0 = vfmaq_n_f32(acc0, vcvtq_f32_s32(sl), dw * a.d[kl]);
-            acc1 = vfmaq_n_f32(acc1, vcvtq_f32_s32(sh), dw * a.d[kh]);
+            acc0 = mac32(acc0, decode(vandq_u8(v0, m4)), decode(vandq_u8(v1, m4)), a.q + 32 * kl, a.d + kQ8Scales * kl, dw);
+            acc1 = mac32(acc1, decode(vshrq_n_u8(v0, 4)), decode(vshrq_n_u8(v1, 4)), a.q + 32 * kh, a.d + kQ8Scales * kh, dw);
         }
         if constexpr (U)
             for (int64_t k = 0; k < f.G / 32; ++k) off += m * a.qsum[kb + k];
@@ -289,9 +290,11 @@ float fast_i8(const uint8_t* row, const Plan& pl, const Acts& a) {
         const int64_t kb = b * per;
         const int8_t* w = reinterpret_cast<const int8_t*>(row + f.hdr_bytes);
         for (int64_t k = 0; k < per; ++k) {
-            const int32x4_t s = dot32(vld1q_s8(w + 32 * k), vld1q_s8(w + 32 * k + 16), a.q + 32 * (kb + k));
-            if (k & 1) acc1 = vfmaq_n_f32(acc1, vcvtq_f32_s32(s), dw * a.d[kb + k]);
-            else acc0 = vfmaq_n_f32(acc0, vcvtq_f32_s32(s), dw * a.d[kb + k]);
+            const int8x16_t w0 = vld1q_s8(w + 32 * k), w1 = vld1q_s8(w + 32 * k + 16);
+            const int8_t* q = a.q + 32 * (kb + k);
+            const float* dq = a.d + kQ8Scales * (kb + k);
+            if (k & 1) acc1 = mac32(acc1, w0, w1, q, dq, dw);
+            else acc0 = mac32(acc0, w0, w1, q, dq, dw);
         }
     }
     return vaddvq_f32(vaddq_f32(acc0, acc1));
@@ -313,8 +316,7 @@ float fast_e2m3(const uint8_t* row, const Plan& pl, const Acts& a) {
         const uint8x16_t h1 = vcombine_u8(vand_u8(vshr_n_u8(p2, 4), m2), vshr_n_u8(p2, 6));  // 16..31
         const uint8x16_t c0 = vorrq_u8(vandq_u8(v, m4), vshlq_n_u8(h0, 4));
         const uint8x16_t c1 = vorrq_u8(vshrq_n_u8(v, 4), vshlq_n_u8(h1, 4));
-        const int32x4_t s = dot32(vqtbl4q_s8(tab, c0), vqtbl4q_s8(tab, c1), a.q + 32 * b);
-        acc = vfmaq_n_f32(acc, vcvtq_f32_s32(s), d * a.tscale * a.d[b]);
+        acc = mac32(acc, vqtbl4q_s8(tab, c0), vqtbl4q_s8(tab, c1), a.q + 32 * b, a.d + kQ8Scales * b, d * a.tscale);
     }
     return vaddvq_f32(acc);
 }
@@ -334,9 +336,9 @@ float fast_nvfp4(const uint8_t* row, const Plan& pl, const Acts& a) {
             const int8_t* q = a.q + 64 * b + 32 * h;
             const int32x4_t s0 = vdotq_s32(vdupq_n_s32(0), w0, vld1q_s8(q));
             const int32x4_t s1 = vdotq_s32(vdupq_n_s32(0), w1, vld1q_s8(q + 16));
-            const float u = a.tscale * a.d[2 * b + h];
-            acc = vfmaq_n_f32(acc, vcvtq_f32_s32(s0), pl.ue4m3_half[row[2 * h]] * u);
-            acc = vfmaq_n_f32(acc, vcvtq_f32_s32(s1), pl.ue4m3_half[row[2 * h + 1]] * u);
+            const float* dq = a.d + kQ8Scales * (2 * b + h);
+            acc = vfmaq_f32(acc, vcvtq_f32_s32(s0), vmulq_n_f32(vld1q_f32(dq), pl.ue4m3_half[row[2 * h]] * a.tscale));
+            acc = vfmaq_f32(acc, vcvtq_f32_s32(s1), vmulq_n_f32(vld1q_f32(dq + 4), pl.ue4m3_half[row[2 * h + 1]] * a.tscale));
         }
     }
     return vaddvq_f32(acc);

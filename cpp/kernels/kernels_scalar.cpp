@@ -108,14 +108,17 @@ float fast_planes(const uint8_t* row, const Plan& pl, const Acts& a) {
             const int64_t i0 = k * kQ8Block;
             unpack_range(row + f.hdr_bytes, f.G, f.bits, i0, i0 + kQ8Block, codes);
             const int8_t* q = a.q + (kb + k) * kQ8Block;
-            int32_t s = 0;
-            for (int t = 0; t < kQ8Block; ++t) {
-                const int w = fv == FastVal::Table  ? a.table[codes[t]]
-                              : fv == FastVal::Int8 ? static_cast<int8_t>(codes[t])
-                                                    : codes[t];
-                s += w * q[t];
+            const float* dq = a.d + (kb + k) * kQ8Scales;
+            for (int64_t g = 0; g < kQ8Scales; ++g) {  // one activation scale per kQ8Group values
+                int32_t s = 0;
+                for (int64_t t = g * kQ8Group; t < (g + 1) * kQ8Group; ++t) {
+                    const int w = fv == FastVal::Table  ? a.table[codes[t]]
+                                  : fv == FastVal::Int8 ? static_cast<int8_t>(codes[t])
+                                                        : codes[t];
+                    s += w * q[t];
+                }
+                acc += (dw * dq[g]) * static_cast<float>(s);
             }
-            acc += (dw * a.d[kb + k]) * static_cast<float>(s);
             if (fv == FastVal::Unsigned) acc += m * a.qsum[kb + k];
         }
     }
@@ -128,10 +131,14 @@ float fast_nvfp4(const uint8_t* row, const Plan& pl, const Acts& a) {
         for (int s = 0; s < 4; ++s) {
             const int64_t k = 2 * b + s / 2;               // q8 block of this 16-element sub-block
             const int8_t* q = a.q + 64 * b + 16 * s;
-            const uint8_t* c = row + 4 + 8 * s;
-            int32_t sum = 0;
-            for (int j = 0; j < 8; ++j) sum += a.table[c[j] & 0x0F] * q[j] + a.table[c[j] >> 4] * q[8 + j];
-            acc += (pl.ue4m3_half[row[s]] * a.tscale * a.d[k]) * static_cast<float>(sum);
+            const float* dq = a.d + k * kQ8Scales + (s % 2) * (16 / kQ8Group);
+            const uint8_t* c = row + 4 + 8 * s;            // low nibbles: elements 0..7, high: 8..15
+            for (int g = 0; g < 16 / kQ8Group; ++g) {
+                int32_t sum = 0;
+                for (int e = g * kQ8Group; e < (g + 1) * kQ8Group; ++e)
+                    sum += a.table[e < 8 ? c[e] & 0x0F : c[e - 8] >> 4] * q[e];
+                acc += (pl.ue4m3_half[row[s]] * a.tscale * dq[g]) * static_cast<float>(sum);
+            }
         }
     }
     return acc;

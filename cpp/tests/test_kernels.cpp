@@ -8,7 +8,7 @@
 //     blocks too: their offset m multiplies the block sum of x^, not of x), except that table codes
 //     stand in for their elements by int8 approximations. So the error is
 //       sum w_i (x_i - x^_i)  +  sum (w~_i - (w_i - m)) x^_i
-//     with |x_i - x^_i| <= d/2 (d = amax/127 of the q8 block of 32) and, for table codes only, the
+//     with |x_i - x^_i| <= d/2 (d = amax/127 of the element's group of kQ8Group = 4 values) and, for table codes only, the
 //     int8 element off by at most 1/254 of the block's largest |w - m| (the element table maps the
 //     largest |element| to an integer k >= 127 or to a smaller k with a smaller error); int8 and
 //     unsigned codes are their integers exactly. Besides the worst case, the error must stay
@@ -180,10 +180,10 @@ Refs references(const Weights& W, const std::vector<float>& x) {
     const int64_t nb = W.cols / kernels::kQ8Block;
     std::vector<float> xhat;
     if (W.cols % kernels::kQ8Block == 0) {
-        std::vector<float> d(static_cast<size_t>(nb));
+        std::vector<float> d(static_cast<size_t>(nb * kernels::kQ8Scales));
         std::vector<int8_t> q(x.size());
         kernels::q8_blocks_portable(x.data(), nb, d.data(), q.data());
-        for (size_t i = 0; i < x.size(); ++i) xhat.push_back(d[i / kernels::kQ8Block] * static_cast<float>(q[i]));
+        for (size_t i = 0; i < x.size(); ++i) xhat.push_back(d[i / kernels::kQ8Group] * static_cast<float>(q[i]));
     }
     for (float t : W.tab) R.exact_ints = R.exact_ints && t == 0.0f;
     for (int64_t r = 0; r < W.rows; ++r) {
@@ -195,13 +195,14 @@ Refs references(const Weights& W, const std::vector<float>& x) {
         }
         R.dot_hat.push_back(dh);
         R.hat_tol.push_back(ht + 1e-30);
-        for (int64_t b = 0; b < W.cols / kernels::kQ8Block; ++b) {
+        for (int64_t b = 0; b < W.cols / kernels::kQ8Group; ++b) {  // one q8 scale per group
+            const int64_t G = kernels::kQ8Group;
             double amax = 0;
-            for (int64_t i = 0; i < kernels::kQ8Block; ++i) amax = std::max(amax, std::fabs(double(x[size_t(b * 32 + i)])));
+            for (int64_t i = 0; i < G; ++i) amax = std::max(amax, std::fabs(double(x[size_t(b * G + i)])));
             const double half = amax / 127.0 / 2.0 * 1.0001;  // q8 rounding error bound
-            for (int64_t i = 0; i < kernels::kQ8Block; ++i) {
-                const size_t k = static_cast<size_t>(r * W.cols + b * 32 + i);
-                const double xi = x[size_t(b * 32 + i)];
+            for (int64_t i = 0; i < G; ++i) {
+                const size_t k = static_cast<size_t>(r * W.cols + b * G + i);
+                const double xi = x[size_t(b * G + i)];
                 const double wi = std::fabs(double(W.w[k])), tab = W.tab[k];
                 bound += wi * half + tab * (std::fabs(xi) + half);
                 // the same errors as independent uniform variables: the typical size of the sum
@@ -433,7 +434,7 @@ void test_q8_blocks(std::mt19937& rng) {
     const float specials[] = {NAN, INFINITY, -INFINITY, 0.0f, -0.0f, 1e-40f, 3e38f, 0.5f, -0.5f};
     for (size_t i = 0; i < x.size(); i += 7) x[i] = specials[(i / 7) % 9];
     for (int64_t i = 0; i < kernels::kQ8Block; ++i) x[static_cast<size_t>(32 + i)] = 0.0f;  // an all-zero block
-    std::vector<float> d0(nb), d1(nb);
+    std::vector<float> d0(static_cast<size_t>(nb * kernels::kQ8Scales)), d1(d0.size());
     std::vector<int8_t> q0(x.size()), q1(x.size());
     kernels::q8_blocks_portable(x.data(), nb, d0.data(), q0.data());
     kernels::q8_blocks_avx2(x.data(), nb, d1.data(), q1.data());
@@ -442,6 +443,35 @@ void test_q8_blocks(std::mt19937& rng) {
 #else
     (void)rng;
 #endif
+}
+
+// The exact path decodes every code to the value quant::dequantize_row gives: with a one-hot x the
+// exact matvec returns the weight itself (1 * w + zeros), so every decoder (luts, shuffles, the
+// arithmetic minifloat decode) is checked code by code, on every ISA.
+void test_exact_decode(const Case& c, const std::vector<kernels::Isa>& isas, std::mt19937& rng) {
+    const int64_t rows = 7;
+    const Weights W = make_weights(c, rows, rng);
+    std::vector<float> ref(static_cast<size_t>(rows * c.cols));
+    for (int64_t r = 0; r < rows; ++r)
+        quant::dequantize_row(c.p, W.bytes.data() + r * W.row_bytes, ref.data() + r * c.cols, c.cols);
+    std::vector<uint8_t> acts(kernels::acts_bytes(c.p, c.cols) + 64);
+    uint8_t* base = acts.data() + (64 - reinterpret_cast<uintptr_t>(acts.data()) % 64) % 64;
+    std::vector<float> x(static_cast<size_t>(c.cols), 0.0f), y(static_cast<size_t>(rows));
+    kernels::set_exact(true);
+    for (kernels::Isa isa : isas) {
+        kernels::set_isa(isa);
+        int bad = 0;
+        for (int64_t i = 0; i < c.cols; ++i) {
+            x[static_cast<size_t>(i)] = 1.0f;
+            kernels::prepare_acts(c.p, x.data(), c.cols, base);
+            kernels::matvec(c.p, W.bytes.data(), W.row_bytes, c.cols, base, y.data(), 0, rows);
+            for (int64_t r = 0; r < rows; ++r) bad += y[static_cast<size_t>(r)] != ref[static_cast<size_t>(r * c.cols + i)];
+            x[static_cast<size_t>(i)] = 0.0f;
+        }
+        check(bad == 0, c.name + " [" + kernels::isa_name(isa) + "]: " + std::to_string(bad) +
+                            " weights decoded by the exact path differ from dequantize_row");
+    }
+    kernels::set_exact(false);
 }
 
 // Exact matmul over enough tokens to decode each row block once (dispatch.cpp, kDecodeOnceTokens)
@@ -498,6 +528,7 @@ int main() {
             if (c.cols == 256) {
                 test_matmul(c, isas, rng);
                 test_matmul_decoded(c, isas, rng);
+                test_exact_decode(c, isas, rng);
             }
         std::printf("test_kernels: %d cases\n", n);
     } catch (const std::exception& e) {
