@@ -162,6 +162,40 @@ Kernels pick(const quant::TypeParams& p, const Acts& a) {
     return {row.exact, row.exact_tile, row.exact_rows, kExactTileRows, true};
 }
 
+// Rows per matmul row block: as many whole tiles as fit kRowBlockBytes (L2), at least one tile.
+int64_t row_block(const Kernels& k, size_t row_bytes) {
+    const int64_t tr = k.tile_rows;
+    return std::max<int64_t>(tr, static_cast<int64_t>(kRowBlockBytes / row_bytes) / tr * tr);
+}
+
+// The row loop of a matmul (rows [r0, r1) of W, T tokens whose acts lie stride bytes apart): row
+// blocks that stay in L2 against token groups of kTileTokens (their q8 blocks stay in L1),
+// k.tile_rows rows at a time through the table's tile kernel where it has one; tokens and rows left
+// over go one by one.
+void run_row_blocks(const Kernels& k, const Plan& pl, const uint8_t* W, size_t row_bytes, const uint8_t* base,
+                    size_t stride, int64_t T, float* Y, int64_t ldy, int64_t r0, int64_t r1) {
+    const int64_t tr = k.tile_rows, block = row_block(k, row_bytes);
+    for (int64_t b0 = r0; b0 < r1; b0 += block) {
+        const int64_t b1 = std::min(r1, b0 + block);
+        Acts ta[kTileTokens];
+        int64_t t = 0;
+        if (k.tile) {
+            for (; t + kTileTokens <= T; t += kTileTokens) {
+                for (int i = 0; i < kTileTokens; ++i) ta[i] = view_acts(base + static_cast<size_t>(t + i) * stride);
+                int64_t r = b0;
+                for (; r + tr <= b1; r += tr)
+                    k.tile(W + static_cast<size_t>(r) * row_bytes, row_bytes, pl, ta, Y + t * ldy + r, ldy);
+                for (; r < b1; ++r)
+                    for (int i = 0; i < kTileTokens; ++i) Y[(t + i) * ldy + r] = k.dot(W + static_cast<size_t>(r) * row_bytes, pl, ta[i]);
+            }
+        }
+        for (; t < T; ++t) {
+            const Acts a = view_acts(base + static_cast<size_t>(t) * stride);
+            for (int64_t r = b0; r < b1; ++r) Y[t * ldy + r] = k.dot(W + static_cast<size_t>(r) * row_bytes, pl, a);
+        }
+    }
+}
+
 // The exact path of a coded layout has no matmul tile: its vec_dot decodes every weight block again
 // for every token, which made an exact 512-token prefill 4-8x slower than the fast one. From this
 // many tokens on, matmul instead decodes each row block once (quant::dequantize_row: the values the
@@ -183,33 +217,18 @@ const quant::TypeParams& f32_params() {
 void matmul_decoded(const quant::TypeParams& p, const uint8_t* W, size_t row_bytes, int64_t cols, const uint8_t* base,
                     size_t stride, int64_t T, float* Y, int64_t ldy, int64_t r0, int64_t r1) {
     const KernelRow& f32 = table_of(active_isa()).row(quant::Layout::F32);
+    const Kernels k{f32.exact, f32.exact_tile, f32.exact_rows, kExactTileRows, true};
     const size_t fb = static_cast<size_t>(cols) * sizeof(float);
     const Plan pl = make_plan(f32_params(), cols);
-    const int64_t tr = f32.exact_tile ? kExactTileRows : 1;
-    // a block of decoded rows stays in L2 while every token group passes over it
-    const int64_t block = std::max<int64_t>(tr, static_cast<int64_t>(kRowBlockBytes / fb) / tr * tr);
+    const int64_t block = row_block(k, fb);  // decoded rows that stay in L2 while every token group passes
     thread_local std::vector<float> buf;
     buf.resize(static_cast<size_t>(block * cols));
-    const auto* B = reinterpret_cast<const uint8_t*>(buf.data());
     for (int64_t b0 = r0; b0 < r1; b0 += block) {
         const int64_t n = std::min(r1, b0 + block) - b0;
         // the weights were validated when the model was loaded: a bad block cannot occur here
         for (int64_t i = 0; i < n; ++i)
             quant::dequantize_row(p, W + static_cast<size_t>(b0 + i) * row_bytes, buf.data() + i * cols, cols);
-        Acts ta[kTileTokens];
-        int64_t t = 0;
-        if (f32.exact_tile)
-            for (; t + kTileTokens <= T; t += kTileTokens) {
-                for (int j = 0; j < kTileTokens; ++j) ta[j] = view_acts(base + static_cast<size_t>(t + j) * stride);
-                int64_t r = 0;
-                for (; r + tr <= n; r += tr) f32.exact_tile(B + r * fb, fb, pl, ta, Y + t * ldy + b0 + r, ldy);
-                for (; r < n; ++r)
-                    for (int j = 0; j < kTileTokens; ++j) Y[(t + j) * ldy + b0 + r] = f32.exact(B + r * fb, pl, ta[j]);
-            }
-        for (; t < T; ++t) {
-            const Acts a = view_acts(base + static_cast<size_t>(t) * stride);
-            for (int64_t r = 0; r < n; ++r) Y[t * ldy + b0 + r] = f32.exact(B + r * fb, pl, a);
-        }
+        run_row_blocks(k, pl, reinterpret_cast<const uint8_t*>(buf.data()), fb, base, stride, T, Y + b0, ldy, 0, n);
     }
 }
 
@@ -239,30 +258,7 @@ void matmul(const quant::TypeParams& p, const uint8_t* W, size_t row_bytes, int6
         matmul_decoded(p, W, row_bytes, cols, base, stride, T, Y, ldy, r0, r1);
         return;
     }
-    // Row blocks whose weights stay in L2 (kRowBlockBytes) against token groups of kTileTokens
-    // (their q8 blocks stay in L1), k.tile_rows rows at a time through the table's tile kernel where
-    // it has one; tokens and rows left over go one by one.
-    const int64_t tr = k.tile_rows;
-    const int64_t block = std::max<int64_t>(tr, static_cast<int64_t>(kRowBlockBytes / row_bytes) / tr * tr);
-    for (int64_t b0 = r0; b0 < r1; b0 += block) {
-        const int64_t b1 = std::min(r1, b0 + block);
-        Acts ta[kTileTokens];
-        int64_t t = 0;
-        if (k.tile) {
-            for (; t + kTileTokens <= T; t += kTileTokens) {
-                for (int i = 0; i < kTileTokens; ++i) ta[i] = view_acts(base + static_cast<size_t>(t + i) * stride);
-                int64_t r = b0;
-                for (; r + tr <= b1; r += tr)
-                    k.tile(W + static_cast<size_t>(r) * row_bytes, row_bytes, pl, ta, Y + t * ldy + r, ldy);
-                for (; r < b1; ++r)
-                    for (int i = 0; i < kTileTokens; ++i) Y[(t + i) * ldy + r] = k.dot(W + static_cast<size_t>(r) * row_bytes, pl, ta[i]);
-            }
-        }
-        for (; t < T; ++t) {
-            const Acts a = view_acts(base + static_cast<size_t>(t) * stride);
-            for (int64_t r = b0; r < b1; ++r) Y[t * ldy + r] = k.dot(W + static_cast<size_t>(r) * row_bytes, pl, a);
-        }
-    }
+    run_row_blocks(k, pl, W, row_bytes, base, stride, T, Y, ldy, r0, r1);
 }
 
 }  // namespace quantconv::kernels

@@ -433,7 +433,10 @@ struct Nib4G32 {
         // the 16 bytes in both lanes (a broadcast load), the upper lane shifted to its high nibbles: two
         // operations fewer than building the register from two 128-bit halves
         const __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + hdr)));
-        const __m256i c = _mm256_and_si256(_mm256_srlv_epi32(v, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4)), m4);
+        from_codes(_mm256_and_si256(_mm256_srlv_epi32(v, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4)), m4), aw, sg);
+    }
+    // 32 codes -> the weights (unsigned: the codes; else the table's int8 values and their magnitudes)
+    QC_INLINE void from_codes(__m256i c, __m256i& aw, __m256i& sg) const {
         if constexpr (U) {
             aw = c;
         } else {
@@ -441,26 +444,22 @@ struct Nib4G32 {
             aw = _mm256_sign_epi8(sg, sg);
         }
     }
+    // G = 64n (n = 2 * half q8 blocks): the 32 plane bytes at 32c hold q8 block c in their low nibbles
+    // and q8 block half + c in their high nibbles
+    QC_INLINE void decode_wide(const uint8_t* blk, int64_t k, int64_t half, __m256i& aw, __m256i& sg) const {
+        const bool hi = k >= half;
+        __m256i c = load32(blk + hdr + 32 * (hi ? k - half : k));
+        if (hi) c = _mm256_srli_epi16(c, 4);
+        from_codes(_mm256_and_si256(c, m4), aw, sg);
+    }
 };
 
-// G = 64n: the 32 plane bytes at 32c hold elements 32c.. (q8 block c, low nibbles) and G/2 + 32c..
-// (q8 block n + c, high nibbles).
+// G = 64n, any n (Nib4G32::decode_wide).
 template <Hdr H_, bool U_>
 struct Nib4Wide : Nib4G32<H_, U_> {
     const int64_t per, half;
     Nib4Wide(const Plan& pl, const Acts& a) : Nib4G32<H_, U_>(pl, a), per(pl.f.G / 32), half(pl.f.G / 64) {}
-    void decode(const uint8_t* blk, int64_t k, __m256i& aw, __m256i& sg) const {
-        const bool hi = k >= half;
-        __m256i c = load32(blk + this->hdr + 32 * (hi ? k - half : k));
-        if (hi) c = _mm256_srli_epi16(c, 4);
-        c = _mm256_and_si256(c, this->m4);
-        if constexpr (U_) {
-            aw = c;
-        } else {
-            sg = _mm256_shuffle_epi8(this->tab, c);
-            aw = _mm256_sign_epi8(sg, sg);
-        }
-    }
+    void decode(const uint8_t* blk, int64_t k, __m256i& aw, __m256i& sg) const { this->decode_wide(blk, k, half, aw, sg); }
 };
 
 // Nib4Wide with G = 32 * PER known at compile time (G = 64 and 128, the common groups): the
@@ -471,16 +470,7 @@ struct Nib4Fixed : Nib4G32<H_, U_> {
     static constexpr int64_t per = PER, half = PER / 2;
     Nib4Fixed(const Plan& pl, const Acts& a) : Nib4G32<H_, U_>(pl, a) {}
     QC_INLINE void decode(const uint8_t* blk, int64_t k, __m256i& aw, __m256i& sg) const {
-        const bool hi = k >= half;
-        __m256i c = load32(blk + this->hdr + 32 * (hi ? k - half : k));
-        if (hi) c = _mm256_srli_epi16(c, 4);
-        c = _mm256_and_si256(c, this->m4);
-        if constexpr (U_) {
-            aw = c;
-        } else {
-            sg = _mm256_shuffle_epi8(this->tab, c);
-            aw = _mm256_sign_epi8(sg, sg);
-        }
+        this->decode_wide(blk, k, half, aw, sg);  // half is a constant here: the branch folds away per k
     }
 };
 
