@@ -225,10 +225,14 @@ def markdown(table: Table) -> str:
         bch = d["bench"]
         lines += ["", f"## Decode speed, one interleaved run ({bch['threads']} threads, prompt {bch['prompt']}, "
                       f"{bch['gen']} decode steps, median of {bch['reps']}; commit {bch['commit']})", "",
-                  "| engine / file | prefill tok/s | decode tok/s | decode per rep |", "|---|---|---|---|"]
+                  "| engine / file | prefill tok/s | decode tok/s | prefill / llama.cpp | decode / llama.cpp | decode per rep |",
+                  "|---|---|---|---|---|---|"]
+        peer = next((v for k, v in bch["speeds"].items() if k.startswith("llama.cpp")), None)
         for name, s in bch["speeds"].items():
             reps = ", ".join(f"{x:.1f}" for x in s["runs"]["decode"])
-            lines.append(f"| {name} | {s['prefill_tok_s']:.1f} | {s['decode_tok_s']:.1f} | {reps} |")
+            ratios = (f"{s['prefill_tok_s'] / peer['prefill_tok_s']:.2f}x | {s['decode_tok_s'] / peer['decode_tok_s']:.2f}x"
+                      if peer else "- | -")
+            lines.append(f"| {name} | {s['prefill_tok_s']:.1f} | {s['decode_tok_s']:.1f} | {ratios} | {reps} |")
     return "\n".join(lines) + "\n"
 
 
