@@ -47,6 +47,10 @@ std::vector<uint8_t> random_rows(const quant::TypeParams& p, int64_t rows, int64
         for (size_t i = 0; i < W.size(); i += static_cast<size_t>(f.block_bytes)) {
             if (f.hdr == kernels::Hdr::E8M0) {
                 W[i] = static_cast<uint8_t>(118 + rng() % 12);
+                // E4M3's NaN codes (rejected at load time) would make every sum NaN
+                if (p.layout == Layout::Mx && p.elem.kind == quant::ElemKind::E4M3)
+                    for (int64_t j = 1; j < f.block_bytes; ++j)
+                        if ((W[i + j] & 0x7F) == 0x7F) W[i + j] = static_cast<uint8_t>(W[i + j] - 1);
             } else {
                 W[i + 1] = static_cast<uint8_t>(0x24 + rng() % 16);  // fp16 exponent 9..12
                 if (f.hdr == kernels::Hdr::F16Affine) W[i + 3] = static_cast<uint8_t>(0xA4 + rng() % 16);

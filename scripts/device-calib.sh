@@ -4,7 +4,7 @@
 #   call 1: scripts/device-calib.sh setup          (carry .devcarryA: part 1, gguf wheel, texts)
 #   call 2+: scripts/device-calib.sh run SECONDS   (carry .devcarryB: part 2, and .devcarryR: results so far)
 #            scripts/device-calib.sh measure SECONDS  (carry .devcarryB: layer errors, 2-core GPTQ export time, sweep speeds)
-#   fast vs exact per dtype: setup, then `fastexact SECONDS` (carry .devcarryB)
+#   fast vs exact per dtype: setup, then `fastexact SECONDS` (carry .devcarryB; DTYPES=a,b,c for a subset)
 #   ONNX acceptance (issue 5, GPTQ rows): setup, then `ortsetup` (carry .whl: the onnxruntime 1.32 cp312 wheel),
 #            then `onnx SECONDS` (carry .devcarryB)
 # Results come back as $OUT/res.tgz (sweep folders and experiment JSON).
@@ -64,7 +64,7 @@ fastexact)
   [ -f $Q/ref.gguf ] || cat $Q/ref.part1 .devcarryB/ref.part2 > $Q/ref.gguf
   mkdir -p $Q/res
   timeout $2 python3 bench/fast_vs_exact.py --source $Q/ref.gguf --text $Q/wikitext-2-raw-test.txt --threads 3 \
-    --jobs 5 --work $Q/fx --out $Q/res/fx --machine "lent 16-core Xeon, 3 threads per dtype (AVX-512 table; its fast paths are AVX2's)" \
+    --jobs 5 --work $Q/fx --out $Q/res/fx ${DTYPES:+--dtypes "$DTYPES"} --machine "lent 16-core Xeon, 3 threads per dtype (AVX-512 table; its fast paths are AVX2's)" \
     > $Q/res/fx.log 2>&1 || true
   tail -n 25 $Q/res/fx.log
   tar czf $OUT/res.tgz --exclude="*.gguf" -C $Q res

@@ -60,8 +60,11 @@ struct Luts {
     float q4_0[16];   // c - 8
     float uint4[16];  // c (Q4_1)
     float ue4m3_half[256];
+    float e8m0[256];  // 2^(e-127); e = 0 is the subnormal 2^-127 (255, rejected at load time, gives inf)
     Luts() {
         for (int c = 0; c < 256; ++c) {
+            const uint32_t e8m0_bits = c ? static_cast<uint32_t>(c) << 23 : 0x00400000u;  // as common.h's e8m0_scale
+            std::memcpy(&e8m0[c], &e8m0_bits, sizeof(float));
             int8[c] = static_cast<float>(static_cast<int8_t>(static_cast<uint8_t>(c)));
             ue4m3_half[c] = quant::ue4m3_to_fp32(static_cast<uint8_t>(c)) * 0.5f;  // as dequantize_row_nvfp4
         }
@@ -249,6 +252,7 @@ Plan make_plan(const TypeParams& p, int64_t cols) {
     pl.cols = cols;
     pl.planes = block_fmt(p, cols, pl.f);
     pl.ue4m3_half = luts().ue4m3_half;
+    pl.e8m0 = luts().e8m0;
     return pl;
 }
 

@@ -88,6 +88,8 @@ struct Plan {
     bool planes = false;                // f is valid (a plane-coded layout)
     BlockFmt f;
     const float* ue4m3_half = nullptr;  // NVFP4: UE4M3 byte -> its float value * 0.5 (256 entries)
+    const float* e8m0 = nullptr;        // E8M0 byte -> 2^(e-127) (256 entries; the fast paths broadcast
+                                        // a block's scale straight from here)
     // Matvec row groups (the kGroupRows x 1 shape only): prefetch the weight bytes this far ahead of
     // the group, a few lines per step of the group's own reading (0: none). See dispatch.cpp.
     int64_t prefetch = 0;

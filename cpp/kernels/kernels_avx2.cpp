@@ -24,6 +24,8 @@ using quant::Layout;
 
 constexpr int64_t kChunk = 256;
 
+#define QC_INLINE inline __attribute__((always_inline))
+
 inline float hsum(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -180,28 +182,26 @@ struct GatherLut {  // any lut (those too large for RegLut / SignedLut)
     __m256 operator()(__m128i c8) const { return _mm256_i32gather_ps(lut, _mm256_cvtepu8_epi32(c8), 4); }
 };
 
-// 8-bit minifloat codes with IEEE-style subnormals and no inf (MX E4M3 / E5M2; NaN codes are rejected
-// at load time) decoded arithmetically, the same values as the lut: a normal magnitude's bits shifted
-// into float32's exponent and mantissa fields plus the bias difference, a subnormal one as m * 2^(1 -
-// bias - mbits) (no float32 subnormal on the way: DAZ would flush it), then the sign. Replaces an
-// 8-element gather per 8 weights (mxfp8 decode ran at 0.14x of SF4).
-struct MiniFloat8Codes {
-    __m256i mag_mask, exp_adj, sub_limit;
-    __m256 sub_scale;
-    int mshift;
-    MiniFloat8Codes(int mbits, int bias)
-        : mag_mask(_mm256_set1_epi32(0x7F)),
-          exp_adj(_mm256_set1_epi32((127 - bias) << 23)),
-          sub_limit(_mm256_set1_epi32(1 << mbits)),
-          sub_scale(_mm256_set1_ps(std::ldexp(1.0f, 1 - bias - mbits))),
-          mshift(23 - mbits) {}
-    __m256 operator()(__m128i c8) const {
-        const __m256i c = _mm256_cvtepu8_epi32(c8);
-        const __m256i mag = _mm256_and_si256(c, mag_mask);
-        const __m256 normal = _mm256_castsi256_ps(_mm256_add_epi32(_mm256_sll_epi32(mag, _mm_cvtsi32_si128(mshift)), exp_adj));
-        const __m256 sub = _mm256_mul_ps(_mm256_cvtepi32_ps(mag), sub_scale);
-        const __m256 v = _mm256_blendv_ps(normal, sub, _mm256_castsi256_ps(_mm256_cmpgt_epi32(sub_limit, mag)));
-        return _mm256_xor_ps(v, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_andnot_si256(mag_mask, c), 24)));
+// MX E4M3 / E5M2 codes as fp16 bit patterns, widened by vcvtph2ps (F16C converts fp16 subnormals
+// exactly): E5M2 is fp16's upper byte; E4M3's 7 magnitude bits shifted into fp16's exponent and
+// mantissa fields are the value * 2^-8 (bias 7 against 15), subnormals included, and the sign bit
+// comes along with the sign extension. `unit` is what the decoded values are short of (2^8 or 1):
+// the kernels fold it into the block scale. Decoding into float32's fields instead took eleven
+// operations per 8 codes, with a blend for the subnormals (mxfp8 decode ran at 0.30x of SF4).
+struct HalfFp8 {
+    __m256i mask;
+    __m128i shift;
+    float unit;
+    explicit HalfFp8(ElemKind k)
+        : mask(_mm256_set1_epi16(static_cast<short>(k == ElemKind::E4M3 ? 0xBF80 : 0xFF00))),
+          shift(_mm_cvtsi32_si128(k == ElemKind::E4M3 ? 7 : 8)),
+          unit(k == ElemKind::E4M3 ? 256.0f : 1.0f) {}
+    // 16 codes -> the values of codes 0..7 and 8..15, over unit
+    QC_INLINE void operator()(const uint8_t* c, __m256& lo, __m256& hi) const {
+        const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(c));
+        const __m256i h = _mm256_and_si256(_mm256_sll_epi16(_mm256_cvtepi8_epi16(v), shift), mask);
+        lo = _mm256_cvtph_ps(_mm256_castsi256_si128(h));
+        hi = _mm256_cvtph_ps(_mm256_extracti128_si256(h, 1));
     }
 };
 
@@ -274,6 +274,58 @@ float exact_byte(const uint8_t* row, const Plan& pl, const Acts& a, const Dec& d
     return hsum(acc) + tail;
 }
 
+// MX E4M3 / E5M2 (8-bit codes, E8M0 scales, G a multiple of 16): RM rows against one token (RM = 1:
+// the vec_dot; kGroupRows: matvec row groups, whose independent chains hide the FMA latency). Per
+// row and block the products x * value sum in two 8-lane chains (columns 16j..16j+7 and
+// 16j+8..16j+15), and the block's scale multiplies their sum once; every RM does the same per row.
+// The block scale is a power of two, so this is the dequantized dot product up to float summation
+// order (a multiply per weight fewer than scaling each weight first).
+template <int RM>
+void exact_fp8_rows(const uint8_t* W, size_t rb, const Plan& pl, const Acts* a, float* out, int64_t) {
+    const BlockFmt& f = pl.f;
+    const HalfFp8 half(pl.p->elem.kind);
+    __m256 acc[RM];
+    for (int r = 0; r < RM; ++r) acc[r] = _mm256_setzero_ps();
+    const float* x = a[0].x;
+    for (int64_t b = 0; b < pl.cols / f.G; ++b, x += f.G) {
+        if constexpr (RM > 1) prefetch_ahead(W, pl.prefetch, b * RM * f.block_bytes, RM * f.block_bytes);
+        const uint8_t* codes[RM];
+        for (int r = 0; r < RM; ++r) codes[r] = W + r * rb + b * f.block_bytes + f.hdr_bytes;
+        __m256 s0[RM], s1[RM];
+        auto step = [&](int64_t i, auto first) {
+            const __m256 x0 = _mm256_loadu_ps(x + i), x1 = _mm256_loadu_ps(x + i + 8);
+#pragma GCC unroll 8
+            for (int r = 0; r < RM; ++r) {
+                __m256 lo, hi;
+                half(codes[r] + i, lo, hi);
+                s0[r] = decltype(first)::value ? _mm256_mul_ps(x0, lo) : _mm256_fmadd_ps(x0, lo, s0[r]);
+                s1[r] = decltype(first)::value ? _mm256_mul_ps(x1, hi) : _mm256_fmadd_ps(x1, hi, s1[r]);
+            }
+        };
+        step(0, std::true_type{});
+        for (int64_t i = 16; i < f.G; i += 16) step(i, std::false_type{});
+#pragma GCC unroll 8
+        for (int r = 0; r < RM; ++r) {
+            const float d = pl.e8m0[codes[r][-f.hdr_bytes]], du = d * half.unit;
+            const __m256 s = _mm256_add_ps(s0[r], s1[r]);
+            // d * unit overflows only for E4M3 scales >= 2^119: then the unit first, then d
+            if (std::isfinite(du)) acc[r] = _mm256_fmadd_ps(s, _mm256_set1_ps(du), acc[r]);
+            else acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(s, _mm256_set1_ps(half.unit)), _mm256_set1_ps(d), acc[r]);
+        }
+    }
+    for (int r = 0; r < RM; ++r) out[r] = hsum(acc[r]);
+}
+
+float exact_fp8(const uint8_t* row, const Plan& pl, const Acts& a) {
+    float out;
+    exact_fp8_rows<1>(row, 0, pl, &a, &out, 0);
+    return out;
+}
+
+bool is_fp8(const Plan& pl) {
+    return pl.p->layout == Layout::Mx && (pl.p->elem.kind == ElemKind::E4M3 || pl.p->elem.kind == ElemKind::E5M2);
+}
+
 // Any code width: codes straight from the planes, 8 at a time, where the planes allow it; else
 // unpack a chunk of codes into a buffer, then decode them.
 template <Hdr H, int Bits, class Dec>
@@ -330,8 +382,7 @@ float exact_planes_h(const uint8_t* row, const Plan& pl, const Acts& a) {
             return exact_generic<H, 7>(row, pl, a, GatherLut{f.lut});
         default:  // 8: the code byte is the int8 value (Q8_0, IntSym8) or indexes the lut
             if (pl.p->layout == Layout::Q8_0 || pl.p->layout == Layout::IntSym) return exact_byte<H>(row, pl, a, Int8Codes{});
-            if (pl.p->layout == Layout::Mx && (pl.p->elem.kind == ElemKind::E4M3 || pl.p->elem.kind == ElemKind::E5M2))
-                return exact_byte<H>(row, pl, a, MiniFloat8Codes(pl.p->elem.mbits, pl.p->elem.bias));
+            if (is_fp8(pl) && f.G % 16 == 0) return exact_fp8(row, pl, a);
             return exact_byte<H>(row, pl, a, GatherLut{f.lut});
     }
 }
@@ -377,8 +428,6 @@ float exact_nvfp4(const uint8_t* row, const Plan& pl, const Acts& a) {
 // activation block RM rows.
 
 inline __m256i load32(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
-
-#define QC_INLINE inline __attribute__((always_inline))
 
 // q8 block k of every token against RM rows' decoded weights: bacc[r][t] += dot * d[t], the integer
 // dot scaled by the activation scale only; fast_tile applies the weight block's scale once per
@@ -509,33 +558,29 @@ struct E2M3Fmt {
         : t0(_mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a.table)))),
           t1(_mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a.table + 16)))) {}
     void decode(const uint8_t* blk, int64_t, __m256i& aw, __m256i& sg) const {
-        const __m256i m4 = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1);
-        const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 1));
-        const __m256i lo4 = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(v, 4), v), m4);
-        int64_t p2;
-        std::memcpy(&p2, blk + 17, 8);
-        const __m256i hi2 = _mm256_and_si256(_mm256_srlv_epi64(_mm256_set1_epi64x(p2), _mm256_setr_epi64x(0, 2, 4, 6)),
-                                             _mm256_set1_epi8(0x03));
-        const __m256i bit4 = _mm256_cmpeq_epi8(_mm256_and_si256(hi2, one), one);
-        aw = _mm256_blendv_epi8(_mm256_shuffle_epi8(t0, lo4), _mm256_shuffle_epi8(t1, lo4), bit4);
+        const __m256i one = _mm256_set1_epi8(1);
+        // low 4 code bits: the 16 bytes in both lanes (one broadcast load), the upper lane's high nibbles
+        const __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 1)));
+        const __m256i lo4 = _mm256_and_si256(_mm256_srlv_epi32(v, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4)), _mm256_set1_epi8(0x0F));
+        // top 2 code bits: the 8 plane bytes in every 64-bit lane, lane k shifted by 2k: bit 0 of each byte
+        // is code bit 4, bit 1 the sign (bits above are the other elements' and ignored)
+        const __m256i hi2 = _mm256_srlv_epi64(_mm256_broadcastq_epi64(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk + 17))),
+                                              _mm256_setr_epi64x(0, 2, 4, 6));
+        // vpblendvb reads each byte's bit 7: a 16-bit shift by 7 moves both bytes' bit 0 there
+        aw = _mm256_blendv_epi8(_mm256_shuffle_epi8(t0, lo4), _mm256_shuffle_epi8(t1, lo4), _mm256_slli_epi16(hi2, 7));
         sg = _mm256_sub_epi8(one, _mm256_and_si256(hi2, _mm256_set1_epi8(2)));  // +1 / -1 from code bit 5
     }
 };
 
-// The RM rows' block scales times the table unit (dw) and offsets (m; 0 unless F16Affine). fp16
-// headers: the RM halves gathered into one register and converted together (vcvtph2ps and the
-// multiply once for all rows instead of once per row: the same values, fewer operations per block,
-// which the 64-element blocks of 576-wide rows pay often).
+// The RM rows' fp16 block scales times the table unit (dw) and offsets (m; 0 unless F16Affine): the
+// RM halves gathered into one register and converted together (vcvtph2ps and the multiply once for
+// all rows instead of once per row: the same values, fewer operations per block, which the
+// 64-element blocks of 576-wide rows pay often). E8M0 scales need none of this (fast_tile).
 template <Hdr H, int RM>
 QC_INLINE void block_scales(const uint8_t* const (&blk)[RM], float ts, float (&dw)[8], float (&m)[8]) {
     static_assert(RM <= 8, "one register of halves");
-    if constexpr (H == Hdr::E8M0) {
-#pragma GCC unroll 8
-        for (int r = 0; r < RM; ++r) {
-            dw[r] = e8m0_scale(blk[r][0]) * ts;
-            m[r] = 0.0f;
-        }
-    } else {
+    static_assert(H != Hdr::E8M0, "E8M0 scales are broadcast from Plan::e8m0");
+    {
         __m128i hd = _mm_setzero_si128(), hm = _mm_setzero_si128();
 #pragma GCC unroll 8
         for (int r = 0; r < RM; ++r) {
@@ -572,7 +617,7 @@ void fast_tile(const uint8_t* W, size_t rb, const Plan& pl, const Acts* a, float
 #pragma GCC unroll 8
         for (int r = 0; r < RM; ++r) blk[r] = W + r * rb + b * f.block_bytes;
         alignas(32) float dw[8], m[8];
-        block_scales<Fmt::H, RM>(blk, ts, dw, m);
+        if constexpr (Fmt::H != Hdr::E8M0) block_scales<Fmt::H, RM>(blk, ts, dw, m);
         if constexpr (RN == 1 && RM > 1) prefetch_ahead(W, pl.prefetch, b * RM * f.block_bytes, RM * f.block_bytes);
         const int64_t kb = b * fmt.per;
         // the block's q8 blocks with their activation scales, then the weight scale once
@@ -587,7 +632,10 @@ void fast_tile(const uint8_t* W, size_t rb, const Plan& pl, const Acts* a, float
         for (int64_t k = 1; k < fmt.per; ++k) step(k, std::false_type{});
 #pragma GCC unroll 8
         for (int r = 0; r < RM; ++r) {
-            const __m256 vd = _mm256_broadcast_ss(dw + r);
+            // E8M0: the power of two straight from the plan's table (the table unit ts is applied
+            // once per row at the end): two operations per row and 32-element block instead of the
+            // eight of decoding the byte and scaling it (mxfp4 matvec -13 % in kernels_bench)
+            const __m256 vd = Fmt::H == Hdr::E8M0 ? _mm256_broadcast_ss(pl.e8m0 + blk[r][0]) : _mm256_broadcast_ss(dw + r);
 #pragma GCC unroll 8
             for (int t = 0; t < RN; ++t) acc[r][t] = _mm256_fmadd_ps(bacc[r][t], vd, acc[r][t]);
         }
@@ -612,7 +660,7 @@ void fast_tile(const uint8_t* W, size_t rb, const Plan& pl, const Acts* a, float
 #pragma GCC unroll 8
     for (int r = 0; r < RM; ++r)
 #pragma GCC unroll 8
-        for (int t = 0; t < RN; ++t) out[t * ldo + r] = hsum(acc[r][t]) + off[r][t];
+        for (int t = 0; t < RN; ++t) out[t * ldo + r] = (Fmt::H == Hdr::E8M0 ? hsum(acc[r][t]) * ts : hsum(acc[r][t])) + off[r][t];
 }
 
 template <Hdr H, int RM, int RN>
@@ -710,6 +758,16 @@ constexpr KernelRow fast_row(vec_dot_fn exact) {
     return {exact, vec_of<&K::template run<1, 1>>, nullptr, &K::template run<kTileRows, kTileTokens>, nullptr,
             &K::template run<kGroupRows, 1>};
 }
+// Mx's exact matvec row groups: E4M3 / E5M2 in groups (exact_fp8_rows), the other element kinds
+// row by row through the vec_dot (the same results as no row group).
+void mx_exact_rows(const uint8_t* W, size_t rb, const Plan& pl, const Acts* a, float* out, int64_t ldo) {
+    if (is_fp8(pl) && pl.f.G % 16 == 0) return exact_fp8_rows<kGroupRows>(W, rb, pl, a, out, ldo);
+    for (int r = 0; r < kGroupRows; ++r) out[r] = exact_planes(W + r * rb, pl, a[0]);
+}
+constexpr KernelRow with_exact_rows(KernelRow row, tile_dot_fn rows) {
+    row.exact_rows = rows;
+    return row;
+}
 template <class L>
 constexpr KernelRow float_row() {
     return {exact_float<L>, nullptr, exact_float_tile<L, kExactTileRows, kTileTokens>, nullptr,
@@ -725,7 +783,7 @@ const KernelTable kAvx2 = {
         fast_row<IntSymK>(exact_planes),                           // IntSym
         fast_row<Nib4K<Hdr::F16Affine, true>>(exact_planes),       // IntAsym
         fast_row<Nib4K<Hdr::F16, false>>(exact_planes),            // Codebook4
-        fast_row<MxK>(exact_planes),                               // Mx
+        with_exact_rows(fast_row<MxK>(exact_planes), mx_exact_rows),  // Mx
         {exact_planes, nullptr},                                   // Bfp
         {exact_planes, nullptr},                                   // Bmf
         {exact_planes, nullptr},                                   // Blog

@@ -103,27 +103,19 @@ struct GatherLut {  // 7- and 8-bit codes
     __m512 operator()(__m128i c16) const { return _mm512_i32gather_ps(_mm512_cvtepu8_epi32(c16), lut, 4); }
 };
 
-// MX E4M3 / E5M2 codes decoded arithmetically (the AVX2 file's MiniFloat8Codes, 16 lanes): normal
-// magnitudes by moving the bits into float32's fields plus the bias difference, subnormal ones as
-// m * 2^(1 - bias - mbits), then the sign; the lut's values without a gather.
-struct MiniFloat8Codes {
-    __m512i mag_mask, exp_adj, sub_limit;
-    __m512 sub_scale;
-    unsigned mshift;
-    MiniFloat8Codes(int mbits, int bias)
-        : mag_mask(_mm512_set1_epi32(0x7F)),
-          exp_adj(_mm512_set1_epi32((127 - bias) << 23)),
-          sub_limit(_mm512_set1_epi32(1 << mbits)),
-          sub_scale(_mm512_set1_ps(std::ldexp(1.0f, 1 - bias - mbits))),
-          mshift(static_cast<unsigned>(23 - mbits)) {}
+// MX E4M3 / E5M2 codes as fp16 bit patterns widened by vcvtph2ps (the AVX2 file's HalfFp8, 16 lanes):
+// E5M2 is fp16's upper byte, E4M3's bits shifted into fp16's fields are the value * 2^-8 (`unit`
+// is folded into the block scale by exact_fp8).
+struct HalfFp8 {
+    __m256i mask;
+    __m128i shift;
+    float unit;
+    explicit HalfFp8(ElemKind k)
+        : mask(_mm256_set1_epi16(static_cast<short>(k == ElemKind::E4M3 ? 0xBF80 : 0xFF00))),
+          shift(_mm_cvtsi32_si128(k == ElemKind::E4M3 ? 7 : 8)),
+          unit(k == ElemKind::E4M3 ? 256.0f : 1.0f) {}
     __m512 operator()(__m128i c16) const {
-        const __m512i c = _mm512_cvtepu8_epi32(c16);
-        const __m512i mag = _mm512_and_si512(c, mag_mask);
-        const __m512 normal = _mm512_castsi512_ps(_mm512_add_epi32(_mm512_sll_epi32(mag, _mm_cvtsi32_si128(static_cast<int>(mshift))), exp_adj));
-        const __m512 sub = _mm512_mul_ps(_mm512_cvtepi32_ps(mag), sub_scale);
-        const __m512 v = _mm512_mask_blend_ps(_mm512_cmplt_epi32_mask(mag, sub_limit), normal, sub);
-        const __m512i sign = _mm512_slli_epi32(_mm512_andnot_si512(mag_mask, c), 24);
-        return _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(v), sign));
+        return _mm512_cvtph_ps(_mm256_and_si256(_mm256_sll_epi16(_mm256_cvtepi8_epi16(c16), shift), mask));
     }
 };
 
@@ -186,6 +178,27 @@ float exact_codes(const uint8_t* row, const Plan& pl, const Acts& a, const Dec& 
     return hsum(acc);
 }
 
+// MX E4M3 / E5M2, G a multiple of 16: w = (value * 2^-8) * (d * 2^8), the same single rounding of
+// value * d as dequantize_row; a block whose d * unit overflows (E4M3, e >= 247) goes through the lut.
+float exact_fp8(const uint8_t* row, const Plan& pl, const Acts& a) {
+    const BlockFmt& f = pl.f;
+    if (f.G % 16 != 0) return avx2_exact(row, pl, a);
+    const HalfFp8 half(pl.p->elem.kind);
+    const GatherLut lut{f.lut};
+    __m512 acc = _mm512_setzero_ps();
+    const float* x = a.x;
+    for (int64_t b = 0; b < pl.cols / f.G; ++b, row += f.block_bytes, x += f.G) {
+        const float d = pl.e8m0[row[0]], du = d * half.unit;
+        const bool via_half = std::isfinite(du);
+        const __m512 vd = _mm512_set1_ps(via_half ? du : d);
+        for (int64_t i = 0; i < f.G; i += 16) {
+            const __m128i c = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + f.hdr_bytes + i));
+            acc = _mm512_fmadd_ps(_mm512_loadu_ps(x + i), _mm512_mul_ps(via_half ? half(c) : lut(c), vd), acc);
+        }
+    }
+    return hsum(acc);
+}
+
 template <Hdr H>
 float exact_planes_h(const uint8_t* row, const Plan& pl, const Acts& a) {
     const BlockFmt& f = pl.f;
@@ -206,7 +219,7 @@ float exact_planes_h(const uint8_t* row, const Plan& pl, const Acts& a) {
         default:
             if (pl.p->layout == Layout::Q8_0 || pl.p->layout == Layout::IntSym) return exact_codes<H, 8>(row, pl, a, Int8Codes{});
             if (pl.p->layout == Layout::Mx && (pl.p->elem.kind == ElemKind::E4M3 || pl.p->elem.kind == ElemKind::E5M2))
-                return exact_codes<H, 8>(row, pl, a, MiniFloat8Codes(pl.p->elem.mbits, pl.p->elem.bias));
+                return exact_fp8(row, pl, a);
             return exact_codes<H, 8>(row, pl, a, GatherLut{f.lut});
     }
 }
@@ -224,7 +237,12 @@ float exact_planes(const uint8_t* row, const Plan& pl, const Acts& a) {
 KernelTable make_table() {
     KernelTable t = avx2_table();
     t.isa = Isa::AVX512;
-    auto exact = [&](Layout l, vec_dot_fn fn) { t.rows[static_cast<size_t>(l)].exact = fn; };
+    auto exact = [&](Layout l, vec_dot_fn fn) {
+        // AVX2's exact row groups (Mx's) sum like AVX2's vec_dot: with another vec_dot a row would
+        // give one result in a matvec group and another in a matmul (kernels.h's contract)
+        t.rows[static_cast<size_t>(l)].exact = fn;
+        t.rows[static_cast<size_t>(l)].exact_rows = nullptr;
+    };
     for (Layout l : {Layout::IntSym, Layout::IntAsym, Layout::Codebook4, Layout::Mx, Layout::Bfp, Layout::Bmf,
                      Layout::Blog, Layout::Q8_0, Layout::Q4_0, Layout::Q4_1})
         exact(l, exact_planes);

@@ -510,6 +510,57 @@ void test_matmul_decoded(const Case& c, const std::vector<kernels::Isa>& isas, s
     kernels::set_exact(false);
 }
 
+// MX E4M3 / E5M2 exact decode at the edges the random cases never reach: block scales 2^-127
+// (E8M0 0, a float subnormal), 2^-126, 1, and the largest ones, where the kernels' fp16 route must
+// fold its 2^8 into the scale another way (E4M3 from E8M0 247 up); every finite code, subnormals
+// included. One-hot x against 5 rows (a matvec row group and a single row) equals dequantize_row
+// bit for bit, on every ISA. Codes whose weight would overflow are replaced by the smallest one.
+void test_fp8_edges(const std::vector<kernels::Isa>& isas) {
+    const uint8_t scales[] = {0, 1, 127, 200, 246, 247, 248, 254};
+    const int64_t rows = 5, G = 32, nb = 8, cols = nb * G;
+    for (ElemKind kind : {ElemKind::E4M3, ElemKind::E5M2}) {
+        const TypeParams p = quant::make_mx_params(kind, G);
+        kernels::BlockFmt f;
+        check(kernels::block_fmt(p, cols, f), "mx fp8 block format");
+        const size_t rb = static_cast<size_t>(quant::row_bytes(p, cols));
+        std::vector<uint8_t> W(rb * rows);
+        int next = 0;
+        for (int64_t r = 0; r < rows; ++r)
+            for (int64_t b = 0; b < nb; ++b) {
+                uint8_t* blk = W.data() + r * rb + b * f.block_bytes;
+                blk[0] = scales[(b + r) % 8];
+                const float d = std::ldexp(1.0f, blk[0] ? blk[0] - 127 : -127);
+                for (int64_t i = 0; i < G; ++i) {
+                    uint8_t c;
+                    do c = static_cast<uint8_t>(next++ & 0xFF);
+                    while (!std::isfinite(f.lut[c]));
+                    blk[1 + i] = std::isfinite(f.lut[c] * d) ? c : 1;
+                }
+            }
+        std::vector<float> ref(static_cast<size_t>(rows * cols));
+        for (int64_t r = 0; r < rows; ++r)
+            check(quant::dequantize_row(p, W.data() + r * rb, ref.data() + r * cols, cols).ok(), "fp8 edges dequantize");
+        std::vector<uint8_t> acts(kernels::acts_bytes(p, cols) + 64);
+        uint8_t* base = acts.data() + (64 - reinterpret_cast<uintptr_t>(acts.data()) % 64) % 64;
+        std::vector<float> x(static_cast<size_t>(cols), 0.0f), y(static_cast<size_t>(rows));
+        kernels::set_exact(true);
+        for (kernels::Isa isa : isas) {
+            kernels::set_isa(isa);
+            int bad = 0;
+            for (int64_t i = 0; i < cols; ++i) {
+                x[static_cast<size_t>(i)] = 1.0f;
+                kernels::prepare_acts(p, x.data(), cols, base);
+                kernels::matvec(p, W.data(), rb, cols, base, y.data(), 0, rows);
+                for (int64_t r = 0; r < rows; ++r) bad += y[static_cast<size_t>(r)] != ref[static_cast<size_t>(r * cols + i)];
+                x[static_cast<size_t>(i)] = 0.0f;
+            }
+            check(bad == 0, std::string(kind == ElemKind::E4M3 ? "mxfp8" : "mxfp8:e5m2") + " edges [" +
+                                kernels::isa_name(isa) + "]: " + std::to_string(bad) + " weights differ from dequantize_row");
+        }
+        kernels::set_exact(false);
+    }
+}
+
 int main() {
     try {
         test_dispatch();
@@ -519,6 +570,7 @@ int main() {
         std::printf("\n");
         std::mt19937 rng(12345);
         test_q8_blocks(rng);
+        test_fp8_edges(isas);
         int n = 0;
         for (const Case& c : all_cases()) {
             test_case(c, isas, rng);
