@@ -36,7 +36,7 @@ static_assert(sizeof(ActsHeader) <= kHeaderBytes, "acts header");
 constexpr size_t align_up(size_t n) { return (n + kActsAlign - 1) / kActsAlign * kActsAlign; }
 
 struct ActsLayout {
-    size_t x = 0, d = 0, qsum = 0, q = 0, total = 0;
+    size_t x = 0, d = 0, gsum = 0, qsum = 0, q = 0, total = 0;
 };
 
 ActsLayout acts_layout(int64_t cols, bool q8) {
@@ -46,7 +46,8 @@ ActsLayout acts_layout(int64_t cols, bool q8) {
     size_t end = l.x + align_up(n * sizeof(float));
     if (q8) {
         l.d = end;
-        l.qsum = l.d + align_up(nb * kQ8Scales * sizeof(float));
+        l.gsum = l.d + align_up(nb * kQ8Scales * sizeof(float));
+        l.qsum = l.gsum + align_up(nb * kQ8Scales * sizeof(float));
         l.q = l.qsum + align_up(nb * sizeof(float));
         end = l.q + align_up(n);
     }
@@ -153,6 +154,13 @@ void fill_table(const TypeParams& p, int64_t cols, ActsHeader& h) {
     std::memset(h.table, 0, sizeof h.table);
     if (p.layout == Layout::NVFP4) {
         cached_int8_table(kE2M1Doubled, 16, h.table, h.tscale);
+        return;
+    }
+    if (p.layout == Layout::Mx && p.elem.kind == ElemKind::E2M1) {
+        // the doubled values -12..12 (tscale 0.5): exact, and small enough for the AVX2 kernel's
+        // unsigned codes (+12, up to 24: vpmaddubsw's pair sums stay far from saturation)
+        for (int c = 0; c < 16; ++c) h.table[c] = static_cast<int8_t>(kE2M1Doubled[c]);
+        h.tscale = 0.5f;
         return;
     }
     BlockFmt f;
@@ -268,6 +276,7 @@ Acts view_acts(const void* acts) {
     a.x = reinterpret_cast<const float*>(base + l.x);
     if (a.has_q8) {
         a.d = reinterpret_cast<const float*>(base + l.d);
+        a.gsum = reinterpret_cast<const float*>(base + l.gsum);
         a.qsum = reinterpret_cast<const float*>(base + l.qsum);
         a.q = reinterpret_cast<const int8_t*>(base + l.q);
     }
@@ -293,6 +302,7 @@ void prepare_acts(const TypeParams& p, const float* x, int64_t cols, void* acts,
     std::memcpy(base + l.x, x, static_cast<size_t>(cols) * sizeof(float));
     if (!q8) return;
     auto* d = reinterpret_cast<float*>(base + l.d);
+    auto* gsum = reinterpret_cast<float*>(base + l.gsum);
     auto* qsum = reinterpret_cast<float*>(base + l.qsum);
     auto* q = reinterpret_cast<int8_t*>(base + l.q);
     static const q8_blocks_fn q8_blocks = pick_q8_blocks();
@@ -303,17 +313,21 @@ void prepare_acts(const TypeParams& p, const float* x, int64_t cols, void* acts,
     // dequant(W) . x^ up to float rounding, and its error is sum(w * (x - x^)), as for symmetric
     // weights. With sum(x) the offset's part came out exact while the codes' part carried
     // sum((w - m) * (x - x^)), whose m * sum(x - x^) share is the same for every row of a matrix:
-    // +2.5 % perplexity on int4:asym. The other layouts leave the sums 0.
+    // +2.5 % perplexity on int4:asym. MX E2M1's AVX2 kernel offsets its codes by the same kind of
+    // sums, per group of kQ8Group (gsum). The other layouts leave the sums 0.
     BlockFmt f;
     const bool affine = block_fmt(p, cols, f) && f.hdr == Hdr::F16Affine;
+    const bool groups = affine || (p.layout == Layout::Mx && p.elem.kind == ElemKind::E2M1);
+    for (int64_t g = 0; g < cols / kQ8Group; ++g) {
+        int32_t s = 0;
+        if (groups)
+            for (int64_t i = 0; i < kQ8Group; ++i) s += q[g * kQ8Group + i];
+        gsum[g] = d[g] * static_cast<float>(s);
+    }
     for (int64_t b = 0; b < cols / kQ8Block; ++b) {
         float sum = 0.0f;
         if (affine)
-            for (int64_t g = 0; g < kQ8Scales; ++g) {
-                int32_t s = 0;
-                for (int64_t i = 0; i < kQ8Group; ++i) s += q[b * kQ8Block + g * kQ8Group + i];
-                sum += d[b * kQ8Scales + g] * static_cast<float>(s);
-            }
+            for (int64_t g = 0; g < kQ8Scales; ++g) sum += gsum[b * kQ8Scales + g];
         qsum[b] = sum;
     }
 }

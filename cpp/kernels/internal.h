@@ -30,6 +30,8 @@ struct Acts {
     const float* x = nullptr;    // cols floats: the exact path's activations
     bool has_q8 = false;         // the q8 section exists (fast_supported for this type and cols)
     const float* d = nullptr;    // cols/kQ8Group q8 scales (amax/127 of each group of kQ8Group values)
+    const float* gsum = nullptr; // cols/kQ8Group sums of the rounded activations, d * sum(q), per group
+                                 // (asymmetric types and MX E2M1; 0 for the others)
     const float* qsum = nullptr; // cols/32 sums of the rounded activations, sum(d * q), per q8 block
                                  // (what an asymmetric block's offset m multiplies; 0 for other types)
     const int8_t* q = nullptr;   // cols int8 values, q = round(x / d)
