@@ -185,8 +185,7 @@ struct GatherLut {  // any lut (those too large for RegLut / SignedLut)
 // MX E4M3 / E5M2 codes as fp16 bit patterns, widened by vcvtph2ps (F16C converts fp16 subnormals
 // exactly): E5M2 is fp16's upper byte; E4M3's 7 magnitude bits shifted into fp16's exponent and
 // mantissa fields are the value * 2^-8 (bias 7 against 15), subnormals included, and the sign bit
-// comes along with the sign extension. `unit` is what the decoded values are short of (2^8 or 1):
-// the kernels fold it into the block scale. Decoding into float32's fields instead took eleven
+// comes along with the sign extension. `unit` is what the decoded values are short of (2^8 or 1). Decoding into float32's fields instead took eleven
 // operations per 8 codes, with a blend for the subnormals (mxfp8 decode ran at 0.30x of SF4).
 struct HalfFp8 {
     __m256i mask;
@@ -280,8 +279,8 @@ float exact_byte(const uint8_t* row, const Plan& pl, const Acts& a, const Dec& d
 // 16j+8..16j+15), and the block's scale multiplies their sum once; every RM does the same per row.
 // The block scale is a power of two, so this is the dequantized dot product up to float summation
 // order (a multiply per weight fewer than scaling each weight first).
-template <int RM>
-void exact_fp8_rows(const uint8_t* W, size_t rb, const Plan& pl, const Acts* a, float* out, int64_t) {
+template <int RM, bool Unit>
+void exact_fp8_rows_u(const uint8_t* W, size_t rb, const Plan& pl, const Acts* a, float* out) {
     const BlockFmt& f = pl.f;
     const HalfFp8 half(pl.p->elem.kind);
     __m256 acc[RM];
@@ -304,16 +303,22 @@ void exact_fp8_rows(const uint8_t* W, size_t rb, const Plan& pl, const Acts* a, 
         };
         step(0, std::true_type{});
         for (int64_t i = 16; i < f.G; i += 16) step(i, std::false_type{});
+        // the unit (exact: a power of two) on the block's sum, then d straight from the plan's table: a
+        // vector multiply instead of folding it into d, which overflows for E4M3 scales >= 2^119
 #pragma GCC unroll 8
         for (int r = 0; r < RM; ++r) {
-            const float d = pl.e8m0[codes[r][-f.hdr_bytes]], du = d * half.unit;
-            const __m256 s = _mm256_add_ps(s0[r], s1[r]);
-            // d * unit overflows only for E4M3 scales >= 2^119: then the unit first, then d
-            if (std::isfinite(du)) acc[r] = _mm256_fmadd_ps(s, _mm256_set1_ps(du), acc[r]);
-            else acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(s, _mm256_set1_ps(half.unit)), _mm256_set1_ps(d), acc[r]);
+            __m256 s = _mm256_add_ps(s0[r], s1[r]);
+            if constexpr (Unit) s = _mm256_mul_ps(s, _mm256_set1_ps(256.0f));
+            acc[r] = _mm256_fmadd_ps(s, _mm256_broadcast_ss(pl.e8m0 + codes[r][-f.hdr_bytes]), acc[r]);
         }
     }
     for (int r = 0; r < RM; ++r) out[r] = hsum(acc[r]);
+}
+
+template <int RM>
+void exact_fp8_rows(const uint8_t* W, size_t rb, const Plan& pl, const Acts* a, float* out, int64_t) {
+    if (pl.p->elem.kind == ElemKind::E4M3) exact_fp8_rows_u<RM, true>(W, rb, pl, a, out);
+    else exact_fp8_rows_u<RM, false>(W, rb, pl, a, out);
 }
 
 float exact_fp8(const uint8_t* row, const Plan& pl, const Acts& a) {
