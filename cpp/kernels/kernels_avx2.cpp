@@ -185,22 +185,22 @@ struct GatherLut {  // any lut (those too large for RegLut / SignedLut)
 // MX E4M3 / E5M2 codes as fp16 bit patterns, widened by vcvtph2ps (F16C converts fp16 subnormals
 // exactly): E5M2 is fp16's upper byte; E4M3's 7 magnitude bits shifted into fp16's exponent and
 // mantissa fields are the value * 2^-8 (bias 7 against 15), subnormals included, and the sign bit
-// comes along with the sign extension. `unit` is what the decoded values are short of (2^8 or 1). Decoding into float32's fields instead took eleven
+// comes along with the sign extension. Decoding into float32's fields instead took eleven
 // operations per 8 codes, with a blend for the subnormals (mxfp8 decode ran at 0.30x of SF4).
+template <bool E4M3>
 struct HalfFp8 {
-    __m256i mask;
-    __m128i shift;
-    float unit;
-    explicit HalfFp8(ElemKind k)
-        : mask(_mm256_set1_epi16(static_cast<short>(k == ElemKind::E4M3 ? 0xBF80 : 0xFF00))),
-          shift(_mm_cvtsi32_si128(k == ElemKind::E4M3 ? 7 : 8)),
-          unit(k == ElemKind::E4M3 ? 256.0f : 1.0f) {}
-    // 16 codes -> the values of codes 0..7 and 8..15, over unit
+    // 16 codes -> the values of codes 0..7 and 8..15 (E4M3: over 2^8). What bounds this on Zen 3 is
+    // vcvtph2ps (one per 8 weights, as for F16 rows, which run at about half the time per weight):
+    // 256-bit decodes with a lane-crossing sign extension, register shift counts or vpmullw in place
+    // of the shift all measured the same in kernels_bench.
     QC_INLINE void operator()(const uint8_t* c, __m256& lo, __m256& hi) const {
-        const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(c));
-        const __m256i h = _mm256_and_si256(_mm256_sll_epi16(_mm256_cvtepi8_epi16(v), shift), mask);
-        lo = _mm256_cvtph_ps(_mm256_castsi256_si128(h));
-        hi = _mm256_cvtph_ps(_mm256_extracti128_si256(h, 1));
+        lo = eight(c);
+        hi = eight(c + 8);
+    }
+    QC_INLINE __m256 eight(const uint8_t* c) const {
+        const __m128i v = _mm_cvtepi8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(c)));
+        return _mm256_cvtph_ps(E4M3 ? _mm_and_si128(_mm_slli_epi16(v, 7), _mm_set1_epi16(static_cast<short>(0xBF80)))
+                                    : _mm_slli_epi16(v, 8));
     }
 };
 
@@ -279,10 +279,10 @@ float exact_byte(const uint8_t* row, const Plan& pl, const Acts& a, const Dec& d
 // 16j+8..16j+15), and the block's scale multiplies their sum once; every RM does the same per row.
 // The block scale is a power of two, so this is the dequantized dot product up to float summation
 // order (a multiply per weight fewer than scaling each weight first).
-template <int RM, bool Unit>
+template <int RM, bool E4M3>
 void exact_fp8_rows_u(const uint8_t* W, size_t rb, const Plan& pl, const Acts* a, float* out) {
     const BlockFmt& f = pl.f;
-    const HalfFp8 half(pl.p->elem.kind);
+    const HalfFp8<E4M3> half;
     __m256 acc[RM];
     for (int r = 0; r < RM; ++r) acc[r] = _mm256_setzero_ps();
     const float* x = a[0].x;
@@ -308,7 +308,7 @@ void exact_fp8_rows_u(const uint8_t* W, size_t rb, const Plan& pl, const Acts* a
 #pragma GCC unroll 8
         for (int r = 0; r < RM; ++r) {
             __m256 s = _mm256_add_ps(s0[r], s1[r]);
-            if constexpr (Unit) s = _mm256_mul_ps(s, _mm256_set1_ps(256.0f));
+            if constexpr (E4M3) s = _mm256_mul_ps(s, _mm256_set1_ps(256.0f));
             acc[r] = _mm256_fmadd_ps(s, _mm256_broadcast_ss(pl.e8m0 + codes[r][-f.hdr_bytes]), acc[r]);
         }
     }
