@@ -189,10 +189,10 @@ struct GatherLut {  // any lut (those too large for RegLut / SignedLut)
 // operations per 8 codes, with a blend for the subnormals (mxfp8 decode ran at 0.30x of SF4).
 template <bool E4M3>
 struct HalfFp8 {
-    // 16 codes -> the values of codes 0..7 and 8..15 (E4M3: over 2^8). What bounds this on Zen 3 is
-    // vcvtph2ps (one per 8 weights, as for F16 rows, which run at about half the time per weight):
-    // 256-bit decodes with a lane-crossing sign extension, register shift counts or vpmullw in place
-    // of the shift all measured the same in kernels_bench.
+    // 16 codes -> the values of codes 0..7 and 8..15 (E4M3: over 2^8). mxfp8 rows take about twice
+    // F16 rows' time per weight (same vcvtph2ps count, plus this decode); 256-bit decodes with a
+    // lane-crossing sign extension, register shift counts, vpmullw in place of the shift and
+    // converting from memory after a store all measured the same in kernels_bench.
     QC_INLINE void operator()(const uint8_t* c, __m256& lo, __m256& hi) const {
         lo = eight(c);
         hi = eight(c + 8);
