@@ -20,6 +20,7 @@ read bandwidth).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import tempfile
@@ -52,6 +53,7 @@ def read_bandwidth_gb_s(mb: int = 512, reps: int = 5) -> float:
     return best
 
 
+@functools.lru_cache(maxsize=None)
 def bytes_per_token(path: Path) -> int:
     """Weights one decode step reads: every matrix once, the embedding one row, the head (tied or not)."""
     with GGUFFile(path) as f:

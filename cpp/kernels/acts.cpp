@@ -61,11 +61,10 @@ struct Luts {
     float q4_0[16];   // c - 8
     float uint4[16];  // c (Q4_1)
     float ue4m3_half[256];
-    float e8m0[256];  // 2^(e-127); e = 0 is the subnormal 2^-127 (255, rejected at load time, gives inf)
+    float e8m0[256];  // 2^(e-127) (255 is rejected at load time)
     Luts() {
         for (int c = 0; c < 256; ++c) {
-            const uint32_t e8m0_bits = c ? static_cast<uint32_t>(c) << 23 : 0x00400000u;  // as common.h's e8m0_scale
-            std::memcpy(&e8m0[c], &e8m0_bits, sizeof(float));
+            e8m0[c] = quant::e8m0_to_fp32(static_cast<uint8_t>(c));
             int8[c] = static_cast<float>(static_cast<int8_t>(static_cast<uint8_t>(c)));
             ue4m3_half[c] = quant::ue4m3_to_fp32(static_cast<uint8_t>(c)) * 0.5f;  // as dequantize_row_nvfp4
         }
@@ -317,11 +316,14 @@ void prepare_acts(const TypeParams& p, const float* x, int64_t cols, void* acts,
     // sums, per group of kQ8Group (gsum). The other layouts leave the sums 0.
     BlockFmt f;
     const bool affine = block_fmt(p, cols, f) && f.hdr == Hdr::F16Affine;
-    const bool groups = affine || (p.layout == Layout::Mx && p.elem.kind == ElemKind::E2M1);
+    if (!affine && !(p.layout == Layout::Mx && p.elem.kind == ElemKind::E2M1)) {
+        std::memset(gsum, 0, static_cast<size_t>(cols / kQ8Group) * sizeof(float));
+        std::memset(qsum, 0, static_cast<size_t>(cols / kQ8Block) * sizeof(float));
+        return;
+    }
     for (int64_t g = 0; g < cols / kQ8Group; ++g) {
         int32_t s = 0;
-        if (groups)
-            for (int64_t i = 0; i < kQ8Group; ++i) s += q[g * kQ8Group + i];
+        for (int64_t i = 0; i < kQ8Group; ++i) s += q[g * kQ8Group + i];
         gsum[g] = d[g] * static_cast<float>(s);
     }
     for (int64_t b = 0; b < cols / kQ8Block; ++b) {

@@ -39,6 +39,11 @@ inline float bits_to_f32(uint32_t b) {
 // 2^(e-127); e = 0 is the subnormal 2^-127. (255 gives inf: the data was validated at load time.)
 inline float e8m0_scale(uint8_t e) { return bits_to_f32(e ? static_cast<uint32_t>(e) << 23 : 0x00400000u); }
 
+// MX with 8-bit float elements (E4M3 / E5M2): the exact paths decode them through fp16.
+inline bool mx_fp8(const quant::TypeParams& p) {
+    return p.layout == quant::Layout::Mx && (p.elem.kind == quant::ElemKind::E4M3 || p.elem.kind == quant::ElemKind::E5M2);
+}
+
 // Bit planes of a code width (docs/layouts.md): 8, 4, 2, 1 -> 1; 6, 5, 3 -> 2; 7 -> 3.
 constexpr int plane_count(int bits) { return bits == 7 ? 3 : (bits == 3 || bits == 5 || bits == 6) ? 2 : 1; }
 

@@ -9,8 +9,6 @@
 // x q8 activations with the vpmaddubsw sign trick, per q8 block one int32x8 -> float FMA.
 #include <immintrin.h>
 
-#include <cmath>
-
 #include <type_traits>
 
 #include "kernels/common.h"
@@ -327,9 +325,8 @@ float exact_fp8(const uint8_t* row, const Plan& pl, const Acts& a) {
     return out;
 }
 
-bool is_fp8(const Plan& pl) {
-    return pl.p->layout == Layout::Mx && (pl.p->elem.kind == ElemKind::E4M3 || pl.p->elem.kind == ElemKind::E5M2);
-}
+// Whether exact_fp8_rows takes this plan (MX E4M3 / E5M2 with G a multiple of 16).
+bool fp8_rows(const Plan& pl) { return mx_fp8(*pl.p) && pl.f.G % 16 == 0; }
 
 // Any code width: codes straight from the planes, 8 at a time, where the planes allow it; else
 // unpack a chunk of codes into a buffer, then decode them.
@@ -387,7 +384,7 @@ float exact_planes_h(const uint8_t* row, const Plan& pl, const Acts& a) {
             return exact_generic<H, 7>(row, pl, a, GatherLut{f.lut});
         default:  // 8: the code byte is the int8 value (Q8_0, IntSym8) or indexes the lut
             if (pl.p->layout == Layout::Q8_0 || pl.p->layout == Layout::IntSym) return exact_byte<H>(row, pl, a, Int8Codes{});
-            if (is_fp8(pl) && f.G % 16 == 0) return exact_fp8(row, pl, a);
+            if (fp8_rows(pl)) return exact_fp8(row, pl, a);
             return exact_byte<H>(row, pl, a, GatherLut{f.lut});
     }
 }
@@ -433,6 +430,14 @@ float exact_nvfp4(const uint8_t* row, const Plan& pl, const Acts& a) {
 // activation block RM rows.
 
 inline __m256i load32(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
+
+// 16 bytes of a 4-bit plane -> their 32 codes: low nibbles in the lower 128-bit lane, high nibbles in
+// the upper (the bytes broadcast to both lanes, the upper shifted: two operations fewer than building
+// the register from two 128-bit halves).
+inline __m256i nib32(const uint8_t* p) {
+    const __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    return _mm256_and_si256(_mm256_srlv_epi32(v, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4)), _mm256_set1_epi8(0x0F));
+}
 
 // q8 block k of every token against RM rows' decoded weights: bacc[r][t] += dot * d[t], the integer
 // dot scaled by the activation scale only; fast_tile applies the weight block's scale once per
@@ -489,12 +494,7 @@ struct Nib4G32 {
     static constexpr int64_t per = 1;
     Nib4G32(const Plan& pl, const Acts& a)
         : tab(_mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a.table)))), hdr(pl.f.hdr_bytes) {}
-    void decode(const uint8_t* blk, int64_t, __m256i& aw, __m256i& sg) const {
-        // the 16 bytes in both lanes (a broadcast load), the upper lane shifted to its high nibbles: two
-        // operations fewer than building the register from two 128-bit halves
-        const __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + hdr)));
-        from_codes(_mm256_and_si256(_mm256_srlv_epi32(v, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4)), m4), aw, sg);
-    }
+    void decode(const uint8_t* blk, int64_t, __m256i& aw, __m256i& sg) const { from_codes(nib32(blk + hdr), aw, sg); }
     // 32 codes -> the weights (unsigned: the codes; else the table's int8 values and their magnitudes)
     QC_INLINE void from_codes(__m256i c, __m256i& aw, __m256i& sg) const {
         if constexpr (U) {
@@ -568,16 +568,13 @@ struct E2M1Off {
     static constexpr bool SW = false;
     static constexpr int kOffset = 12;
     static constexpr int64_t per = 1;
-    const __m256i tab, m4 = _mm256_set1_epi8(0x0F);
+    const __m256i tab;
     const int hdr;
     E2M1Off(const Plan& pl, const Acts& a)
         : tab(_mm256_add_epi8(_mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a.table))),
                               _mm256_set1_epi8(kOffset))),
           hdr(pl.f.hdr_bytes) {}
-    void decode(const uint8_t* blk, int64_t, __m256i& aw, __m256i&) const {
-        const __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + hdr)));
-        aw = _mm256_shuffle_epi8(tab, _mm256_and_si256(_mm256_srlv_epi32(v, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4)), m4));
-    }
+    void decode(const uint8_t* blk, int64_t, __m256i& aw, __m256i&) const { aw = _mm256_shuffle_epi8(tab, nib32(blk + hdr)); }
 };
 
 // MX E2M3 (6-bit sign-magnitude codes, G = 32): a 4-bit plane (elements j, j+16 in byte j) and a
@@ -595,9 +592,7 @@ struct E2M3Fmt {
           t1(_mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a.table + 16)))) {}
     void decode(const uint8_t* blk, int64_t, __m256i& aw, __m256i& sg) const {
         const __m256i one = _mm256_set1_epi8(1);
-        // low 4 code bits: the 16 bytes in both lanes (one broadcast load), the upper lane's high nibbles
-        const __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 1)));
-        const __m256i lo4 = _mm256_and_si256(_mm256_srlv_epi32(v, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4)), _mm256_set1_epi8(0x0F));
+        const __m256i lo4 = nib32(blk + 1);  // the low 4 code bits
         // top 2 code bits: the 8 plane bytes in every 64-bit lane, lane k shifted by 2k: bit 0 of each byte
         // is code bit 4, bit 1 the sign (bits above are the other elements' and ignored)
         const __m256i hi2 = _mm256_srlv_epi64(_mm256_broadcastq_epi64(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk + 17))),
@@ -616,20 +611,18 @@ template <Hdr H, int RM>
 QC_INLINE void block_scales(const uint8_t* const (&blk)[RM], float ts, float (&dw)[8], float (&m)[8]) {
     static_assert(RM <= 8, "one register of halves");
     static_assert(H != Hdr::E8M0, "E8M0 scales are broadcast from Plan::e8m0");
-    {
-        __m128i hd = _mm_setzero_si128(), hm = _mm_setzero_si128();
+    __m128i hd = _mm_setzero_si128(), hm = _mm_setzero_si128();
 #pragma GCC unroll 8
-        for (int r = 0; r < RM; ++r) {
-            hd = _mm_insert_epi16(hd, rd16(blk[r]), r);
-            if constexpr (H == Hdr::F16Affine) hm = _mm_insert_epi16(hm, rd16(blk[r] + 2), r);
-        }
-        if constexpr (RM <= 4) {
-            _mm_store_ps(dw, _mm_mul_ps(_mm_cvtph_ps(hd), _mm_set1_ps(ts)));
-            if constexpr (H == Hdr::F16Affine) _mm_store_ps(m, _mm_cvtph_ps(hm));
-        } else {
-            _mm256_store_ps(dw, _mm256_mul_ps(_mm256_cvtph_ps(hd), _mm256_set1_ps(ts)));
-            if constexpr (H == Hdr::F16Affine) _mm256_store_ps(m, _mm256_cvtph_ps(hm));
-        }
+    for (int r = 0; r < RM; ++r) {
+        hd = _mm_insert_epi16(hd, rd16(blk[r]), r);
+        if constexpr (H == Hdr::F16Affine) hm = _mm_insert_epi16(hm, rd16(blk[r] + 2), r);
+    }
+    if constexpr (RM <= 4) {
+        _mm_store_ps(dw, _mm_mul_ps(_mm_cvtph_ps(hd), _mm_set1_ps(ts)));
+        if constexpr (H == Hdr::F16Affine) _mm_store_ps(m, _mm_cvtph_ps(hm));
+    } else {
+        _mm256_store_ps(dw, _mm256_mul_ps(_mm256_cvtph_ps(hd), _mm256_set1_ps(ts)));
+        if constexpr (H == Hdr::F16Affine) _mm256_store_ps(m, _mm256_cvtph_ps(hm));
     }
 }
 
@@ -800,7 +793,7 @@ constexpr KernelRow fast_row(vec_dot_fn exact) {
 // Mx's exact matvec row groups: E4M3 / E5M2 in groups (exact_fp8_rows), the other element kinds
 // row by row through the vec_dot (the same results as no row group).
 void mx_exact_rows(const uint8_t* W, size_t rb, const Plan& pl, const Acts* a, float* out, int64_t ldo) {
-    if (is_fp8(pl) && pl.f.G % 16 == 0) return exact_fp8_rows<kGroupRows>(W, rb, pl, a, out, ldo);
+    if (fp8_rows(pl)) return exact_fp8_rows<kGroupRows>(W, rb, pl, a, out, ldo);
     for (int r = 0; r < kGroupRows; ++r) out[r] = exact_planes(W + r * rb, pl, a[0]);
 }
 constexpr KernelRow with_exact_rows(KernelRow row, tile_dot_fn rows) {

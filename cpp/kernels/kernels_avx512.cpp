@@ -7,8 +7,6 @@
 // shuffles and scale broadcasts already fill the shuffle port that 512-bit code leans on.
 #include <immintrin.h>
 
-#include <cmath>
-
 #include "kernels/common.h"
 #include "kernels/x86_planes.h"
 
@@ -103,22 +101,6 @@ struct GatherLut {  // 7- and 8-bit codes
     __m512 operator()(__m128i c16) const { return _mm512_i32gather_ps(_mm512_cvtepu8_epi32(c16), lut, 4); }
 };
 
-// MX E4M3 / E5M2 codes as fp16 bit patterns widened by vcvtph2ps (the AVX2 file's HalfFp8, 16 lanes):
-// E5M2 is fp16's upper byte, E4M3's bits shifted into fp16's fields are the value * 2^-8 (`unit`
-// is folded into the block scale by exact_fp8).
-struct HalfFp8 {
-    __m256i mask;
-    __m128i shift;
-    float unit;
-    explicit HalfFp8(ElemKind k)
-        : mask(_mm256_set1_epi16(static_cast<short>(k == ElemKind::E4M3 ? 0xBF80 : 0xFF00))),
-          shift(_mm_cvtsi32_si128(k == ElemKind::E4M3 ? 7 : 8)),
-          unit(k == ElemKind::E4M3 ? 256.0f : 1.0f) {}
-    __m512 operator()(__m128i c16) const {
-        return _mm512_cvtph_ps(_mm256_and_si256(_mm256_sll_epi16(_mm256_cvtepi8_epi16(c16), shift), mask));
-    }
-};
-
 // Up to 64 entries: vpermps (16) / vpermt2ps (32), and bit 5 of the code picks between two of those.
 template <int N>
 struct RegLut {
@@ -178,25 +160,33 @@ float exact_codes(const uint8_t* row, const Plan& pl, const Acts& a, const Dec& 
     return hsum(acc);
 }
 
-// MX E4M3 / E5M2, G a multiple of 16: w = (value * 2^-8) * (d * 2^8), the same single rounding of
-// value * d as dequantize_row; a block whose d * unit overflows (E4M3, e >= 247) goes through the lut.
-float exact_fp8(const uint8_t* row, const Plan& pl, const Acts& a) {
+// MX E4M3 / E5M2, G a multiple of 16: the AVX2 file's exact_fp8_rows for one row, 16 lanes. The codes
+// as fp16 bit patterns widened by vcvtph2ps (E5M2 is fp16's upper byte; E4M3's bits shifted into
+// fp16's fields are the value * 2^-8, subnormals included); per block one chain of x * value, then the
+// 2^8 (E4M3) and the block's power of two on its sum.
+template <bool E4M3>
+float exact_fp8_u(const uint8_t* row, const Plan& pl, const Acts& a) {
     const BlockFmt& f = pl.f;
-    if (f.G % 16 != 0) return avx2_exact(row, pl, a);
-    const HalfFp8 half(pl.p->elem.kind);
-    const GatherLut lut{f.lut};
     __m512 acc = _mm512_setzero_ps();
     const float* x = a.x;
     for (int64_t b = 0; b < pl.cols / f.G; ++b, row += f.block_bytes, x += f.G) {
-        const float d = pl.e8m0[row[0]], du = d * half.unit;
-        const bool via_half = std::isfinite(du);
-        const __m512 vd = _mm512_set1_ps(via_half ? du : d);
+        __m512 s = _mm512_setzero_ps();
         for (int64_t i = 0; i < f.G; i += 16) {
-            const __m128i c = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + f.hdr_bytes + i));
-            acc = _mm512_fmadd_ps(_mm512_loadu_ps(x + i), _mm512_mul_ps(via_half ? half(c) : lut(c), vd), acc);
+            const __m256i v = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + f.hdr_bytes + i)));
+            const __m256i h = E4M3 ? _mm256_and_si256(_mm256_slli_epi16(v, 7), _mm256_set1_epi16(static_cast<short>(0xBF80)))
+                                   : _mm256_slli_epi16(v, 8);
+            s = _mm512_fmadd_ps(_mm512_loadu_ps(x + i), _mm512_cvtph_ps(h), s);
         }
+        if constexpr (E4M3) s = _mm512_mul_ps(s, _mm512_set1_ps(256.0f));
+        acc = _mm512_fmadd_ps(s, _mm512_set1_ps(pl.e8m0[row[0]]), acc);
     }
     return hsum(acc);
+}
+
+float exact_fp8(const uint8_t* row, const Plan& pl, const Acts& a) {
+    if (pl.f.G % 16 != 0) return avx2_exact(row, pl, a);
+    if (pl.p->elem.kind == ElemKind::E4M3) return exact_fp8_u<true>(row, pl, a);
+    return exact_fp8_u<false>(row, pl, a);
 }
 
 template <Hdr H>
@@ -218,8 +208,7 @@ float exact_planes_h(const uint8_t* row, const Plan& pl, const Acts& a) {
             return exact_codes<H, 7>(row, pl, a, GatherLut{f.lut});
         default:
             if (pl.p->layout == Layout::Q8_0 || pl.p->layout == Layout::IntSym) return exact_codes<H, 8>(row, pl, a, Int8Codes{});
-            if (pl.p->layout == Layout::Mx && (pl.p->elem.kind == ElemKind::E4M3 || pl.p->elem.kind == ElemKind::E5M2))
-                return exact_fp8(row, pl, a);
+            if (mx_fp8(*pl.p)) return exact_fp8(row, pl, a);
             return exact_codes<H, 8>(row, pl, a, GatherLut{f.lut});
     }
 }

@@ -448,30 +448,37 @@ void test_q8_blocks(std::mt19937& rng) {
 // The exact path decodes every code to the value quant::dequantize_row gives: with a one-hot x the
 // exact matvec returns the weight itself (1 * w + zeros), so every decoder (luts, shuffles, the
 // arithmetic minifloat decode) is checked code by code, on every ISA.
+// One-hot x against `rows` rows on every ISA's exact path: matvec must return ref (the rows'
+// dequantize_row values) for each column, bit for bit.
+void check_one_hot(const std::string& name, const TypeParams& p, const uint8_t* W, size_t rb, int64_t rows,
+                   int64_t cols, const std::vector<float>& ref, const std::vector<kernels::Isa>& isas) {
+    std::vector<uint8_t> acts(kernels::acts_bytes(p, cols) + 64);
+    uint8_t* base = acts.data() + (64 - reinterpret_cast<uintptr_t>(acts.data()) % 64) % 64;
+    std::vector<float> x(static_cast<size_t>(cols), 0.0f), y(static_cast<size_t>(rows));
+    kernels::set_exact(true);
+    for (kernels::Isa isa : isas) {
+        kernels::set_isa(isa);
+        int bad = 0;
+        for (int64_t i = 0; i < cols; ++i) {
+            x[static_cast<size_t>(i)] = 1.0f;
+            kernels::prepare_acts(p, x.data(), cols, base);
+            kernels::matvec(p, W, rb, cols, base, y.data(), 0, rows);
+            for (int64_t r = 0; r < rows; ++r) bad += y[static_cast<size_t>(r)] != ref[static_cast<size_t>(r * cols + i)];
+            x[static_cast<size_t>(i)] = 0.0f;
+        }
+        check(bad == 0, name + " [" + kernels::isa_name(isa) + "]: " + std::to_string(bad) +
+                            " weights decoded by the exact path differ from dequantize_row");
+    }
+    kernels::set_exact(false);
+}
+
 void test_exact_decode(const Case& c, const std::vector<kernels::Isa>& isas, std::mt19937& rng) {
     const int64_t rows = 7;
     const Weights W = make_weights(c, rows, rng);
     std::vector<float> ref(static_cast<size_t>(rows * c.cols));
     for (int64_t r = 0; r < rows; ++r)
         quant::dequantize_row(c.p, W.bytes.data() + r * W.row_bytes, ref.data() + r * c.cols, c.cols);
-    std::vector<uint8_t> acts(kernels::acts_bytes(c.p, c.cols) + 64);
-    uint8_t* base = acts.data() + (64 - reinterpret_cast<uintptr_t>(acts.data()) % 64) % 64;
-    std::vector<float> x(static_cast<size_t>(c.cols), 0.0f), y(static_cast<size_t>(rows));
-    kernels::set_exact(true);
-    for (kernels::Isa isa : isas) {
-        kernels::set_isa(isa);
-        int bad = 0;
-        for (int64_t i = 0; i < c.cols; ++i) {
-            x[static_cast<size_t>(i)] = 1.0f;
-            kernels::prepare_acts(c.p, x.data(), c.cols, base);
-            kernels::matvec(c.p, W.bytes.data(), W.row_bytes, c.cols, base, y.data(), 0, rows);
-            for (int64_t r = 0; r < rows; ++r) bad += y[static_cast<size_t>(r)] != ref[static_cast<size_t>(r * c.cols + i)];
-            x[static_cast<size_t>(i)] = 0.0f;
-        }
-        check(bad == 0, c.name + " [" + kernels::isa_name(isa) + "]: " + std::to_string(bad) +
-                            " weights decoded by the exact path differ from dequantize_row");
-    }
-    kernels::set_exact(false);
+    check_one_hot(c.name, c.p, W.bytes.data(), W.row_bytes, rows, c.cols, ref, isas);
 }
 
 // Exact matmul over enough tokens to decode each row block once (dispatch.cpp, kDecodeOnceTokens)
@@ -540,24 +547,7 @@ void test_fp8_edges(const std::vector<kernels::Isa>& isas) {
         std::vector<float> ref(static_cast<size_t>(rows * cols));
         for (int64_t r = 0; r < rows; ++r)
             check(quant::dequantize_row(p, W.data() + r * rb, ref.data() + r * cols, cols).ok(), "fp8 edges dequantize");
-        std::vector<uint8_t> acts(kernels::acts_bytes(p, cols) + 64);
-        uint8_t* base = acts.data() + (64 - reinterpret_cast<uintptr_t>(acts.data()) % 64) % 64;
-        std::vector<float> x(static_cast<size_t>(cols), 0.0f), y(static_cast<size_t>(rows));
-        kernels::set_exact(true);
-        for (kernels::Isa isa : isas) {
-            kernels::set_isa(isa);
-            int bad = 0;
-            for (int64_t i = 0; i < cols; ++i) {
-                x[static_cast<size_t>(i)] = 1.0f;
-                kernels::prepare_acts(p, x.data(), cols, base);
-                kernels::matvec(p, W.data(), rb, cols, base, y.data(), 0, rows);
-                for (int64_t r = 0; r < rows; ++r) bad += y[static_cast<size_t>(r)] != ref[static_cast<size_t>(r * cols + i)];
-                x[static_cast<size_t>(i)] = 0.0f;
-            }
-            check(bad == 0, std::string(kind == ElemKind::E4M3 ? "mxfp8" : "mxfp8:e5m2") + " edges [" +
-                                kernels::isa_name(isa) + "]: " + std::to_string(bad) + " weights differ from dequantize_row");
-        }
-        kernels::set_exact(false);
+        check_one_hot(kind == ElemKind::E4M3 ? "mxfp8 edges" : "mxfp8:e5m2 edges", p, W.data(), rb, rows, cols, ref, isas);
     }
 }
 
