@@ -26,6 +26,7 @@ constexpr int kTableSize = 64;                 // largest int8 element table (6-
 struct ActsHeader {
     uint32_t magic;
     int32_t has_q8;
+    int32_t has_x96;  // Acts::x96: -1 no section (other types), 0 section left unfilled, 1 filled
     int64_t cols;
     float tscale;
     int8_t table[kTableSize];
@@ -36,14 +37,23 @@ static_assert(sizeof(ActsHeader) <= kHeaderBytes, "acts header");
 constexpr size_t align_up(size_t n) { return (n + kActsAlign - 1) / kActsAlign * kActsAlign; }
 
 struct ActsLayout {
-    size_t x = 0, d = 0, gsum = 0, qsum = 0, q = 0, total = 0;
+    size_t x = 0, x96 = 0, d = 0, gsum = 0, qsum = 0, q = 0, total = 0;
 };
 
-ActsLayout acts_layout(int64_t cols, bool q8) {
+// Whether p's exact kernels read Acts::x96.
+bool wants_x96(const TypeParams& p) {
+    return p.prepared && p.layout == Layout::Mx && (p.elem.kind == ElemKind::E4M3 || p.elem.kind == ElemKind::E5M2);
+}
+
+ActsLayout acts_layout(int64_t cols, bool q8, bool x96) {
     ActsLayout l;
     const size_t n = static_cast<size_t>(cols), nb = q8 ? n / kQ8Block : 0;
     l.x = kHeaderBytes;
     size_t end = l.x + align_up(n * sizeof(float));
+    if (x96) {
+        l.x96 = end;
+        end += align_up(n * sizeof(float));
+    }
     if (q8) {
         l.d = end;
         l.gsum = l.d + align_up(nb * kQ8Scales * sizeof(float));
@@ -271,8 +281,9 @@ Acts view_acts(const void* acts) {
     Acts a;
     a.cols = h.cols;
     a.has_q8 = h.has_q8 != 0;
-    const ActsLayout l = acts_layout(h.cols, a.has_q8);
+    const ActsLayout l = acts_layout(h.cols, a.has_q8, h.has_x96 >= 0);
     a.x = reinterpret_cast<const float*>(base + l.x);
+    if (h.has_x96 > 0) a.x96 = reinterpret_cast<const float*>(base + l.x96);
     if (a.has_q8) {
         a.d = reinterpret_cast<const float*>(base + l.d);
         a.gsum = reinterpret_cast<const float*>(base + l.gsum);
@@ -285,20 +296,33 @@ Acts view_acts(const void* acts) {
 }
 
 size_t acts_bytes(const TypeParams& p, int64_t cols) {
-    return acts_layout(cols < 0 ? 0 : cols, fast_supported(p, cols)).total;
+    return acts_layout(cols < 0 ? 0 : cols, fast_supported(p, cols), wants_x96(p)).total;
 }
 
 void prepare_acts(const TypeParams& p, const float* x, int64_t cols, void* acts, bool fast) {
     auto* base = static_cast<uint8_t*>(acts);
     const bool q8 = fast && fast_supported(p, cols);
-    const ActsLayout l = acts_layout(cols, q8);
+    const bool x96 = wants_x96(p);
+    const ActsLayout l = acts_layout(cols, q8, x96);
     ActsHeader h{};
     h.magic = kActsMagic;
     h.has_q8 = q8 ? 1 : 0;
+    h.has_x96 = x96 ? 0 : -1;
     h.cols = cols;
     if (q8) fill_table(p, cols, h);
-    std::memcpy(base, &h, sizeof h);
     std::memcpy(base + l.x, x, static_cast<size_t>(cols) * sizeof(float));
+    if (x96) {
+        // exact scaling by a power of two, as long as x * 2^96 stays far from float's range end
+        bool fits = true;
+        for (int64_t i = 0; i < cols; ++i) fits &= std::fabs(x[i]) < 0x1p31f;  // false for inf and NaN
+        if (fits) {
+            const float k = std::ldexp(1.0f, kX96Exp);
+            auto* xs = reinterpret_cast<float*>(base + l.x96);
+            for (int64_t i = 0; i < cols; ++i) xs[i] = x[i] * k;
+            h.has_x96 = 1;
+        }
+    }
+    std::memcpy(base, &h, sizeof h);
     if (!q8) return;
     auto* d = reinterpret_cast<float*>(base + l.d);
     auto* gsum = reinterpret_cast<float*>(base + l.gsum);

@@ -44,6 +44,19 @@ inline bool mx_fp8(const quant::TypeParams& p) {
     return p.layout == quant::Layout::Mx && (p.elem.kind == quant::ElemKind::E4M3 || p.elem.kind == quant::ElemKind::E5M2);
 }
 
+// MX E4M3 / E5M2 codes decoded straight into float32's fields by the x86 exact kernels (with
+// Acts::x96): the sign-extended code shifted left by kShift puts the magnitude bits in the exponent
+// and mantissa fields, which reads value * 2^-(127 - bias) (subnormal codes become float32
+// subnormals, exactly); kMask keeps the sign (bit 31) and clears its copies above the exponent. The
+// products with x * 2^kX96Exp carry 2^-kUnitExp, which kUnit = 2^kUnitExp undoes on each block sum.
+template <bool E4M3>
+struct Fp8Fields {
+    static constexpr int kShift = E4M3 ? 20 : 21;
+    static constexpr uint32_t kMask = E4M3 ? 0x87F00000u : 0x8FE00000u;
+    static constexpr int kUnitExp = (E4M3 ? 127 - 7 : 127 - 15) - kX96Exp;
+    static constexpr float kUnit = static_cast<float>(1u << kUnitExp);
+};
+
 // Bit planes of a code width (docs/layouts.md): 8, 4, 2, 1 -> 1; 6, 5, 3 -> 2; 7 -> 3.
 constexpr int plane_count(int bits) { return bits == 7 ? 3 : (bits == 3 || bits == 5 || bits == 6) ? 2 : 1; }
 

@@ -23,6 +23,11 @@ constexpr int64_t kQ8Group = 4;
 constexpr int64_t kQ8Scales = kQ8Block / kQ8Group;
 constexpr size_t kActsAlign = 64;
 
+// The x86 exact kernels decode MX E4M3 / E5M2 codes straight into float32's fields as value * 2^-120
+// (E5M2: 2^-112), whose products with ordinary activations would be subnormal (microcode assists,
+// and imprecise); the acts carry x * 2^kX96Exp for them, so the products are x * value * 2^-24.
+constexpr int kX96Exp = 96;
+
 // A prepared activation buffer (prepare_acts), as pointers. Sections are 64-byte aligned relative
 // to the buffer start, so a 64-byte aligned buffer keeps every section aligned.
 struct Acts {
@@ -35,6 +40,8 @@ struct Acts {
     const float* qsum = nullptr; // cols/32 sums of the rounded activations, sum(d * q), per q8 block
                                  // (what an asymmetric block's offset m multiplies; 0 for other types)
     const int8_t* q = nullptr;   // cols int8 values, q = round(x / d)
+    const float* x96 = nullptr;  // MX E4M3 / E5M2 only: cols floats x * 2^kX96Exp (common.h's Fp8Fields)
+                                 // (null where some |x| >= 2^31, inf or NaN: the kernels then use x)
     const int8_t* table = nullptr;  // weight code -> int8 element (16 entries; MX E2M3: 64)
     float tscale = 0.0f;            // element value = table[code] * tscale
 };

@@ -183,14 +183,12 @@ struct GatherLut {  // any lut (those too large for RegLut / SignedLut)
 // MX E4M3 / E5M2 codes as fp16 bit patterns, widened by vcvtph2ps (F16C converts fp16 subnormals
 // exactly): E5M2 is fp16's upper byte; E4M3's 7 magnitude bits shifted into fp16's exponent and
 // mantissa fields are the value * 2^-8 (bias 7 against 15), subnormals included, and the sign bit
-// comes along with the sign extension. Decoding into float32's fields instead took eleven
-// operations per 8 codes, with a blend for the subnormals (mxfp8 decode ran at 0.30x of SF4).
+// comes along with the sign extension. The route for acts without x96 (FloatFp8 below is faster).
 template <bool E4M3>
 struct HalfFp8 {
-    // 16 codes -> the values of codes 0..7 and 8..15 (E4M3: over 2^8). mxfp8 rows take about twice
-    // F16 rows' time per weight (same vcvtph2ps count, plus this decode); 256-bit decodes with a
-    // lane-crossing sign extension, register shift counts, vpmullw in place of the shift and
-    // converting from memory after a store all measured the same in kernels_bench.
+    static constexpr bool kX96 = false;                   // reads Acts::x
+    static constexpr float kUnit = E4M3 ? 256.0f : 1.0f;  // value = decoded * kUnit
+    // 16 codes -> the values of codes 0..7 and 8..15 (E4M3: over 2^8)
     QC_INLINE void operator()(const uint8_t* c, __m256& lo, __m256& hi) const {
         lo = eight(c);
         hi = eight(c + 8);
@@ -199,6 +197,25 @@ struct HalfFp8 {
         const __m128i v = _mm_cvtepi8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(c)));
         return _mm256_cvtph_ps(E4M3 ? _mm_and_si128(_mm_slli_epi16(v, 7), _mm_set1_epi16(static_cast<short>(0xBF80)))
                                     : _mm_slli_epi16(v, 8));
+    }
+};
+
+// Fp8Fields' decode (common.h), 8 codes at a time: three integer operations and no conversion, where
+// HalfFp8 also pays vcvtph2ps: mxfp8 matvec -25% in kernels_bench (codes of realistic magnitudes;
+// random codes, 1/16 of them subnormal, run slower on AMD cores, which take float32 subnormal
+// inputs through a slow path; the reference model's E4M3 codes hold none).
+template <bool E4M3>
+struct FloatFp8 {
+    using F = Fp8Fields<E4M3>;
+    static constexpr bool kX96 = true;
+    static constexpr float kUnit = F::kUnit;
+    QC_INLINE void operator()(const uint8_t* c, __m256& lo, __m256& hi) const {
+        lo = eight(c);
+        hi = eight(c + 8);
+    }
+    QC_INLINE __m256 eight(const uint8_t* c) const {
+        const __m256i v = _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(c)));
+        return _mm256_castsi256_ps(_mm256_and_si256(_mm256_slli_epi32(v, F::kShift), _mm256_set1_epi32(static_cast<int>(F::kMask))));
     }
 };
 
@@ -277,13 +294,13 @@ float exact_byte(const uint8_t* row, const Plan& pl, const Acts& a, const Dec& d
 // 16j+8..16j+15), and the block's scale multiplies their sum once; every RM does the same per row.
 // The block scale is a power of two, so this is the dequantized dot product up to float summation
 // order (a multiply per weight fewer than scaling each weight first).
-template <int RM, bool E4M3>
+template <int RM, class Dec>
 void exact_fp8_rows_u(const uint8_t* W, size_t rb, const Plan& pl, const Acts* a, float* out) {
     const BlockFmt& f = pl.f;
-    const HalfFp8<E4M3> half;
+    const Dec dec;
     __m256 acc[RM];
     for (int r = 0; r < RM; ++r) acc[r] = _mm256_setzero_ps();
-    const float* x = a[0].x;
+    const float* x = Dec::kX96 ? a[0].x96 : a[0].x;
     for (int64_t b = 0; b < pl.cols / f.G; ++b, x += f.G) {
         if constexpr (RM > 1) prefetch_ahead(W, pl.prefetch, b * RM * f.block_bytes, RM * f.block_bytes);
         const uint8_t* codes[RM];
@@ -294,19 +311,19 @@ void exact_fp8_rows_u(const uint8_t* W, size_t rb, const Plan& pl, const Acts* a
 #pragma GCC unroll 8
             for (int r = 0; r < RM; ++r) {
                 __m256 lo, hi;
-                half(codes[r] + i, lo, hi);
+                dec(codes[r] + i, lo, hi);
                 s0[r] = decltype(first)::value ? _mm256_mul_ps(x0, lo) : _mm256_fmadd_ps(x0, lo, s0[r]);
                 s1[r] = decltype(first)::value ? _mm256_mul_ps(x1, hi) : _mm256_fmadd_ps(x1, hi, s1[r]);
             }
         };
         step(0, std::true_type{});
         for (int64_t i = 16; i < f.G; i += 16) step(i, std::false_type{});
-        // the unit (exact: a power of two) on the block's sum, then d straight from the plan's table: a
-        // vector multiply instead of folding it into d, which overflows for E4M3 scales >= 2^119
+        // the decoder's unit (exact: a power of two) on the block's sum, then d straight from the plan's
+        // table: a vector multiply instead of folding it into d, which overflows for large scales
 #pragma GCC unroll 8
         for (int r = 0; r < RM; ++r) {
             __m256 s = _mm256_add_ps(s0[r], s1[r]);
-            if constexpr (E4M3) s = _mm256_mul_ps(s, _mm256_set1_ps(256.0f));
+            if constexpr (Dec::kUnit != 1.0f) s = _mm256_mul_ps(s, _mm256_set1_ps(Dec::kUnit));
             acc[r] = _mm256_fmadd_ps(s, _mm256_broadcast_ss(pl.e8m0 + codes[r][-f.hdr_bytes]), acc[r]);
         }
     }
@@ -315,8 +332,16 @@ void exact_fp8_rows_u(const uint8_t* W, size_t rb, const Plan& pl, const Acts* a
 
 template <int RM>
 void exact_fp8_rows(const uint8_t* W, size_t rb, const Plan& pl, const Acts* a, float* out, int64_t) {
-    if (pl.p->elem.kind == ElemKind::E4M3) exact_fp8_rows_u<RM, true>(W, rb, pl, a, out);
-    else exact_fp8_rows_u<RM, false>(W, rb, pl, a, out);
+    // x96 is missing only for activations of 2^31 and more, inf or NaN: fp16's route then
+    const bool e4m3 = pl.p->elem.kind == ElemKind::E4M3;
+    if (a[0].x96) {
+        if (e4m3) exact_fp8_rows_u<RM, FloatFp8<true>>(W, rb, pl, a, out);
+        else exact_fp8_rows_u<RM, FloatFp8<false>>(W, rb, pl, a, out);
+    } else if (e4m3) {
+        exact_fp8_rows_u<RM, HalfFp8<true>>(W, rb, pl, a, out);
+    } else {
+        exact_fp8_rows_u<RM, HalfFp8<false>>(W, rb, pl, a, out);
+    }
 }
 
 float exact_fp8(const uint8_t* row, const Plan& pl, const Acts& a) {

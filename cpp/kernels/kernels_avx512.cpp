@@ -160,24 +160,34 @@ float exact_codes(const uint8_t* row, const Plan& pl, const Acts& a, const Dec& 
     return hsum(acc);
 }
 
-// MX E4M3 / E5M2, G a multiple of 16: the AVX2 file's exact_fp8_rows for one row, 16 lanes. The codes
-// as fp16 bit patterns widened by vcvtph2ps (E5M2 is fp16's upper byte; E4M3's bits shifted into
-// fp16's fields are the value * 2^-8, subnormals included); per block one chain of x * value, then the
-// 2^8 (E4M3) and the block's power of two on its sum.
-template <bool E4M3>
+// MX E4M3 / E5M2, G a multiple of 16: the AVX2 file's exact_fp8_rows for one row, 16 lanes. With
+// Acts::x96 the codes go straight into float32's fields (Fp8Fields), else as fp16 bit patterns
+// widened by vcvtph2ps (E5M2 is fp16's upper byte; E4M3's bits shifted into fp16's fields are the
+// value * 2^-8, subnormals included); per block one chain of x * value, then the decode's unit and
+// the block's power of two on its sum.
+template <bool E4M3, bool X96>
 float exact_fp8_u(const uint8_t* row, const Plan& pl, const Acts& a) {
+    using F = Fp8Fields<E4M3>;
     const BlockFmt& f = pl.f;
     __m512 acc = _mm512_setzero_ps();
-    const float* x = a.x;
+    const float* x = X96 ? a.x96 : a.x;
+    const float unit = X96 ? F::kUnit : E4M3 ? 256.0f : 1.0f;
     for (int64_t b = 0; b < pl.cols / f.G; ++b, row += f.block_bytes, x += f.G) {
         __m512 s = _mm512_setzero_ps();
         for (int64_t i = 0; i < f.G; i += 16) {
-            const __m256i v = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + f.hdr_bytes + i)));
-            const __m256i h = E4M3 ? _mm256_and_si256(_mm256_slli_epi16(v, 7), _mm256_set1_epi16(static_cast<short>(0xBF80)))
-                                   : _mm256_slli_epi16(v, 8);
-            s = _mm512_fmadd_ps(_mm512_loadu_ps(x + i), _mm512_cvtph_ps(h), s);
+            const __m128i c = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + f.hdr_bytes + i));
+            __m512 w;
+            if constexpr (X96) {
+                const __m512i v = _mm512_slli_epi32(_mm512_cvtepi8_epi32(c), F::kShift);
+                w = _mm512_castsi512_ps(_mm512_and_si512(v, _mm512_set1_epi32(static_cast<int>(F::kMask))));
+            } else {
+                const __m256i v = _mm256_cvtepi8_epi16(c);
+                w = _mm512_cvtph_ps(E4M3 ? _mm256_and_si256(_mm256_slli_epi16(v, 7), _mm256_set1_epi16(static_cast<short>(0xBF80)))
+                                         : _mm256_slli_epi16(v, 8));
+            }
+            s = _mm512_fmadd_ps(_mm512_loadu_ps(x + i), w, s);
         }
-        if constexpr (E4M3) s = _mm512_mul_ps(s, _mm512_set1_ps(256.0f));
+        if (unit != 1.0f) s = _mm512_mul_ps(s, _mm512_set1_ps(unit));
         acc = _mm512_fmadd_ps(s, _mm512_set1_ps(pl.e8m0[row[0]]), acc);
     }
     return hsum(acc);
@@ -185,8 +195,9 @@ float exact_fp8_u(const uint8_t* row, const Plan& pl, const Acts& a) {
 
 float exact_fp8(const uint8_t* row, const Plan& pl, const Acts& a) {
     if (pl.f.G % 16 != 0) return avx2_exact(row, pl, a);
-    if (pl.p->elem.kind == ElemKind::E4M3) return exact_fp8_u<true>(row, pl, a);
-    return exact_fp8_u<false>(row, pl, a);
+    const bool e4m3 = pl.p->elem.kind == ElemKind::E4M3;
+    if (a.x96) return e4m3 ? exact_fp8_u<true, true>(row, pl, a) : exact_fp8_u<false, true>(row, pl, a);
+    return e4m3 ? exact_fp8_u<true, false>(row, pl, a) : exact_fp8_u<false, false>(row, pl, a);
 }
 
 template <Hdr H>

@@ -450,8 +450,11 @@ void test_q8_blocks(std::mt19937& rng) {
 // arithmetic minifloat decode) is checked code by code, on every ISA.
 // One-hot x against `rows` rows on every ISA's exact path: matvec must return ref (the rows'
 // dequantize_row values) for each column, bit for bit.
+// One-hot activations (value `hot`, a power of two) against every weight: y == ref * hot wherever that
+// product is a normal float (elsewhere two roundings of a subnormal may differ from one).
 void check_one_hot(const std::string& name, const TypeParams& p, const uint8_t* W, size_t rb, int64_t rows,
-                   int64_t cols, const std::vector<float>& ref, const std::vector<kernels::Isa>& isas) {
+                   int64_t cols, const std::vector<float>& ref, const std::vector<kernels::Isa>& isas,
+                   float hot = 1.0f) {
     std::vector<uint8_t> acts(kernels::acts_bytes(p, cols) + 64);
     uint8_t* base = acts.data() + (64 - reinterpret_cast<uintptr_t>(acts.data()) % 64) % 64;
     std::vector<float> x(static_cast<size_t>(cols), 0.0f), y(static_cast<size_t>(rows));
@@ -460,10 +463,13 @@ void check_one_hot(const std::string& name, const TypeParams& p, const uint8_t* 
         kernels::set_isa(isa);
         int bad = 0;
         for (int64_t i = 0; i < cols; ++i) {
-            x[static_cast<size_t>(i)] = 1.0f;
+            x[static_cast<size_t>(i)] = hot;
             kernels::prepare_acts(p, x.data(), cols, base);
             kernels::matvec(p, W, rb, cols, base, y.data(), 0, rows);
-            for (int64_t r = 0; r < rows; ++r) bad += y[static_cast<size_t>(r)] != ref[static_cast<size_t>(r * cols + i)];
+            for (int64_t r = 0; r < rows; ++r) {
+                const float want = ref[static_cast<size_t>(r * cols + i)] * hot;
+                if (hot == 1.0f || std::fpclassify(want) == FP_NORMAL) bad += y[static_cast<size_t>(r)] != want;
+            }
             x[static_cast<size_t>(i)] = 0.0f;
         }
         check(bad == 0, name + " [" + kernels::isa_name(isa) + "]: " + std::to_string(bad) +
@@ -547,7 +553,28 @@ void test_fp8_edges(const std::vector<kernels::Isa>& isas) {
         std::vector<float> ref(static_cast<size_t>(rows * cols));
         for (int64_t r = 0; r < rows; ++r)
             check(quant::dequantize_row(p, W.data() + r * rb, ref.data() + r * cols, cols).ok(), "fp8 edges dequantize");
-        check_one_hot(kind == ElemKind::E4M3 ? "mxfp8 edges" : "mxfp8:e5m2 edges", p, W.data(), rb, rows, cols, ref, isas);
+        const std::string name = kind == ElemKind::E4M3 ? "mxfp8 edges" : "mxfp8:e5m2 edges";
+        check_one_hot(name, p, W.data(), rb, rows, cols, ref, isas);
+        // the x86 kernels multiply x * 2^96 (Acts::x96) with codes decoded as value * 2^-120: tiny
+        // activations must not underflow there, and from 2^31 on (no x96: x * 2^96 would overflow)
+        // fp16's route takes over
+        check_one_hot(name + " x=2^-40", p, W.data(), rb, rows, cols, ref, isas, 0x1p-40f);
+        check_one_hot(name + " x=2^40", p, W.data(), rb, rows, cols, ref, isas, 0x1p40f);
+        // a NaN activation makes every row NaN, as in the dequantized dot product (0 * NaN included)
+        std::vector<uint8_t> acts(kernels::acts_bytes(p, cols) + 64);
+        uint8_t* base = acts.data() + (64 - reinterpret_cast<uintptr_t>(acts.data()) % 64) % 64;
+        std::vector<float> x(static_cast<size_t>(cols), 0.5f), y(static_cast<size_t>(rows));
+        x[3] = NAN;
+        kernels::set_exact(true);
+        for (kernels::Isa isa : isas) {
+            kernels::set_isa(isa);
+            kernels::prepare_acts(p, x.data(), cols, base);
+            kernels::matvec(p, W.data(), rb, cols, base, y.data(), 0, rows);
+            int finite = 0;
+            for (float v : y) finite += !std::isnan(v);
+            check(finite == 0, name + " [" + kernels::isa_name(isa) + "]: NaN activation gave a number");
+        }
+        kernels::set_exact(false);
     }
 }
 
