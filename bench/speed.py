@@ -38,7 +38,7 @@ from quantconv.runtime.engine import Engine
 
 SAME_FILE = ["q8_0", "f16", "q4_0", "mxfp4"]            # ours vs llama.cpp on the very same file
 SAME_FILE_TARGETS = {"q8_0", "f16"}                      # the targets; q4_0 and mxfp4 are context
-VS_SF4 = ["nf4", "fp4", "fp4-sp", "mxfp4", "mxfp6", "mxfp8", "mxint8", "int4:asym"]
+VS_SF4 = ["nf4", "fp4", "fp4-sr", "fp4-sp", "mxfp4", "mxfp6", "mxfp8", "mxint8", "int4:asym"]
 SAME_BPW_SF4 = {"mxfp4": "sf4:group=64"}                 # an SF4 with exactly the dtype's bits per weight
 
 
