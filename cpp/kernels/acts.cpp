@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "kernels/common.h"
 #include "kernels/internal.h"
 #include "quant/bitplanes.h"
 #include "quant/fpconv.h"
@@ -41,9 +42,7 @@ struct ActsLayout {
 };
 
 // Whether p's exact kernels read Acts::x96.
-bool wants_x96(const TypeParams& p) {
-    return p.prepared && p.layout == Layout::Mx && (p.elem.kind == ElemKind::E4M3 || p.elem.kind == ElemKind::E5M2);
-}
+bool wants_x96(const TypeParams& p) { return p.prepared && mx_fp8(p); }
 
 ActsLayout acts_layout(int64_t cols, bool q8, bool x96) {
     ActsLayout l;
@@ -313,14 +312,14 @@ void prepare_acts(const TypeParams& p, const float* x, int64_t cols, void* acts,
     std::memcpy(base + l.x, x, static_cast<size_t>(cols) * sizeof(float));
     if (x96) {
         // exact scaling by a power of two, as long as x * 2^96 stays far from float's range end
+        const float k = std::ldexp(1.0f, kX96Exp);
+        auto* xs = reinterpret_cast<float*>(base + l.x96);
         bool fits = true;
-        for (int64_t i = 0; i < cols; ++i) fits &= std::fabs(x[i]) < 0x1p31f;  // false for inf and NaN
-        if (fits) {
-            const float k = std::ldexp(1.0f, kX96Exp);
-            auto* xs = reinterpret_cast<float*>(base + l.x96);
-            for (int64_t i = 0; i < cols; ++i) xs[i] = x[i] * k;
-            h.has_x96 = 1;
+        for (int64_t i = 0; i < cols; ++i) {
+            xs[i] = x[i] * k;
+            fits &= std::fabs(x[i]) < 0x1p31f;  // false for inf and NaN
         }
+        if (fits) h.has_x96 = 1;
     }
     std::memcpy(base, &h, sizeof h);
     if (!q8) return;

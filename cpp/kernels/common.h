@@ -39,7 +39,8 @@ inline float bits_to_f32(uint32_t b) {
 // 2^(e-127); e = 0 is the subnormal 2^-127. (255 gives inf: the data was validated at load time.)
 inline float e8m0_scale(uint8_t e) { return bits_to_f32(e ? static_cast<uint32_t>(e) << 23 : 0x00400000u); }
 
-// MX with 8-bit float elements (E4M3 / E5M2): the exact paths decode them through fp16.
+// MX with 8-bit float elements (E4M3 / E5M2): the x86 exact paths decode them by moving their bits into
+// float32's fields (Fp8Fields, with Acts::x96) or fp16's (Fp16Fields, without).
 inline bool mx_fp8(const quant::TypeParams& p) {
     return p.layout == quant::Layout::Mx && (p.elem.kind == quant::ElemKind::E4M3 || p.elem.kind == quant::ElemKind::E5M2);
 }
@@ -55,6 +56,18 @@ struct Fp8Fields {
     static constexpr uint32_t kMask = E4M3 ? 0x87F00000u : 0x8FE00000u;
     static constexpr int kUnitExp = (E4M3 ? 127 - 7 : 127 - 15) - kX96Exp;
     static constexpr float kUnit = static_cast<float>(1u << kUnitExp);
+};
+
+// The same codes as fp16 bit patterns (F16C's vcvtph2ps converts fp16 subnormals exactly): the
+// sign-extended code in a 16-bit lane shifted left by kShift and masked with kMask. E5M2 is fp16's
+// upper byte; E4M3's 7 magnitude bits land in fp16's exponent and mantissa fields as the value * 2^-8
+// (bias 7 against 15), subnormals included, and the sign comes along with the sign extension. The
+// decoded value times kUnit is the element's.
+template <bool E4M3>
+struct Fp16Fields {
+    static constexpr int kShift = E4M3 ? 7 : 8;
+    static constexpr uint16_t kMask = E4M3 ? 0xBF80u : 0xFF00u;
+    static constexpr float kUnit = E4M3 ? 256.0f : 1.0f;
 };
 
 // Bit planes of a code width (docs/layouts.md): 8, 4, 2, 1 -> 1; 6, 5, 3 -> 2; 7 -> 3.

@@ -180,39 +180,25 @@ struct GatherLut {  // any lut (those too large for RegLut / SignedLut)
     __m256 operator()(__m128i c8) const { return _mm256_i32gather_ps(lut, _mm256_cvtepu8_epi32(c8), 4); }
 };
 
-// MX E4M3 / E5M2 codes as fp16 bit patterns, widened by vcvtph2ps (F16C converts fp16 subnormals
-// exactly): E5M2 is fp16's upper byte; E4M3's 7 magnitude bits shifted into fp16's exponent and
-// mantissa fields are the value * 2^-8 (bias 7 against 15), subnormals included, and the sign bit
-// comes along with the sign extension. The route for acts without x96 (FloatFp8 below is faster).
+// MX E4M3 / E5M2 decoders, 8 codes at a time (exact_fp8_rows). HalfFp8: Fp16Fields' bit patterns
+// widened by vcvtph2ps, for acts without x96. FloatFp8: Fp8Fields' decode, three integer operations
+// and no conversion: mxfp8 matvec -25% in kernels_bench (codes of realistic magnitudes; random codes,
+// 1/16 of them subnormal, run slower on AMD cores, which take float32 subnormal inputs through a slow
+// path; the reference model's E4M3 codes hold none).
 template <bool E4M3>
 struct HalfFp8 {
-    static constexpr bool kX96 = false;                   // reads Acts::x
-    static constexpr float kUnit = E4M3 ? 256.0f : 1.0f;  // value = decoded * kUnit
-    // 16 codes -> the values of codes 0..7 and 8..15 (E4M3: over 2^8)
-    QC_INLINE void operator()(const uint8_t* c, __m256& lo, __m256& hi) const {
-        lo = eight(c);
-        hi = eight(c + 8);
-    }
+    using F = Fp16Fields<E4M3>;
+    static constexpr bool kX96 = false;  // reads Acts::x
     QC_INLINE __m256 eight(const uint8_t* c) const {
         const __m128i v = _mm_cvtepi8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(c)));
-        return _mm256_cvtph_ps(E4M3 ? _mm_and_si128(_mm_slli_epi16(v, 7), _mm_set1_epi16(static_cast<short>(0xBF80)))
-                                    : _mm_slli_epi16(v, 8));
+        return _mm256_cvtph_ps(_mm_and_si128(_mm_slli_epi16(v, F::kShift), _mm_set1_epi16(static_cast<short>(F::kMask))));
     }
 };
 
-// Fp8Fields' decode (common.h), 8 codes at a time: three integer operations and no conversion, where
-// HalfFp8 also pays vcvtph2ps: mxfp8 matvec -25% in kernels_bench (codes of realistic magnitudes;
-// random codes, 1/16 of them subnormal, run slower on AMD cores, which take float32 subnormal
-// inputs through a slow path; the reference model's E4M3 codes hold none).
 template <bool E4M3>
 struct FloatFp8 {
     using F = Fp8Fields<E4M3>;
     static constexpr bool kX96 = true;
-    static constexpr float kUnit = F::kUnit;
-    QC_INLINE void operator()(const uint8_t* c, __m256& lo, __m256& hi) const {
-        lo = eight(c);
-        hi = eight(c + 8);
-    }
     QC_INLINE __m256 eight(const uint8_t* c) const {
         const __m256i v = _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(c)));
         return _mm256_castsi256_ps(_mm256_and_si256(_mm256_slli_epi32(v, F::kShift), _mm256_set1_epi32(static_cast<int>(F::kMask))));
@@ -310,8 +296,7 @@ void exact_fp8_rows_u(const uint8_t* W, size_t rb, const Plan& pl, const Acts* a
             const __m256 x0 = _mm256_loadu_ps(x + i), x1 = _mm256_loadu_ps(x + i + 8);
 #pragma GCC unroll 8
             for (int r = 0; r < RM; ++r) {
-                __m256 lo, hi;
-                dec(codes[r] + i, lo, hi);
+                const __m256 lo = dec.eight(codes[r] + i), hi = dec.eight(codes[r] + i + 8);
                 s0[r] = decltype(first)::value ? _mm256_mul_ps(x0, lo) : _mm256_fmadd_ps(x0, lo, s0[r]);
                 s1[r] = decltype(first)::value ? _mm256_mul_ps(x1, hi) : _mm256_fmadd_ps(x1, hi, s1[r]);
             }
@@ -323,7 +308,7 @@ void exact_fp8_rows_u(const uint8_t* W, size_t rb, const Plan& pl, const Acts* a
 #pragma GCC unroll 8
         for (int r = 0; r < RM; ++r) {
             __m256 s = _mm256_add_ps(s0[r], s1[r]);
-            if constexpr (Dec::kUnit != 1.0f) s = _mm256_mul_ps(s, _mm256_set1_ps(Dec::kUnit));
+            if constexpr (Dec::F::kUnit != 1.0f) s = _mm256_mul_ps(s, _mm256_set1_ps(Dec::F::kUnit));
             acc[r] = _mm256_fmadd_ps(s, _mm256_broadcast_ss(pl.e8m0 + codes[r][-f.hdr_bytes]), acc[r]);
         }
     }

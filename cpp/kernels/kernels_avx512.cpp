@@ -161,17 +161,17 @@ float exact_codes(const uint8_t* row, const Plan& pl, const Acts& a, const Dec& 
 }
 
 // MX E4M3 / E5M2, G a multiple of 16: the AVX2 file's exact_fp8_rows for one row, 16 lanes. With
-// Acts::x96 the codes go straight into float32's fields (Fp8Fields), else as fp16 bit patterns
-// widened by vcvtph2ps (E5M2 is fp16's upper byte; E4M3's bits shifted into fp16's fields are the
-// value * 2^-8, subnormals included); per block one chain of x * value, then the decode's unit and
-// the block's power of two on its sum.
+// Acts::x96 the codes go straight into float32's fields (Fp8Fields), else into fp16's (Fp16Fields,
+// widened by vcvtph2ps); per block one chain of x * value, then the decode's unit and the block's
+// power of two on its sum.
 template <bool E4M3, bool X96>
 float exact_fp8_u(const uint8_t* row, const Plan& pl, const Acts& a) {
     using F = Fp8Fields<E4M3>;
+    using H = Fp16Fields<E4M3>;
     const BlockFmt& f = pl.f;
     __m512 acc = _mm512_setzero_ps();
     const float* x = X96 ? a.x96 : a.x;
-    const float unit = X96 ? F::kUnit : E4M3 ? 256.0f : 1.0f;
+    const float unit = X96 ? F::kUnit : H::kUnit;
     for (int64_t b = 0; b < pl.cols / f.G; ++b, row += f.block_bytes, x += f.G) {
         __m512 s = _mm512_setzero_ps();
         for (int64_t i = 0; i < f.G; i += 16) {
@@ -181,9 +181,8 @@ float exact_fp8_u(const uint8_t* row, const Plan& pl, const Acts& a) {
                 const __m512i v = _mm512_slli_epi32(_mm512_cvtepi8_epi32(c), F::kShift);
                 w = _mm512_castsi512_ps(_mm512_and_si512(v, _mm512_set1_epi32(static_cast<int>(F::kMask))));
             } else {
-                const __m256i v = _mm256_cvtepi8_epi16(c);
-                w = _mm512_cvtph_ps(E4M3 ? _mm256_and_si256(_mm256_slli_epi16(v, 7), _mm256_set1_epi16(static_cast<short>(0xBF80)))
-                                         : _mm256_slli_epi16(v, 8));
+                const __m256i v = _mm256_slli_epi16(_mm256_cvtepi8_epi16(c), H::kShift);
+                w = _mm512_cvtph_ps(_mm256_and_si256(v, _mm256_set1_epi16(static_cast<short>(H::kMask))));
             }
             s = _mm512_fmadd_ps(_mm512_loadu_ps(x + i), w, s);
         }
