@@ -20,9 +20,9 @@ from quantconv.convert.act_quant import get_act_dtype
 from quantconv.convert.calibrate import CalibOptions
 from quantconv.convert.export import export
 from quantconv.convert.sources import open_source
-from quantconv.convert.sweep import SweepSpec, _eval_ppl
+from quantconv.sweep import SweepSpec, _eval_ppl
 from quantconv.formats.gguf_reader import GGUFFile
-from quantconv.runtime.tokenizer import Tokenizer
+from quantconv.formats.tokenizer import Tokenizer
 
 # name -> (dtype, algo, options)
 GROUPS = {

@@ -10,7 +10,7 @@ import argparse
 
 import numpy as np
 
-from quantconv.convert.plan import LINEAR
+from quantconv.formats.models import LINEAR
 from quantconv.convert.sources import open_source
 from quantconv.formats.registry import get_dtype
 

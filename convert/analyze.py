@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from quantconv.convert.plan import LINEAR
+from quantconv.formats.models import LINEAR
 
 MAX_FIT_VALUES = 100_000      # a fixed-seed sample of each tensor: t.fit is O(n) per iteration
 

@@ -17,7 +17,7 @@ from quantconv.errors import QuantconvError
 
 
 def _tokenizer(source):
-    from quantconv.runtime.tokenizer import Tokenizer
+    from quantconv.formats.tokenizer import Tokenizer
 
     meta = {k: v for k, v in source.tokenizer_metadata().items() if k != "_types"}
     return Tokenizer.from_gguf_metadata(meta)

@@ -54,7 +54,7 @@ def gguf_to_onnx(gguf_path, out, flavor: str = "standard",
     from quantconv.formats.gguf_reader import GGUFFile
     from quantconv.formats.onnx import io
     from quantconv.formats.onnx.graph import DecoderBuilder, check_flavor
-    from quantconv.runtime.engine import model_config
+    from quantconv.formats.model_config import model_config
 
     out = Path(out)
     _check_out(out)

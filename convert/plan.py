@@ -3,14 +3,13 @@ dtype, the rest sensible defaults, and `--keep GLOB=DTYPE` overrides either."""
 from __future__ import annotations
 
 import fnmatch
-import re
 from dataclasses import dataclass
 
 from quantconv.errors import QuantconvError
+from quantconv.formats.models import LINEAR
 from quantconv.formats.registry import GROUPS, DType, get_dtype
 from quantconv.formats.spec import format_spec, parse_spec
 
-LINEAR = re.compile(r"^blk\.\d+\.(attn_q|attn_k|attn_v|attn_output|ffn_gate|ffn_up|ffn_down)\.weight$")
 EMBEDDING_DEFAULT = "q8_0"     # embeddings and output head: 8 bits keep them nearly lossless
 
 

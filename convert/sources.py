@@ -19,7 +19,7 @@ from gguf import GGUFValueType as VT
 
 from quantconv.errors import QuantconvError
 
-from .models import (ArchSpec, arch_for_config, arch_for_gguf, default_reference, reference_models,
+from quantconv.formats.models import (ArchSpec, arch_for_config, arch_for_gguf, default_reference, reference_models,
                      reference_path)
 from .safetensors_reader import SafetensorsFile
 from .tokenizer_meta import tokenizer_metadata

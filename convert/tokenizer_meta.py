@@ -23,7 +23,7 @@ from gguf import GGUFValueType as VT
 
 from quantconv.errors import QuantconvError
 
-from .models import load_models_yaml
+from quantconv.formats.models import load_models_yaml
 
 # GGUF token types (= sentencepiece's piece types)
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6

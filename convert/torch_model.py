@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from quantconv.convert.models import head_dim, rope_params
+from quantconv.formats.models import head_dim, rope_params
 from quantconv.errors import QuantconvError
 
 LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")

@@ -200,7 +200,7 @@ def _print_onnx(file: str, info: dict) -> None:
 
 
 def _open_model(file: str, ctx: int, threads: Optional[int], exact: bool):
-    from quantconv.runtime.tokenizer import Tokenizer
+    from quantconv.formats.tokenizer import Tokenizer
 
     if file.lower().endswith(".onnx"):   # onnxruntime, same interface as Engine (float32 activations)
         from quantconv.runtime.onnx_runner import OnnxEngine
@@ -389,7 +389,7 @@ def sweep(
 ):
     """Export, evaluate and benchmark every dtype x algo combination; table + plot. Reruns resume."""
     from quantconv.convert.sources import open_source
-    from quantconv.convert.sweep import SweepSpec, run_sweep
+    from quantconv.sweep import SweepSpec, run_sweep
 
     spec = SweepSpec([d.strip() for d in dtypes.split(",") if d.strip()], [a.strip() for a in algos.split(",") if a.strip()],
                      Path(text), Path(out_dir), calib, nsamples, seqlen, ctx, windows, threads, device, group_size,

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from quantconv.convert.plan import LINEAR   # numpy-only module: the one definition of "linear layer"
+from quantconv.formats.models import LINEAR
 from quantconv.formats.gguf_reader import GGUFFile
 
 

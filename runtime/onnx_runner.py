@@ -126,7 +126,7 @@ class OnnxEngine:
 
 def open_model(path, n_ctx: int = 2048, n_threads: int | None = None):
     """(OnnxEngine, Tokenizer) — what the CLI's run/eval/bench need."""
-    from quantconv.runtime.tokenizer import Tokenizer
+    from quantconv.formats.tokenizer import Tokenizer
 
     eng = OnnxEngine(path, n_ctx=n_ctx, n_threads=n_threads)
     return eng, Tokenizer.from_gguf_metadata(eng.kv)

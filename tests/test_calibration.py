@@ -321,7 +321,7 @@ def test_calibrated_export_bad_inputs_leave_no_file(tiny, tmp_path):
 def test_sweep_writes_table_json_plot_and_resumes(tiny, tmp_path):
     import json
 
-    from quantconv.convert.sweep import SweepSpec, run_sweep
+    from quantconv.sweep import SweepSpec, run_sweep
 
     spec = SweepSpec(["int4:group=32"], ["rtn", "gptq"], data_file("wikitext-2-raw-test.txt"), tmp_path / "sw",
                      calib=str(data_file("wikitext-2-valid.txt")), nsamples=4, seqlen=32, ctx=32, windows=2,

@@ -14,7 +14,8 @@ from quantconv.convert.export import export
 from quantconv.convert.sources import open_source
 from quantconv.errors import QuantconvError
 from quantconv.formats.gguf_reader import GGUFFile
-from quantconv.runtime.engine import Engine, model_config, model_tensors
+from quantconv.formats.model_config import model_config
+from quantconv.runtime.engine import Engine, model_tensors
 
 from .tiny_models import VOCAB_SIZE, make_tiny_hf_model
 
@@ -164,7 +165,7 @@ def hf_logits_with_gguf_weights(folder: Path, gguf_path: Path, ids: np.ndarray) 
     """transformers' forward with every weight replaced by the GGUF file's dequantized tensor."""
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    from quantconv.convert.models import arch_for_config
+    from quantconv.formats.models import arch_for_config
 
     model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     config = model.config.to_dict()
@@ -382,7 +383,7 @@ def test_unsupported_architecture_is_refused(tmp_path):
 @pytest.mark.llama_cpp
 def test_reference_model_top1_agrees_with_llama_cpp(tmp_path):
     llama_cpp = pytest.importorskip("llama_cpp")
-    from quantconv.convert.models import default_reference, reference_path
+    from quantconv.formats.models import default_reference, reference_path
 
     try:  # the package's own import needs `llm`; only its GGUF file is used
         reference_path(default_reference())

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from quantconv.cli import app
 from quantconv.convert.export import export
-from quantconv.convert.models import permute_qk
+from quantconv.formats.models import permute_qk
 from quantconv.convert.sources import open_source
 from quantconv.formats.gguf_reader import GGUFFile
 from quantconv.formats.registry import get_dtype, list_dtypes

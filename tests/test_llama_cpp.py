@@ -61,7 +61,7 @@ def test_stock_llama_cpp_generates_coherent_text(exports, dtype):
 def test_tokenizer_metadata_matches_the_hf_tokenizer_ids(exports):
     """llama.cpp tokenizes with the metadata we wrote; it must agree with the source file's own."""
     from quantconv.runtime import peer_llama_cpp
-    from quantconv.convert.models import default_reference, reference_path
+    from quantconv.formats.models import default_reference, reference_path
 
     sample = _text()[:20000]
     ours = peer_llama_cpp.tokenize(peer_llama_cpp.load(str(exports["q8_0"])), sample)

@@ -13,14 +13,14 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 import onnx  # noqa: E402
 
-from quantconv.convert.models import unpermute_qk  # noqa: E402
+from quantconv.formats.models import unpermute_qk  # noqa: E402
 from quantconv.convert.onnx_export import export_onnx, gguf_to_onnx  # noqa: E402
 from quantconv.convert.sources import open_source  # noqa: E402
 from quantconv.errors import QuantconvError  # noqa: E402
 from quantconv.formats.gguf_reader import GGUFFile  # noqa: E402
 from quantconv.runtime.engine import Engine  # noqa: E402
 from quantconv.runtime.onnx_runner import OnnxEngine, dequantized_weights, generate_text  # noqa: E402
-from quantconv.runtime.tokenizer import Tokenizer  # noqa: E402
+from quantconv.formats.tokenizer import Tokenizer  # noqa: E402
 from tests.tiny_models import TINY, VOCAB_SIZE, make_tiny_hf_model  # noqa: E402
 
 TOL = 1e-3

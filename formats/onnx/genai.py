@@ -9,7 +9,7 @@ MatMulNBits node, so genai computes what quantconv's runner does. Our graph conc
 (present = past + new), so past_present_share_buffer is false.
 
 tokenizer.json is written for byte-level BPE vocabularies ("gpt2" model) whose pre-tokenizer is one
-regex family (gpt2, smollm, llama3, qwen2 in runtime/tokenizer.py); SentencePiece ("llama" model)
+regex family (gpt2, smollm, llama3, qwen2 in formats/tokenizer.py); SentencePiece ("llama" model)
 vocabularies carry scores, not the merges tokenizer.json needs, and llama.cpp's multi-stage "default"
 pre-tokenizer has no single HF form: for those only genai_config.json is written (and a note says so).
 """
@@ -18,9 +18,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-# the GGUF pre-tokenizer families of quantconv's own tokenizer (runtime/tokenizer.py): the regexes are
+# the GGUF pre-tokenizer families of quantconv's own tokenizer (formats/tokenizer.py): the regexes are
 # written over explicit character classes there; HF's form uses \p{..} / \s
-from quantconv.runtime.tokenizer import _FAMILIES, _PRE
+from quantconv.formats.tokenizer import PRETOKENIZER_FAMILIES, PRE_TOKENIZERS
 
 CONTROL, USER_DEFINED = 3, 4
 GENAI_TYPES = {"llama": "llama", "qwen2": "qwen2", "mistral": "mistral"}
@@ -66,8 +66,8 @@ def tokenizer_files(kv: dict[str, Any]) -> tuple[dict[str, dict] | None, str | N
     if model != "gpt2":
         return None, (f"tokenizer.ggml.model '{model}' (SentencePiece) stores scores, not the merges tokenizer.json "
                       "needs: copy the source model's tokenizer.json beside the .onnx for onnxruntime-genai")
-    family, ignore_merges, pre_bos = _PRE.get(pre, ("default", False, False))
-    stages = _FAMILIES[family]
+    family, ignore_merges, pre_bos = PRE_TOKENIZERS.get(pre, ("default", False, False))
+    stages = PRETOKENIZER_FAMILIES[family]
     if len(stages) != 1:
         return None, (f"tokenizer.ggml.pre '{pre}' is a multi-stage llama.cpp pre-tokenizer with no single "
                       "tokenizer.json form: copy the source model's tokenizer.json beside the .onnx")

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 import numpy as np
 from onnx import TensorProto, helper
 
-from quantconv.convert.models import unpermute_qk
+from quantconv.formats.models import unpermute_qk
 from quantconv.errors import QuantconvError
 from quantconv.formats.onnx.encodings import (Encoded, embedding_nodes, encode, linear_nodes, matmulnbits_problem,
                                                tied_head_nodes)
@@ -106,7 +106,7 @@ def _inv_freq(cfg: dict, rope_freqs: np.ndarray | None) -> np.ndarray:
 
 
 class DecoderBuilder:
-    """Builds the ONNX graph of one GGUF decoder. `f`: an open GGUFFile, `cfg`: runtime.engine.model_config(f)."""
+    """Builds the ONNX graph of one GGUF decoder. `f`: an open GGUFFile, `cfg`: formats.model_config.model_config(f)."""
 
     def __init__(self, f, cfg: dict, flavor: str, progress=None, fused: bool = True):
         self.f, self.cfg, self.flavor, self.progress, self.fused = f, cfg, flavor, progress, fused

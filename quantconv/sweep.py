@@ -65,7 +65,7 @@ def run_sweep(source, spec: SweepSpec, log: Callable[[str], None] = print) -> li
     from quantconv.convert.calibrate import CalibOptions, parse_algo
     from quantconv.convert.export import export
     from quantconv.formats.gguf_reader import GGUFFile
-    from quantconv.runtime.tokenizer import Tokenizer
+    from quantconv.formats.tokenizer import Tokenizer
 
     for a in spec.algos:
         parse_algo(a)

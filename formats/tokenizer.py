@@ -112,7 +112,7 @@ _QWEN2 = (r"'(?:[sS]|[tT]|[rR][eE]|[vV][eE]|[mM]|[lL][lL]|[dD])|[^\r\n{L}{N}]?[{
 # Each family: a list of (pattern, covers) stages applied in turn to every piece, as llama.cpp applies
 # its regex list. covers=True: the pattern's matches tile any piece (llama.cpp's custom scanners);
 # covers=False: text between matches becomes pieces of its own (llama.cpp's std::regex fallback).
-_FAMILIES: dict[str, list[tuple[str, bool]]] = {
+PRETOKENIZER_FAMILIES: dict[str, list[tuple[str, bool]]] = {
     "gpt2": [(_GPT2, True)],
     "llama3": [(_LLAMA3, True)],
     "qwen2": [(_QWEN2, True)],
@@ -124,7 +124,7 @@ _FAMILIES: dict[str, list[tuple[str, bool]]] = {
 }
 
 # tokenizer.ggml.pre -> (family, ignore_merges, add_bos default); llama.cpp's names for these regexes
-_PRE: dict[str, tuple[str, bool, bool]] = {
+PRE_TOKENIZERS: dict[str, tuple[str, bool, bool]] = {
     "default": ("default", False, False),
     **{p: ("llama3", True, True) for p in ("llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral",
                                            "midm-2.0", "lfm2", "jina-v5-nano")},
@@ -143,7 +143,7 @@ _PRE: dict[str, tuple[str, bool, bool]] = {
 @functools.lru_cache(maxsize=None)
 def _compiled_family(family: str) -> tuple[tuple[re.Pattern, bool], ...]:
     classes = _char_classes()
-    return tuple((re.compile(p.format(**classes)), covers) for p, covers in _FAMILIES[family])
+    return tuple((re.compile(p.format(**classes)), covers) for p, covers in PRETOKENIZER_FAMILIES[family])
 
 
 def _split_words(text: str, stages: tuple[tuple[re.Pattern, bool], ...]) -> list[str]:
@@ -229,10 +229,10 @@ class Tokenizer:
             return i if isinstance(i, int) and 0 <= i < n else None
 
         if model == "gpt2":
-            if pre not in _PRE:
+            if pre not in PRE_TOKENIZERS:
                 raise _fail(f"unsupported tokenizer.ggml.pre '{pre}': quantconv's tokenizer implements "
-                            f"{', '.join(sorted(_PRE))}")
-            family, ignore_merges, pre_bos = _PRE[pre]
+                            f"{', '.join(sorted(PRE_TOKENIZERS))}")
+            family, ignore_merges, pre_bos = PRE_TOKENIZERS[pre]
             self.pre = pre
             default_bos = default_eos = 11  # llama.cpp's defaults for BPE vocabularies
             self.add_bos = bool(pre_bos if add_bos is None else add_bos)

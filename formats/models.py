@@ -20,9 +20,12 @@ from gguf import GGUFValueType
 from quantconv.errors import QuantconvError
 
 _HERE = Path(__file__).resolve().parent
-# Installed wheel: quantconv/convert/models.py next to quantconv/models.yaml; source tree / editable
-# install: convert/models.py under the repo root holding models.yaml. Same relative path in both.
+# Installed wheel: quantconv/formats/models.py next to quantconv/models.yaml; source tree / editable
+# install: formats/models.py under the repo root holding models.yaml. Same relative path in both.
 _CANDIDATES = (_HERE / "models.yaml", _HERE.parent / "models.yaml")
+
+# GGUF names of the decoder's linear weights: what --dtype quantizes and inspect counts as "linear".
+LINEAR = re.compile(r"^blk\.\d+\.(attn_q|attn_k|attn_v|attn_output|ffn_gate|ffn_up|ffn_down)\.weight$")
 
 _GGUF_TYPES = {"uint32": GGUFValueType.UINT32, "float32": GGUFValueType.FLOAT32}
 

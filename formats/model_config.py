@@ -1,0 +1,76 @@
+"""A decoder's hyper-parameters read from a GGUF file's metadata: what the C++ engine is configured with
+and what the ONNX graph builder sizes its graph by (both build on this; neither owns it)."""
+from __future__ import annotations
+
+from typing import Any
+
+from quantconv.errors import QuantconvError
+from quantconv.formats.gguf_reader import GGUFFile
+
+SUPPORTED_ARCHS = {"llama": "norm", "qwen2": "neox"}  # GGUF architecture -> RoPE style of llama.cpp's graph
+FIX = "re-export it with quantconv"
+
+
+def _uint(f: GGUFFile, key: str, default: Any = None, required: bool = True) -> Any:
+    if key not in f.kv:
+        if required and default is None:
+            raise QuantconvError(f"{f.path} lacks metadata '{key}'; {FIX}")
+        return default
+    v = f.kv[key]
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise QuantconvError(f"{f.path} has metadata '{key}' = {v!r}, expected an integer "
+                             "(per-layer values are not supported); " + FIX)
+    return v
+
+
+def _float(f: GGUFFile, key: str, default: float) -> float:
+    v = f.kv.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise QuantconvError(f"{f.path} has metadata '{key}' = {v!r}, expected a number; {FIX}")
+    return float(v)
+
+
+def model_config(f: GGUFFile) -> dict[str, Any]:
+    """The _ext.Model config dict for a GGUF file (QuantconvError for what the engine can't run)."""
+    arch = f.kv.get("general.architecture")
+    if arch not in SUPPORTED_ARCHS:
+        raise QuantconvError(f"{f.path} is a '{arch}' model; the quantconv engine runs "
+                             f"{', '.join(SUPPORTED_ARCHS)} GGUF files")
+    a = arch
+    n_embd = _uint(f, f"{a}.embedding_length")
+    n_head = _uint(f, f"{a}.attention.head_count")
+    if "token_embd.weight" not in f:
+        raise QuantconvError(f"{f.path} has no tensor 'token_embd.weight'; {FIX}")
+    if n_head <= 0:
+        raise QuantconvError(f"{f.path} has {a}.attention.head_count = {n_head}; {FIX}")
+    head_dim = _uint(f, f"{a}.attention.key_length", n_embd // n_head)
+    value_dim = _uint(f, f"{a}.attention.value_length", head_dim)
+    if value_dim != head_dim:
+        raise QuantconvError(f"{f.path} has attention key length {head_dim} != value length {value_dim}, "
+                             "which the quantconv engine doesn't run")
+    rope_scale = 1.0
+    scaling = f.kv.get(f"{a}.rope.scaling.type", "none")
+    if scaling == "linear":
+        rope_scale = _float(f, f"{a}.rope.scaling.factor", 1.0)
+        if not rope_scale > 0:
+            raise QuantconvError(f"{f.path} has rope scaling factor {rope_scale}; {FIX}")
+    elif scaling not in ("none", None, ""):
+        raise QuantconvError(f"{f.path} uses RoPE scaling '{scaling}', which the quantconv engine doesn't run "
+                             "(supported: none, linear, Llama 3 rope_freqs)")
+    return {
+        "arch": arch,
+        "n_embd": n_embd,
+        "n_layer": _uint(f, f"{a}.block_count"),
+        "n_head": n_head,
+        "n_head_kv": _uint(f, f"{a}.attention.head_count_kv", n_head),
+        "n_ff": _uint(f, f"{a}.feed_forward_length"),
+        "n_vocab": int(f.tensor("token_embd.weight").shape[0]),
+        "head_dim": head_dim,
+        "rope_dim": _uint(f, f"{a}.rope.dimension_count", head_dim),
+        "rope_base": _float(f, f"{a}.rope.freq_base", 10000.0),
+        "rope_style": SUPPORTED_ARCHS[arch],
+        "rope_scale": rope_scale,
+        "rms_eps": _float(f, f"{a}.attention.layer_norm_rms_epsilon", 1e-5),
+    }
+
+
