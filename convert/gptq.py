@@ -57,10 +57,10 @@ def split_rows(ql: QuantizedLinear, sizes: list[int]) -> list[QuantizedLinear]:
 
 def fit_unit(dtype: DType, cols: int) -> int:
     """Columns that share one set of fitted parameters: the block, or a codec's smaller unit (NVFP4's 16)."""
-    if not hasattr(dtype.codec, "fit"):
+    if not dtype.codec.fittable:
         raise QuantconvError(f"{dtype.spec} is a float type: there is nothing for GPTQ/RTN to round "
                              "(pick a quantized --dtype, or --keep such tensors in float)")
-    return min(getattr(dtype.codec, "fit_unit", cols), dtype.block_for(cols))
+    return min(dtype.codec.fit_unit or cols, dtype.block_for(cols))
 
 
 def prepare_hessian(H: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,11 +73,9 @@ def prepare_hessian(H: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def fit_group(codec, x: np.ndarray, importance: np.ndarray | None, search: bool) -> tuple:
-    """A group's parameters: the codec's own rule, or — with `search`, where the codec offers it — the
-    scale minimising the importance-weighted rounding error (importance: diag(H) of the columns)."""
-    if search and hasattr(codec, "fit_search"):
-        return codec.fit_search(x, importance)
-    return codec.fit(x)
+    """A group's parameters: the codec's own rule, or — with `search` — the scale minimising the
+    importance-weighted rounding error where the codec has one to search (importance: diag(H))."""
+    return codec.fit_search(x, importance) if search else codec.fit(x)
 
 
 def _stack(params_per_group: list[tuple]) -> tuple:

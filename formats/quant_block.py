@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from quantconv.formats import bitplanes
+from quantconv.formats.codec import FittableCodec
 from quantconv.formats.codebooks import NearestCode
 from quantconv.formats.elements import e8m0_value
 
@@ -17,14 +18,14 @@ def _floor_log2(amax: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class BFPCodec:
+class BFPCodec(FittableCodec):
     """Elements of `mant` bits: a sign and (mant-1) magnitude bits scaled by 2^(E-(mant-1)), amax < 2^E."""
     mant: int
 
     def block_bytes(self, block: int) -> int:
         return 1 + bitplanes.packed_bytes(self.mant, block)
 
-    # fit / encode / decode / pack: see CodebookCodec. Params: (shared exponent byte,).
+    # fit / encode / decode / pack: see FittableCodec. Params: (shared exponent byte,).
     def fit(self, x: np.ndarray) -> tuple:
         amax = np.abs(x.astype(np.float64)).max(axis=1, keepdims=True)
         big_e = np.clip(_floor_log2(amax) + 1, -127, 127)
@@ -46,10 +47,6 @@ class BFPCodec:
     def pack(self, codes: np.ndarray, params: tuple) -> np.ndarray:
         return np.concatenate([params[0], bitplanes.pack(codes, self.mant)], axis=1)
 
-    def quantize_blocks(self, x: np.ndarray) -> np.ndarray:
-        params = self.fit(x)
-        return self.pack(self.encode(x, params), params)
-
     def dequantize_blocks(self, data: np.ndarray, block: int) -> np.ndarray:
         mag_bits = self.mant - 1
         codes = bitplanes.unpack(data[:, 1:], self.mant, block)
@@ -60,7 +57,7 @@ class BFPCodec:
 
 
 @dataclass(frozen=True)
-class BlockLogCodec:
+class BlockLogCodec(FittableCodec):
     """Elements of `bits` bits: a sign and k in [0, K], value 2^(k-K) (k = 0 is zero), K = 2^(bits-1)-1."""
     bits: int
 
@@ -94,10 +91,6 @@ class BlockLogCodec:
 
     def pack(self, codes: np.ndarray, params: tuple) -> np.ndarray:
         return np.concatenate([params[0], bitplanes.pack(codes, self.bits)], axis=1)
-
-    def quantize_blocks(self, x: np.ndarray) -> np.ndarray:
-        params = self.fit(x)
-        return self.pack(self.encode(x, params), params)
 
     def dequantize_blocks(self, data: np.ndarray, block: int) -> np.ndarray:
         codes = bitplanes.unpack(data[:, 1:], self.bits, block)

@@ -7,12 +7,13 @@ import numpy as np
 
 from quantconv.errors import QuantconvError
 from quantconv.formats import bitplanes
+from quantconv.formats.codec import FittableCodec
 from quantconv.formats.codebooks import NearestCode
 from quantconv.formats.elements import fp16_bytes, fp16_from_bytes
 
 
 @dataclass(frozen=True)
-class CodebookCodec:
+class CodebookCodec(FittableCodec):
     table: tuple[float, ...]
     flip: bool = False          # per-group scale sign puts the largest magnitude on the long side
     _nearest: NearestCode = field(init=False, repr=False, compare=False)
@@ -55,19 +56,18 @@ class CodebookCodec:
             y = np.where(d == 0, 0.0, x / np.where(d == 0, 1, d))
         return self._nearest(y)
 
-    # --- the split API (fit / encode / decode / pack) that calibrated algorithms use: GPTQ fits a
-    # group's parameters once, then rounds column after column on that fixed grid.
+    # --- the split API of FittableCodec (formats/codec.py)
     def fit(self, x: np.ndarray) -> tuple:
         return (self.scales(x.astype(np.float32, copy=False)),)
 
-    def fit_search(self, x: np.ndarray, weights: np.ndarray | None = None,
+    def fit_search(self, x: np.ndarray, importance: np.ndarray | None = None,
                    ratios: tuple[float, ...] = tuple(np.linspace(0.7, 1.05, 15))) -> tuple:
         """The group scale that minimises the (weighted) squared rounding error among d_absmax * r —
         a smaller scale gives the many small values finer steps at the price of clipping the peak
-        (llama.cpp's IQ4_NL search does the same). weights: per column importance (e.g. diag(H))."""
+        (llama.cpp's IQ4_NL search does the same). importance: per column (e.g. diag(H))."""
         x = x.astype(np.float32, copy=False)
         base = self.scales(x)
-        w = np.ones_like(x) if weights is None else np.broadcast_to(weights.astype(np.float32), x.shape)
+        w = np.ones_like(x) if importance is None else np.broadcast_to(importance.astype(np.float32), x.shape)
         table = np.asarray(self.table, dtype=np.float32)
         best_d, best_err = base, None
         for r in ratios:
@@ -88,10 +88,6 @@ class CodebookCodec:
 
     def pack(self, codes: np.ndarray, params: tuple) -> np.ndarray:
         return np.concatenate([fp16_bytes(params[0]), bitplanes.pack(codes, 4)], axis=1)
-
-    def quantize_blocks(self, x: np.ndarray) -> np.ndarray:
-        params = self.fit(x)
-        return self.pack(self.encode(x, params), params)
 
     def dequantize_blocks(self, data: np.ndarray, block: int) -> np.ndarray:
         d = fp16_from_bytes(data[:, 0:2])

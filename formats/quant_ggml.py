@@ -3,23 +3,25 @@ Q8_0 and Q4_1 are the int family's int8 g32 and int4:asym g32 (quant_int.py)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
 from quantconv.errors import QuantconvError
 from quantconv.formats import bitplanes
+from quantconv.formats.codec import Codec, FittableCodec
 from quantconv.formats.elements import fp16_bytes, fp16_from_bytes
 from quantconv.formats.quant_mx import _GGML_E2M1_DOUBLED
 
 
 @dataclass(frozen=True)
-class Q4_0Codec:
+class Q4_0Codec(FittableCodec):
     """ggml Q4_0: d = (signed peak) / -8, u = trunc(x/d + 8.5) clamped to 15, value d * (u - 8)."""
 
     def block_bytes(self, block: int) -> int:
         return 2 + block // 2
 
-    # fit / encode / decode / pack: see CodebookCodec. Params: (d, 1/d) in float32, d stored as fp16.
+    # fit / encode / decode / pack: see FittableCodec. Params: (d, 1/d) in float32, d stored as fp16.
     def fit(self, x: np.ndarray) -> tuple:
         x = x.astype(np.float32, copy=False)
         peak = np.take_along_axis(x, np.abs(x).argmax(axis=1)[:, None], axis=1)
@@ -35,10 +37,6 @@ class Q4_0Codec:
 
     def pack(self, codes: np.ndarray, params: tuple) -> np.ndarray:
         return np.concatenate([fp16_bytes(params[0]), bitplanes.pack(codes, 4)], axis=1)
-
-    def quantize_blocks(self, x: np.ndarray) -> np.ndarray:
-        params = self.fit(x)
-        return self.pack(self.encode(x, params), params)
 
     def dequantize_blocks(self, data: np.ndarray, block: int) -> np.ndarray:
         d = fp16_from_bytes(data[:, :2])
@@ -70,7 +68,7 @@ def fp32_to_ue4m3(x: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class NVFP4Codec:
+class NVFP4Codec(FittableCodec):
     """ggml NVFP4: 64-element blocks of four 16-element sub-blocks, each with a UE4M3 scale of amax/6;
     codes are the nearest doubled-E2M1 value (first table entry on ties), as ggml's reference."""
     sub: int = 16
@@ -78,9 +76,9 @@ class NVFP4Codec:
     def block_bytes(self, block: int) -> int:
         return block // self.sub + block // 2
 
-    # fit / encode / decode / pack: see CodebookCodec. Params: (UE4M3 byte per 16 values,), so x may be
+    # fit / encode / decode / pack: see FittableCodec. Params: (UE4M3 byte per 16 values,), so x may be
     # any whole number of 16-value sub-blocks (GPTQ fits one sub-block at a time: fit_unit).
-    fit_unit = 16
+    fit_unit: ClassVar[int] = 16
 
     def fit(self, x: np.ndarray) -> tuple:
         n, g = x.shape
@@ -104,10 +102,6 @@ class NVFP4Codec:
         packed = bitplanes.pack(codes.reshape(n * g // self.sub, self.sub), 4).reshape(n, -1)
         return np.concatenate([params[0].reshape(n, -1), packed], axis=1)
 
-    def quantize_blocks(self, x: np.ndarray) -> np.ndarray:
-        params = self.fit(x)
-        return self.pack(self.encode(x, params), params)
-
     def dequantize_blocks(self, data: np.ndarray, block: int) -> np.ndarray:
         n = data.shape[0]
         nsub = block // self.sub
@@ -117,7 +111,7 @@ class NVFP4Codec:
 
 
 @dataclass(frozen=True)
-class FloatCodec:
+class FloatCodec(Codec):
     """f32, f16 or bf16 elements, one per "block"; bf16 rounds to nearest even like ggml."""
     kind: str
 

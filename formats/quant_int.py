@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from quantconv.formats import bitplanes
+from quantconv.formats.codec import FittableCodec
 from quantconv.formats.elements import fp16_bytes, fp16_from_bytes
 
 
@@ -19,14 +20,14 @@ def roundf(v: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class IntCodec:
+class IntCodec(FittableCodec):
     bits: int
     asym: bool
 
     def block_bytes(self, block: int) -> int:
         return (4 if self.asym else 2) + bitplanes.packed_bytes(self.bits, block)
 
-    # fit / encode / decode / pack: see CodebookCodec. Params: (d, 1/d) or (d, min, 1/d), float32 as
+    # fit / encode / decode / pack: see FittableCodec. Params: (d, 1/d) or (d, min, 1/d), float32 as
     # ggml computes them; the file (and so decode) holds them rounded to fp16.
     def fit(self, x: np.ndarray) -> tuple:
         x = x.astype(np.float32, copy=False)
@@ -58,10 +59,6 @@ class IntCodec:
     def pack(self, codes: np.ndarray, params: tuple) -> np.ndarray:
         head = [fp16_bytes(params[0]), fp16_bytes(params[1])] if self.asym else [fp16_bytes(params[0])]
         return np.concatenate([*head, bitplanes.pack(codes, self.bits)], axis=1)
-
-    def quantize_blocks(self, x: np.ndarray) -> np.ndarray:
-        params = self.fit(x)
-        return self.pack(self.encode(x, params), params)
 
     def dequantize_blocks(self, data: np.ndarray, block: int) -> np.ndarray:
         d = fp16_from_bytes(data[:, 0:2])

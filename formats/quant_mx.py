@@ -9,17 +9,18 @@ from dataclasses import dataclass
 import numpy as np
 
 from quantconv.formats import bitplanes
+from quantconv.formats.codec import FittableCodec
 from quantconv.formats.elements import Minifloat, e8m0_exponent, e8m0_value
 
 
 @dataclass(frozen=True)
-class MinifloatBlockCodec:
+class MinifloatBlockCodec(FittableCodec):
     element: Minifloat
 
     def block_bytes(self, block: int) -> int:
         return 1 + bitplanes.packed_bytes(self.element.bits, block)
 
-    # fit / encode / decode / pack: see CodebookCodec. Params: (E8M0 byte,).
+    # fit / encode / decode / pack: see FittableCodec. Params: (E8M0 byte,).
     def fit(self, x: np.ndarray) -> tuple:
         return (e8m0_exponent(np.abs(x).max(axis=1, keepdims=True), self.element.emax),)
 
@@ -32,10 +33,6 @@ class MinifloatBlockCodec:
     def pack(self, codes: np.ndarray, params: tuple) -> np.ndarray:
         return np.concatenate([params[0], bitplanes.pack(codes, self.element.bits)], axis=1)
 
-    def quantize_blocks(self, x: np.ndarray) -> np.ndarray:
-        params = self.fit(x)
-        return self.pack(self.encode(x, params), params)
-
     def dequantize_blocks(self, data: np.ndarray, block: int) -> np.ndarray:
         scale = e8m0_value(data[:, :1])
         values = self.element.decode(bitplanes.unpack(data[:, 1:], self.element.bits, block))
@@ -43,7 +40,7 @@ class MinifloatBlockCodec:
 
 
 @dataclass(frozen=True)
-class MXInt8Codec:
+class MXInt8Codec(FittableCodec):
     """MXINT8: int8 two's complement elements worth q/64, saturating symmetrically at +-127."""
 
     def block_bytes(self, block: int) -> int:
@@ -62,10 +59,6 @@ class MXInt8Codec:
     def pack(self, codes: np.ndarray, params: tuple) -> np.ndarray:
         return np.concatenate([params[0], codes], axis=1)
 
-    def quantize_blocks(self, x: np.ndarray) -> np.ndarray:
-        params = self.fit(x)
-        return self.pack(self.encode(x, params), params)
-
     def dequantize_blocks(self, data: np.ndarray, block: int) -> np.ndarray:
         q = np.ascontiguousarray(data[:, 1:]).view(np.int8).astype(np.float64)
         return (q / 64 * e8m0_value(data[:, :1])).astype(np.float32)
@@ -81,7 +74,7 @@ def ggml_e8m0_half(e: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class GGMLMXFP4Codec:
+class GGMLMXFP4Codec(FittableCodec):
     """ggml's reference MXFP4 quantizer, reproduced byte for byte: float32 log2 for the exponent and
     the first (smallest-magnitude) table entry on ties. Decoding is the same as OCP MXFP4."""
 
@@ -103,10 +96,6 @@ class GGMLMXFP4Codec:
 
     def pack(self, codes: np.ndarray, params: tuple) -> np.ndarray:
         return np.concatenate([params[0], bitplanes.pack(codes, 4)], axis=1)
-
-    def quantize_blocks(self, x: np.ndarray) -> np.ndarray:
-        params = self.fit(x)
-        return self.pack(self.encode(x, params), params)
 
     def dequantize_blocks(self, data: np.ndarray, block: int) -> np.ndarray:
         d = ggml_e8m0_half(data[:, :1])

@@ -15,6 +15,7 @@ import numpy as np
 from quantconv.errors import QuantconvError
 from quantconv.formats import bitplanes
 from quantconv.formats.codebooks import FIXED_CODEBOOKS, student_float4
+from quantconv.formats.codec import Codec
 from quantconv.formats.elements import E2M1, E2M3, E3M2, E4M3, E5M2, Minifloat, minifloat
 from quantconv.formats.quant_block import BFPCodec, BlockLogCodec
 from quantconv.formats.quant_codebook import CodebookCodec
@@ -28,7 +29,6 @@ GGML_IDS = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q8_0": 8, "bf16": 30, "mx
 # quantconv's own ids live in [1024, 4096), far above ggml's (43 types in Nov 2026).
 OWN_ID_RANGE = (1024, 4096)
 GROUPS = (16, 32, 64, 128, 256, 512, 1024)   # plus 0: one group per row ("per-channel")
-CHUNK_ELEMENTS = 1 << 20                     # rows are quantized in chunks of about this many values
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class DType:
     gguf_type_id: int
     standard: bool                # stock ggml knows this type id
     description: str
-    codec: Any = field(repr=False, compare=False)
+    codec: Codec = field(repr=False, compare=False)
     params: dict = field(default_factory=dict, compare=False)
     codebook: tuple[float, ...] | None = None
 
@@ -57,8 +57,7 @@ class DType:
         return self.codec.block_bytes(self.block_size) if self.block_size else 0
 
     def row_bytes(self, cols: int) -> int:
-        block = self.block_for(cols)
-        return cols // block * self.codec.block_bytes(block)
+        return self.codec.row_bytes(cols, self.block_for(cols))
 
     def tensor_bytes(self, shape: tuple[int, ...]) -> int:
         rows = int(np.prod(shape[:-1])) if len(shape) > 1 else 1
@@ -85,25 +84,15 @@ class DType:
         self.check_shape(w2.shape)
         if not np.all(np.isfinite(w2)):
             raise QuantconvError("values contain NaN or inf; fix the source weights (they cannot be quantized)")
-        rows, cols = w2.shape
-        block = self.block_for(cols)
-        out = np.empty((rows, self.row_bytes(cols)), dtype=np.uint8)
-        step = max(1, CHUNK_ELEMENTS // cols)
-        for r in range(0, rows, step):
-            blocks = w2[r:r + step].reshape(-1, block)
-            out[r:r + step] = self.codec.quantize_blocks(blocks).reshape(-1, out.shape[1])
-        return out
+        return self.codec.quantize_rows(w2, self.block_for(w2.shape[1]))
 
     def dequantize(self, data: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
         shape = tuple(int(s) for s in shape)
-        cols = shape[-1]
-        block = self.block_for(cols)
         nbytes = self.tensor_bytes(shape)
         data = np.asarray(data, dtype=np.uint8).reshape(-1)
         if data.size != nbytes:
             raise QuantconvError(f"{self.spec} data of shape {shape} must be {nbytes} bytes, got {data.size}")
-        blocks = data.reshape(-1, self.codec.block_bytes(block))
-        return self.codec.dequantize_blocks(blocks, block).astype(np.float32, copy=False).reshape(shape)
+        return self.codec.dequantize_rows(data, self.block_for(shape[-1])).reshape(shape)
 
     def fake_quantize(self, w: np.ndarray) -> np.ndarray:
         """Round trip through the datatype (what the file will hold), in float32."""
