@@ -20,9 +20,10 @@ from quantconv.convert.act_quant import get_act_dtype
 from quantconv.convert.calibrate import CalibOptions
 from quantconv.convert.export import export
 from quantconv.convert.sources import open_source
-from quantconv.sweep import SweepSpec, _eval_ppl
+from quantconv.sweep import SweepSpec, eval_ppl
 from quantconv.formats.gguf_reader import GGUFFile
 from quantconv.formats.tokenizer import Tokenizer
+from quantconv.runtime.perplexity import text_ids
 
 # name -> (dtype, algo, options)
 GROUPS = {
@@ -82,8 +83,8 @@ def main() -> None:
             seconds = time.perf_counter() - t0
             if ids is None:
                 with GGUFFile(path) as f:
-                    ids = Tokenizer.from_gguf_metadata(f.kv).encode(Path(args.text).read_text(encoding="utf-8"))
-            ppl = _eval_ppl(path, ids, spec)
+                    ids = text_ids(Tokenizer.from_gguf_metadata(f.kv), args.text)
+            ppl = eval_ppl(path, ids, spec)
             path.unlink()
             rows.append({"group": group, "label": name, "dtype": dtype, "algo": algo, **opts, "ppl": ppl,
                          "bits_per_weight": rep.linear_bits_per_weight, "export_s": seconds})

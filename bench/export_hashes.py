@@ -14,6 +14,7 @@ import argparse
 import concurrent.futures as cf
 import hashlib
 import json
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -27,16 +28,16 @@ VARIANTS = ["mxfp4:ggml", "sf4:nu=3", "sf4:group=64", "nf4:group=32", "fp4-sr:fl
 DEFAULT_CALIB = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "wikitext-2-valid.txt"
 
 
-def registry_specs() -> list[str]:
-    out = subprocess.run(["quantconv", "dtypes", "--json"], check=True, capture_output=True, text=True).stdout
+def registry_specs(cli: list[str]) -> list[str]:
+    out = subprocess.run([*cli, "dtypes", "--json"], check=True, capture_output=True, text=True).stdout
     return [row["name"] for row in json.loads(out)]
 
 
-def export_hash(job: tuple[str, list[str]], source: list[str], tmp: Path) -> tuple[str, str, float]:
+def export_hash(job: tuple[str, list[str]], cli: list[str], source: list[str], tmp: Path) -> tuple[str, str, float]:
     key, extra = job
     path = tmp / (hashlib.md5(key.encode()).hexdigest() + ".gguf")
     start = time.perf_counter()
-    run = subprocess.run(["quantconv", "export", *source, "-o", str(path), "-q", *extra],
+    run = subprocess.run([*cli, "export", *source, "-o", str(path), "-q", *extra],
                          capture_output=True, text=True)
     if run.returncode:
         return key, "error: " + (run.stderr.strip().splitlines() or ["?"])[-1], time.perf_counter() - start
@@ -54,9 +55,11 @@ def main() -> int:
     ap.add_argument("--nsamples", type=int, default=32, help="GPTQ calibration windows")
     ap.add_argument("--no-gptq", action="store_true", help="RTN exports only")
     ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--cli", default="quantconv", help="the command to run (e.g. another checkout's entry point)")
     args = ap.parse_args()
 
-    jobs = [(f"rtn {s}", ["--dtype", s]) for s in registry_specs() + VARIANTS]
+    cli = shlex.split(args.cli)
+    jobs = [(f"rtn {s}", ["--dtype", s]) for s in registry_specs(cli) + VARIANTS]
     if not args.no_gptq:
         if not args.calib.is_file():
             print(f"error: calibration text {args.calib} not found; pass --calib PATH or --no-gptq", file=sys.stderr)
@@ -66,7 +69,7 @@ def main() -> int:
     source = [args.source] if args.source else []
     results: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="qc-hashes-") as tmp, cf.ThreadPoolExecutor(args.jobs) as pool:
-        futures = [pool.submit(export_hash, job, source, Path(tmp)) for job in jobs]
+        futures = [pool.submit(export_hash, job, cli, source, Path(tmp)) for job in jobs]
         for n, fut in enumerate(cf.as_completed(futures), 1):
             key, digest, seconds = fut.result()
             results[key] = digest

@@ -255,26 +255,15 @@ def evaluate(
 ):
     """Perplexity: the text tokenized without BOS, consecutive windows of --ctx tokens, every position after
     the first of each window scored."""
-    from pathlib import Path
-
-    import numpy as np
     from rich.progress import Progress
 
-    from quantconv.runtime.perplexity import perplexity
+    from quantconv.runtime.perplexity import perplexity, text_ids
 
-    path = Path(text)
-    if not path.is_file():
-        raise QuantconvError(f"--text {text}: no such file; pass a UTF-8 text file")
     engine, tokenizer = _open_model(file, ctx, threads, exact)
-    ids = tokenizer.encode(path.read_text(encoding="utf-8", errors="replace"), add_bos=False)
-
-    def score(window):
-        engine.reset()
-        return engine.eval(np.asarray(window, dtype=np.int32), all_logits=True)
-
+    ids = text_ids(tokenizer, text)
     with Progress(console=err, disable=as_json, transient=True) as bar:
         task = bar.add_task("perplexity", total=None)
-        result = perplexity(score, ids, ctx, windows, lambda done, total: bar.update(task, completed=done, total=total))
+        result = perplexity(engine, ids, ctx, windows, lambda done, total: bar.update(task, completed=done, total=total))
     if as_json:
         print(json.dumps(result.as_dict()))
     else:

@@ -38,17 +38,13 @@ class SweepSpec:
     baseline: bool = True         # also export and evaluate f16 (the "FP" row)
 
 
-def _eval_ppl(path: Path, ids: list[int], spec: SweepSpec) -> float:
+def eval_ppl(path: Path, ids: list[int], spec: SweepSpec) -> float:
+    """The file's perplexity with the runtime (the `quantconv eval` protocol, spec's ctx and windows)."""
     from quantconv.runtime.engine import Engine
     from quantconv.runtime.perplexity import perplexity
 
-    engine = Engine(path, n_ctx=spec.ctx, n_threads=spec.threads)
-
-    def score(window):
-        engine.reset()
-        return engine.eval(np.asarray(window, dtype=np.int32), all_logits=True)
-
-    return perplexity(score, ids, spec.ctx, spec.windows).ppl
+    with Engine(path, n_ctx=spec.ctx, n_threads=spec.threads) as engine:
+        return perplexity(engine, ids, spec.ctx, spec.windows).ppl
 
 
 def _decode_speed(path: Path, spec: SweepSpec) -> float:
@@ -66,6 +62,7 @@ def run_sweep(source, spec: SweepSpec, log: Callable[[str], None] = print) -> li
     from quantconv.convert.export import export
     from quantconv.formats.gguf_reader import GGUFFile
     from quantconv.formats.tokenizer import Tokenizer
+    from quantconv.runtime.perplexity import text_ids
 
     for a in spec.algos:
         parse_algo(a)
@@ -93,9 +90,8 @@ def run_sweep(source, spec: SweepSpec, log: Callable[[str], None] = print) -> li
         seconds = time.perf_counter() - t0
         if ids is None:
             with GGUFFile(path) as f:
-                ids = Tokenizer.from_gguf_metadata(f.kv).encode(spec.text.read_text(encoding="utf-8",
-                                                                                   errors="replace"))
-        ppl = _eval_ppl(path, ids, spec)
+                ids = text_ids(Tokenizer.from_gguf_metadata(f.kv), spec.text)
+        ppl = eval_ppl(path, ids, spec)
         if spec.bench and dtype not in speeds:
             speeds[dtype] = _decode_speed(path, spec)
         row = {"dtype": dtype, "spec": next((p.dtype.spec for p in report.tensors if p.role == "linear"), dtype),

@@ -5,7 +5,7 @@ runtime.engine.Engine, so that generation, perplexity and the bench work on eith
         logits = eng.eval(ids, all_logits=True)    # (T, n_vocab), appended to the KV cache
         tok = Tokenizer.from_gguf_metadata(eng.kv)
 
-plus perplexity / generation / bench helpers on the same protocols as the native engine's.
+(runtime.perplexity and runtime.bench take either), plus a generation helper and a weight dump for tests.
 """
 from __future__ import annotations
 
@@ -132,21 +132,6 @@ def open_model(path, n_ctx: int = 2048, n_threads: int | None = None):
     return eng, Tokenizer.from_gguf_metadata(eng.kv)
 
 
-def perplexity(path, text_path, ctx: int = 512, windows: int | None = None, n_threads: int | None = None,
-               progress=None):
-    """runtime.perplexity's protocol (no BOS, consecutive windows, every position after the first)."""
-    from quantconv.runtime.perplexity import perplexity as ppl
-
-    eng, tok = open_model(path, n_ctx=ctx, n_threads=n_threads)
-    ids = tok.encode(Path(text_path).read_text(encoding="utf-8", errors="replace"), add_bos=False)
-
-    def score(window):
-        eng.reset()
-        return eng.eval(np.asarray(window, dtype=np.int64), all_logits=True)
-
-    return ppl(score, ids, ctx, windows, progress)
-
-
 def generate_text(path, prompt: str, max_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0,
                   seed: int | None = None, n_ctx: int = 2048, n_threads: int | None = None) -> str:
     from quantconv.runtime.generate import SamplingOptions, generate
@@ -155,14 +140,6 @@ def generate_text(path, prompt: str, max_tokens: int = 64, temperature: float = 
     ids = tok.encode(prompt, add_bos=tok.add_bos)
     n = min(max_tokens, n_ctx - len(ids))
     return "".join(generate(eng, tok, ids, n, SamplingOptions(temperature, top_p, seed)))
-
-
-def bench(path, n_threads: int | None = None, prompt: int = 512, gen: int = 64, reps: int = 3, progress=None):
-    """Prefill / decode tok/s (batch 1) with runtime.bench's protocol; returns a runtime.bench.Speed."""
-    from quantconv.runtime import bench as b
-
-    eng = OnnxEngine(path, n_ctx=prompt + gen + 32, n_threads=n_threads)
-    return b.measure({"onnxruntime": b.engine_runner(eng)}, eng.n_vocab, prompt, gen, reps, progress)["onnxruntime"]
 
 
 def dequantized_weights(path, names: list[str] | None = None) -> dict[str, np.ndarray]:

@@ -6,12 +6,10 @@ exp(mean NLL). llama-perplexity's own protocol (BOS, second half only) differs; 
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-
 import numpy as np
 
 from quantconv.errors import QuantconvError
+from quantconv.runtime.perplexity import PerplexityResult, perplexity as runtime_perplexity
 
 
 def _llama_cpp():
@@ -31,35 +29,29 @@ def load(path: str, ctx: int = 512, threads: int = 2, logits_all: bool = False):
         raise QuantconvError(f"stock llama.cpp refused {path}: {e}") from None
 
 
-@dataclass
-class Perplexity:
-    ppl: float
-    tokens: int        # scored tokens
-    windows: int
-
-
 def tokenize(model, text: str) -> list[int]:
     return model.tokenize(text.encode("utf-8"), add_bos=False, special=False)
 
 
-def perplexity(path: str, text: str, ctx: int = 512, windows: int = 40, threads: int = 2) -> Perplexity:
+class Scorer:
+    """A llama.cpp model behind runtime.perplexity's interface (reset, eval with every position's logits)."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def reset(self) -> None:
+        self.model.reset()
+
+    def eval(self, tokens, all_logits: bool = True) -> np.ndarray:
+        tokens = [int(t) for t in tokens]
+        self.model.eval(tokens)
+        return np.asarray(self.model.scores[:len(tokens)])
+
+
+def perplexity(path: str, text: str, ctx: int = 512, windows: int = 40, threads: int = 2) -> PerplexityResult:
+    """Our protocol on llama.cpp's logits, with llama.cpp's own tokenizer."""
     model = load(path, ctx=ctx, threads=threads, logits_all=True)
-    ids = tokenize(model, text)
-    n = min(windows, len(ids) // ctx)
-    if n == 0:
-        raise QuantconvError(f"the text has {len(ids)} tokens, fewer than one window of {ctx}")
-    nll, count = 0.0, 0
-    for w in range(n):
-        window = ids[w * ctx:(w + 1) * ctx]
-        model.reset()
-        model.eval(window)
-        logits = np.asarray(model.scores[:ctx], dtype=np.float64)      # (ctx, vocab)
-        logits -= logits.max(axis=1, keepdims=True)
-        logp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
-        targets = np.asarray(window[1:])
-        nll -= float(logp[np.arange(ctx - 1), targets].sum())
-        count += ctx - 1
-    return Perplexity(math.exp(nll / count), count, n)
+    return runtime_perplexity(Scorer(model), tokenize(model, text), ctx, windows)
 
 
 def generate(path: str, prompt: str, n: int = 32, threads: int = 2) -> str:

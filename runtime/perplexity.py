@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -31,9 +32,18 @@ def window_nll(logits: np.ndarray, targets: np.ndarray) -> float:
     return float(-logp.sum())
 
 
-def perplexity(score_window: Callable[[Sequence[int]], np.ndarray], ids: Sequence[int], ctx: int = 512,
-               windows: int | None = None, progress: Callable[[int, int], None] | None = None) -> PerplexityResult:
-    """score_window(tokens) -> (len(tokens), vocab) logits from an empty context."""
+def text_ids(tokenizer, path) -> list[int]:
+    """The protocol's token ids: the whole text file tokenized without BOS."""
+    path = Path(path)
+    if not path.is_file():
+        raise QuantconvError(f"--text {path}: no such file; pass a UTF-8 text file")
+    return tokenizer.encode(path.read_text(encoding="utf-8", errors="replace"), add_bos=False)
+
+
+def perplexity(model, ids: Sequence[int], ctx: int = 512, windows: int | None = None,
+               progress: Callable[[int, int], None] | None = None) -> PerplexityResult:
+    """`model`: anything with reset() and eval(ids, all_logits=True) -> (len(ids), vocab) logits, e.g.
+    runtime.engine.Engine, runtime.onnx_runner.OnnxEngine, runtime.peer_llama_cpp.Scorer."""
     if ctx < 2:
         raise QuantconvError(f"--ctx must be at least 2 (got {ctx})")
     available = len(ids) // ctx
@@ -43,9 +53,10 @@ def perplexity(score_window: Callable[[Sequence[int]], np.ndarray], ids: Sequenc
                              "text or a smaller --ctx")
     nll, count = 0.0, 0
     for w in range(n):
-        window = list(ids[w * ctx:(w + 1) * ctx])
-        logits = score_window(window)
-        nll += window_nll(logits[:-1], np.asarray(window[1:]))
+        window = np.asarray(ids[w * ctx:(w + 1) * ctx], dtype=np.int32)
+        model.reset()
+        logits = model.eval(window, all_logits=True)
+        nll += window_nll(logits[:-1], window[1:])
         count += ctx - 1
         if progress:
             progress(w + 1, n)
