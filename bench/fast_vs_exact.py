@@ -17,6 +17,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
+from quantconv.runtime.bench import machine_description
+
 DATA = Path("/work/shared/data")
 DTYPES = ["sf4", "nf4", "fp4", "fp4-sr", "fp4-sp", "apot4", "int4", "int4:asym", "int8", "mxfp4", "mxfp6",
           "mxint8", "q8_0", "q4_0", "q4_1", "nvfp4"]
@@ -78,7 +80,7 @@ def main() -> None:
     ap.add_argument("--windows", type=int, default=40)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--jobs", type=int, default=1, help="dtypes measured at once")
-    ap.add_argument("--machine", default="this 2-core AMD EPYC (AVX2)")
+    ap.add_argument("--machine", default=None, help="the machine's name in the table (default: CPU model, cores, ISA)")
     ap.add_argument("--report", action="store_true", help="only rewrite the .md from the JSON")
     args = ap.parse_args()
     if args.report:
@@ -96,7 +98,7 @@ def main() -> None:
             data["rows"][row["dtype"]] = row
             path.write_text(json.dumps(data, indent=1))
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    data["meta"] = {"windows": args.windows, "threads": args.threads, "commit": commit or "?", "machine": args.machine}
+    data["meta"] = {"windows": args.windows, "threads": args.threads, "commit": commit or "?", "machine": args.machine or machine_description()}
     path.write_text(json.dumps(data, indent=1))
     (args.out / "fast_vs_exact.md").write_text(markdown(data["rows"], data["meta"]))
     print(markdown(data["rows"], data["meta"]))

@@ -2,12 +2,32 @@
 llama.cpp on a GGUF file in the same run so that ratios compare like with like on a noisy machine."""
 from __future__ import annotations
 
+import os
+import platform
 import statistics
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
+
+
+def machine_description() -> str:
+    """'Intel(R) Xeon(R) Processor, 2 cores, AVX-512': what a result table names its machine by."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    model = value.strip()
+                elif key.strip() in ("flags", "Features"):
+                    flags = set(value.split())
+    except OSError:
+        pass
+    isa = next((name for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("asimd", "NEON"))
+                if flag in flags), platform.machine())
+    return f"{model}, {os.cpu_count()} cores, {isa}"
 
 
 @dataclass
