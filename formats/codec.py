@@ -52,7 +52,8 @@ class Codec(ABC):
 
 
 class FittableCodec(Codec):
-    """A quantized format with the split API; quantize_blocks is fit, encode and pack in a row."""
+    """A quantized format with the split API; quantize_blocks and dequantize_blocks are written
+    once from it (fit -> encode -> pack, unpack -> decode)."""
 
     fittable: ClassVar[bool] = True
 
@@ -77,6 +78,14 @@ class FittableCodec(Codec):
     def pack(self, codes: np.ndarray, params: tuple) -> np.ndarray:
         """(n, block) codes and their blocks' params -> (n, block_bytes) uint8."""
 
+    @abstractmethod
+    def unpack(self, data: np.ndarray, block: int) -> tuple[np.ndarray, tuple]:
+        """pack's inverse: (n, block_bytes) uint8 -> (codes, params as stored); a damaged scale raises."""
+
     def quantize_blocks(self, x: np.ndarray) -> np.ndarray:
         params = self.fit(x)
         return self.pack(self.encode(x, params), params)
+
+    def dequantize_blocks(self, data: np.ndarray, block: int) -> np.ndarray:
+        # one decode for the file's bytes and for calibrated rounding: GPTQ's values are the file's
+        return self.decode(*self.unpack(data, block))

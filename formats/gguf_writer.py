@@ -56,8 +56,7 @@ def tensor_nbytes(dtype, shape: tuple[int, ...], what: str = "tensor") -> int:
     if block and cols % block:
         raise QuantconvError(f"{what} has rows of {cols} values, not a multiple of {dtype.spec}'s block "
                              f"of {block}")
-    if hasattr(dtype, "check_shape"):  # the registry knows further limits (per-channel bit planes)
-        dtype.check_shape(shape, what)
+    dtype.check_shape(shape, what)   # the registry knows further limits (per-channel bit planes)
     if len(shape) <= 2:
         return int(dtype.tensor_bytes(tuple(shape)))
     # leading dims (e.g. experts) are just more rows; the registry only needs to size one row

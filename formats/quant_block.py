@@ -42,18 +42,13 @@ class BFPCodec(FittableCodec):
         mag_bits = self.mant - 1
         mag = (codes & ((1 << mag_bits) - 1)).astype(np.float64)
         sign = np.where(codes >> mag_bits, -1.0, 1.0)
-        return (sign * mag * e8m0_value(params[0]) * 2.0 ** -mag_bits + 0.0).astype(np.float32)
+        return (sign * mag * e8m0_value(params[0]) * 2.0 ** -mag_bits + 0.0).astype(np.float32)  # +0 for "-0"
 
     def pack(self, codes: np.ndarray, params: tuple) -> np.ndarray:
         return np.concatenate([params[0], bitplanes.pack(codes, self.mant)], axis=1)
 
-    def dequantize_blocks(self, data: np.ndarray, block: int) -> np.ndarray:
-        mag_bits = self.mant - 1
-        codes = bitplanes.unpack(data[:, 1:], self.mant, block)
-        mag = (codes & ((1 << mag_bits) - 1)).astype(np.float64)
-        sign = np.where(codes >> mag_bits, -1.0, 1.0)
-        step = e8m0_value(data[:, :1]) * 2.0 ** -mag_bits
-        return (sign * mag * step + 0.0).astype(np.float32)   # +0 for "-0" codes
+    def unpack(self, data: np.ndarray, block: int) -> tuple[np.ndarray, tuple]:
+        return bitplanes.unpack(data[:, 1:], self.mant, block), (data[:, :1],)
 
 
 @dataclass(frozen=True)
@@ -92,9 +87,5 @@ class BlockLogCodec(FittableCodec):
     def pack(self, codes: np.ndarray, params: tuple) -> np.ndarray:
         return np.concatenate([params[0], bitplanes.pack(codes, self.bits)], axis=1)
 
-    def dequantize_blocks(self, data: np.ndarray, block: int) -> np.ndarray:
-        codes = bitplanes.unpack(data[:, 1:], self.bits, block)
-        k = codes & self.k_max
-        sign = np.where(codes >> (self.bits - 1), -1.0, 1.0)
-        mag = self.magnitudes()[k]
-        return (sign * mag * e8m0_value(data[:, :1]) + 0.0).astype(np.float32)
+    def unpack(self, data: np.ndarray, block: int) -> tuple[np.ndarray, tuple]:
+        return bitplanes.unpack(data[:, 1:], self.bits, block), (data[:, :1],)

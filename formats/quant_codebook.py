@@ -89,7 +89,5 @@ class CodebookCodec(FittableCodec):
     def pack(self, codes: np.ndarray, params: tuple) -> np.ndarray:
         return np.concatenate([fp16_bytes(params[0]), bitplanes.pack(codes, 4)], axis=1)
 
-    def dequantize_blocks(self, data: np.ndarray, block: int) -> np.ndarray:
-        d = fp16_from_bytes(data[:, 0:2])
-        table = np.asarray(self.table, dtype=np.float32)
-        return d * table[bitplanes.unpack(data[:, 2:], 4, block)]
+    def unpack(self, data: np.ndarray, block: int) -> tuple[np.ndarray, tuple]:
+        return bitplanes.unpack(data[:, 2:], 4, block), (fp16_from_bytes(data[:, 0:2]),)

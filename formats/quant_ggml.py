@@ -38,10 +38,8 @@ class Q4_0Codec(FittableCodec):
     def pack(self, codes: np.ndarray, params: tuple) -> np.ndarray:
         return np.concatenate([fp16_bytes(params[0]), bitplanes.pack(codes, 4)], axis=1)
 
-    def dequantize_blocks(self, data: np.ndarray, block: int) -> np.ndarray:
-        d = fp16_from_bytes(data[:, :2])
-        u = bitplanes.unpack(data[:, 2:], 4, block).astype(np.int8) - np.int8(8)
-        return d * u.astype(np.float32)
+    def unpack(self, data: np.ndarray, block: int) -> tuple[np.ndarray, tuple]:
+        return bitplanes.unpack(data[:, 2:], 4, block), (fp16_from_bytes(data[:, :2]),)
 
 
 def ue4m3_half(b: np.ndarray) -> np.ndarray:
@@ -102,12 +100,10 @@ class NVFP4Codec(FittableCodec):
         packed = bitplanes.pack(codes.reshape(n * g // self.sub, self.sub), 4).reshape(n, -1)
         return np.concatenate([params[0].reshape(n, -1), packed], axis=1)
 
-    def dequantize_blocks(self, data: np.ndarray, block: int) -> np.ndarray:
-        n = data.shape[0]
-        nsub = block // self.sub
-        d = ue4m3_half(data[:, :nsub]).reshape(-1, 1)
+    def unpack(self, data: np.ndarray, block: int) -> tuple[np.ndarray, tuple]:
+        n, nsub = data.shape[0], block // self.sub
         codes = bitplanes.unpack(data[:, nsub:].reshape(n * nsub, self.sub // 2), 4, self.sub)
-        return (d * _GGML_E2M1_DOUBLED[codes]).reshape(n, block)
+        return codes.reshape(n, block), (data[:, :nsub],)
 
 
 @dataclass(frozen=True)

@@ -60,12 +60,7 @@ class IntCodec(FittableCodec):
         head = [fp16_bytes(params[0]), fp16_bytes(params[1])] if self.asym else [fp16_bytes(params[0])]
         return np.concatenate([*head, bitplanes.pack(codes, self.bits)], axis=1)
 
-    def dequantize_blocks(self, data: np.ndarray, block: int) -> np.ndarray:
-        d = fp16_from_bytes(data[:, 0:2])
-        if self.asym:
-            m = fp16_from_bytes(data[:, 2:4])
-            u = bitplanes.unpack(data[:, 4:], self.bits, block)
-            return d * u.astype(np.float32) + m
-        codes = bitplanes.unpack(data[:, 2:], self.bits, block).astype(np.int16)
-        q = np.where(codes >= (1 << (self.bits - 1)), codes - (1 << self.bits), codes)
-        return d * q.astype(np.float32)
+    def unpack(self, data: np.ndarray, block: int) -> tuple[np.ndarray, tuple]:
+        head = 4 if self.asym else 2
+        params = tuple(fp16_from_bytes(data[:, k:k + 2]) for k in range(0, head, 2))   # d (, min)
+        return bitplanes.unpack(data[:, head:], self.bits, block), params

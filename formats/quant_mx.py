@@ -33,10 +33,8 @@ class MinifloatBlockCodec(FittableCodec):
     def pack(self, codes: np.ndarray, params: tuple) -> np.ndarray:
         return np.concatenate([params[0], bitplanes.pack(codes, self.element.bits)], axis=1)
 
-    def dequantize_blocks(self, data: np.ndarray, block: int) -> np.ndarray:
-        scale = e8m0_value(data[:, :1])
-        values = self.element.decode(bitplanes.unpack(data[:, 1:], self.element.bits, block))
-        return (values * scale).astype(np.float32)
+    def unpack(self, data: np.ndarray, block: int) -> tuple[np.ndarray, tuple]:
+        return bitplanes.unpack(data[:, 1:], self.element.bits, block), (data[:, :1],)
 
 
 @dataclass(frozen=True)
@@ -59,9 +57,8 @@ class MXInt8Codec(FittableCodec):
     def pack(self, codes: np.ndarray, params: tuple) -> np.ndarray:
         return np.concatenate([params[0], codes], axis=1)
 
-    def dequantize_blocks(self, data: np.ndarray, block: int) -> np.ndarray:
-        q = np.ascontiguousarray(data[:, 1:]).view(np.int8).astype(np.float64)
-        return (q / 64 * e8m0_value(data[:, :1])).astype(np.float32)
+    def unpack(self, data: np.ndarray, block: int) -> tuple[np.ndarray, tuple]:
+        return np.ascontiguousarray(data[:, 1:]), (data[:, :1],)
 
 
 # ggml's MXFP4 stores E2M1 doubled and scales by 2^(e-128); the product is the same value.
@@ -97,6 +94,5 @@ class GGMLMXFP4Codec(FittableCodec):
     def pack(self, codes: np.ndarray, params: tuple) -> np.ndarray:
         return np.concatenate([params[0], bitplanes.pack(codes, 4)], axis=1)
 
-    def dequantize_blocks(self, data: np.ndarray, block: int) -> np.ndarray:
-        d = ggml_e8m0_half(data[:, :1])
-        return d * _GGML_E2M1_DOUBLED[bitplanes.unpack(data[:, 1:], 4, block)]
+    def unpack(self, data: np.ndarray, block: int) -> tuple[np.ndarray, tuple]:
+        return bitplanes.unpack(data[:, 1:], 4, block), (data[:, :1],)

@@ -30,6 +30,35 @@ GGML_IDS = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q8_0": 8, "bf16": 30, "mx
 OWN_ID_RANGE = (1024, 4096)
 GROUPS = (16, 32, 64, 128, 256, 512, 1024)   # plus 0: one group per row ("per-channel")
 
+# Own type ids, per family: base + variant index * 8 + group code (the group's place in GROUPS, 7 for
+# one group per row); MX blocks are always 32, so an MX id is base + index. Files carry these ids:
+# a base or an index never changes once written.
+TYPE_ID_BASES = {"int": 1024, "codebook": 1280, "mx": 1536, "bfp": 1600, "bmf": 1700, "blog": 2100}
+_GROUP_CODES = (*GROUPS, 0)
+_UNGROUPED = {"mx"}
+
+
+def encode_type_id(family: str, index: int, group: int | None = None) -> int:
+    """The own type id of a family's variant `index` (see TYPE_ID_BASES) at a group size."""
+    base = TYPE_ID_BASES[family]
+    type_id = base + index if family in _UNGROUPED else base + index * 8 + _GROUP_CODES.index(group)
+    top = min([b for b in TYPE_ID_BASES.values() if b > base] + [OWN_ID_RANGE[1]])
+    if not (base <= type_id < top and index >= 0):
+        raise ValueError(f"{family} variant {index} (group {group}) has no type id below {top}")
+    return type_id
+
+
+def decode_type_id(type_id: int) -> tuple[str, int, int | None]:
+    """(family, index, group) of an own type id: encode_type_id's inverse (group None for MX)."""
+    if not OWN_ID_RANGE[0] <= type_id < OWN_ID_RANGE[1]:
+        raise ValueError(f"type id {type_id} is not one of quantconv's own ids {OWN_ID_RANGE}")
+    family = max((f for f, b in TYPE_ID_BASES.items() if b <= type_id), key=TYPE_ID_BASES.__getitem__)
+    offset = type_id - TYPE_ID_BASES[family]
+    if family in _UNGROUPED:
+        return family, offset, None
+    index, code = divmod(offset, 8)
+    return family, index, _GROUP_CODES[code]
+
 
 @dataclass(frozen=True)
 class DType:
@@ -175,10 +204,6 @@ class _Options:
             raise QuantconvError(f"datatype '{self.spec}' has no option '{key}'; see `quantconv dtypes --json {self.spec.split(':')[0]}`")
 
 
-def _gcode(group: int) -> int:
-    return GROUPS.index(group) if group else len(GROUPS)
-
-
 def _group_key(group: int, default: int) -> dict:
     return {} if group == default else {"group": group}
 
@@ -188,10 +213,11 @@ def _group_key(group: int, default: int) -> dict:
 # ------------------------------------------------------------------------------------------------
 def _float(name: str, opt: _Options) -> DType:
     opt.done()
-    bits = {"f32": 32, "f16": 16, "bf16": 16}[name]
-    return DType(name, name, "float", bits, 1, "none", GGML_IDS[name], True,
-                 {"f32": "IEEE binary32", "f16": "IEEE binary16", "bf16": "bfloat16 (round to nearest even)"}[name],
-                 FloatCodec(name))
+    return DType(spec=name, name=name, family="float", elem_bits={"f32": 32, "f16": 16, "bf16": 16}[name],
+                 block_size=1, scale_encoding="none", gguf_type_id=GGML_IDS[name], standard=True,
+                 description={"f32": "IEEE binary32", "f16": "IEEE binary16",
+                              "bf16": "bfloat16 (round to nearest even)"}[name],
+                 codec=FloatCodec(name))
 
 
 def _ggml(name: str, opt: _Options) -> DType:
@@ -201,10 +227,12 @@ def _ggml(name: str, opt: _Options) -> DType:
     if name == "q4_1":
         return _int_row("int4", 4, True, 32, "ggml Q4_1 (= int4:asym,group=32)", spec="q4_1")
     if name == "q4_0":
-        return DType("q4_0", "q4_0", "ggml", 4, 32, "fp16", GGML_IDS["q4_0"], True,
-                     "ggml Q4_0: fp16 scale = signed peak / -8, codes 0..15 minus 8", Q4_0Codec())
-    return DType("nvfp4", "nvfp4", "ggml", 4, 64, "4 x ue4m3", GGML_IDS["nvfp4"], True,
-                 "ggml NVFP4: E2M1 with a UE4M3 scale per 16 values", NVFP4Codec())
+        return DType(spec="q4_0", name="q4_0", family="ggml", elem_bits=4, block_size=32, scale_encoding="fp16",
+                     gguf_type_id=GGML_IDS["q4_0"], standard=True,
+                     description="ggml Q4_0: fp16 scale = signed peak / -8, codes 0..15 minus 8", codec=Q4_0Codec())
+    return DType(spec="nvfp4", name="nvfp4", family="ggml", elem_bits=4, block_size=64, scale_encoding="4 x ue4m3",
+                 gguf_type_id=GGML_IDS["nvfp4"], standard=True,
+                 description="ggml NVFP4: E2M1 with a UE4M3 scale per 16 values", codec=NVFP4Codec())
 
 
 def _int_row(name: str, bits: int, asym: bool, group: int, description: str, spec: str | None = None) -> DType:
@@ -214,9 +242,10 @@ def _int_row(name: str, bits: int, asym: bool, group: int, description: str, spe
     elif asym and bits == 4 and group == 32:
         type_id, standard = GGML_IDS["q4_1"], True
     else:
-        type_id, standard = 1024 + asym * 128 + (bits - 2) * 8 + _gcode(group), False
-    return DType(canonical, name, "int", bits, group, "fp16 scale + fp16 min" if asym else "fp16 scale",
-                 type_id, standard, description, IntCodec(bits, asym), {"asym": int(asym)})
+        type_id, standard = encode_type_id("int", asym * 16 + bits - 2, group), False
+    return DType(spec=canonical, name=name, family="int", elem_bits=bits, block_size=group,
+                 scale_encoding="fp16 scale + fp16 min" if asym else "fp16 scale", gguf_type_id=type_id,
+                 standard=standard, description=description, codec=IntCodec(bits, asym), params={"asym": int(asym)})
 
 
 def _int(name: str, opt: _Options) -> DType:
@@ -230,6 +259,7 @@ def _int(name: str, opt: _Options) -> DType:
     return _int_row(name, bits, asym, group, f"{bits}-bit integer, {kind}, {where}")
 
 
+# codebook type id indices; any sf4 nu but the default takes the next one (its table is in the file)
 _CODEBOOK_INDEX = {"nf4": 0, "sf4": 1, "fp4": 2, "fp4-sr": 3, "fp4-sp": 4, "apot4": 5, "apot4-sp": 6, "fp4-log": 7}
 DEFAULT_NU = 5.0
 
@@ -254,16 +284,18 @@ def _codebook(name: str, opt: _Options) -> DType:
 
 def _codebook_row(name, table, group, flip, index, spec, description) -> DType:
     table = tuple(float(np.float32(v)) for v in table)   # what the file stores and the kernels use
-    return DType(spec, name, "codebook", 4, group, "fp16 absmax/max|codebook|" + (" signed" if flip else ""),
-                 1280 + index * 8 + _gcode(group), False, description + (", signed scale" if flip else ""),
-                 CodebookCodec(tuple(table), flip), {"flip": int(flip)}, tuple(table))
+    return DType(spec=spec, name=name, family="codebook", elem_bits=4, block_size=group,
+                 scale_encoding="fp16 absmax/max|codebook|" + (" signed" if flip else ""),
+                 gguf_type_id=encode_type_id("codebook", index, group), standard=False,
+                 description=description + (", signed scale" if flip else ""), codec=CodebookCodec(table, flip),
+                 params={"flip": int(flip)}, codebook=table)
 
 
 _MX_ELEMENTS: dict[str, tuple[tuple[str, ...], dict[str, Minifloat]]] = {
     "mxfp6": (("e2m3", "e3m2"), {"e2m3": E2M3, "e3m2": E3M2}),
     "mxfp8": (("e4m3", "e5m2"), {"e4m3": E4M3, "e5m2": E5M2}),
 }
-_MX_IDS = {"e2m3": 1537, "e3m2": 1538, "e4m3": 1539, "e5m2": 1540, "int8": 1541}
+_MX_INDEX = {"e2m3": 1, "e3m2": 2, "e4m3": 3, "e5m2": 4, "int8": 5}   # type id indices (E2M1 is ggml's MXFP4)
 
 
 def _element_params(e: Minifloat) -> dict:
@@ -273,34 +305,38 @@ def _element_params(e: Minifloat) -> dict:
 def _mx(name: str, opt: _Options) -> DType:
     if name == "mxint8":
         opt.done()
-        return DType("mxint8", name, "mx", 8, 32, "e8m0", _MX_IDS["int8"], False,
-                     "OCP MXINT8: int8 elements (q/64), E8M0 scale per 32", MXInt8Codec(), {"element": "int8"})
+        return DType(spec="mxint8", name=name, family="mx", elem_bits=8, block_size=32, scale_encoding="e8m0",
+                     gguf_type_id=encode_type_id("mx", _MX_INDEX["int8"]), standard=False,
+                     description="OCP MXINT8: int8 elements (q/64), E8M0 scale per 32", codec=MXInt8Codec(),
+                     params={"element": "int8"})
     if name == "mxfp4":
         ggml = opt.flag("ggml")
         opt.done()
-        codec = GGMLMXFP4Codec() if ggml else MinifloatBlockCodec(E2M1)
         how = "ggml's reference rounding" if ggml else "round to nearest even"
-        return DType("mxfp4:ggml" if ggml else "mxfp4", name, "mx", 4, 32, "e8m0", GGML_IDS["mxfp4"], True,
-                     f"OCP MXFP4: E2M1 elements, E8M0 scale per 32 ({how}); = ggml MXFP4", codec,
-                     _element_params(E2M1))
+        return DType(spec="mxfp4:ggml" if ggml else "mxfp4", name=name, family="mx", elem_bits=4, block_size=32,
+                     scale_encoding="e8m0", gguf_type_id=GGML_IDS["mxfp4"], standard=True,
+                     description=f"OCP MXFP4: E2M1 elements, E8M0 scale per 32 ({how}); = ggml MXFP4",
+                     codec=GGMLMXFP4Codec() if ggml else MinifloatBlockCodec(E2M1), params=_element_params(E2M1))
     choices, elements = _MX_ELEMENTS[name]
     which = opt.choice(choices, choices[0])
     opt.done()
     element = elements[which]
-    spec = name if which == choices[0] else f"{name}:{which}"
-    return DType(spec, name, "mx", element.bits, 32, "e8m0", _MX_IDS[which], False,
-                 f"OCP {name.upper()} ({which.upper()} elements, E8M0 scale per 32)",
-                 MinifloatBlockCodec(element), _element_params(element))
+    return DType(spec=name if which == choices[0] else f"{name}:{which}", name=name, family="mx",
+                 elem_bits=element.bits, block_size=32, scale_encoding="e8m0",
+                 gguf_type_id=encode_type_id("mx", _MX_INDEX[which]), standard=False,
+                 description=f"OCP {name.upper()} ({which.upper()} elements, E8M0 scale per 32)",
+                 codec=MinifloatBlockCodec(element), params=_element_params(element))
 
 
 def _bfp(name: str, opt: _Options) -> DType:
     mant = opt.integer("mant", 6, set(range(2, 9)))
     block = opt.integer("block", 16, {16, 32, 64, 128})
     opt.done()
-    spec = format_spec(name, {"mant": mant, "block": block} if (mant, block) != (6, 16) else {})
-    return DType(spec, name, "bfp", mant, block, "shared 8-bit exponent", 1600 + (mant - 2) * 8 + _gcode(block),
-                 False, f"block floating point: {mant}-bit sign-magnitude mantissas, shared exponent per {block}",
-                 BFPCodec(mant), {"mant": mant})
+    return DType(spec=format_spec(name, {"mant": mant, "block": block} if (mant, block) != (6, 16) else {}),
+                 name=name, family="bfp", elem_bits=mant, block_size=block, scale_encoding="shared 8-bit exponent",
+                 gguf_type_id=encode_type_id("bfp", mant - 2, block), standard=False,
+                 description=f"block floating point: {mant}-bit sign-magnitude mantissas, shared exponent per {block}",
+                 codec=BFPCodec(mant), params={"mant": mant})
 
 
 def _bmf(name: str, opt: _Options) -> DType:
@@ -311,21 +347,23 @@ def _bmf(name: str, opt: _Options) -> DType:
     if 1 + ebits + mbits > 8:
         raise QuantconvError(f"datatype '{name}': 1 + exp + mant must be at most 8 bits (got {1 + ebits + mbits})")
     element = minifloat(ebits, mbits)
-    spec = format_spec(name, {"exp": ebits, "mant": mbits, "block": block} if (ebits, mbits, block) != (2, 3, 16) else {})
-    return DType(spec, name, "bmf", element.bits, block, "e8m0 shared bias",
-                 1700 + ((ebits - 1) * 8 + mbits) * 8 + _gcode(block), False,
-                 f"block minifloat: E{ebits}M{mbits} elements, shared exponent bias per {block}",
-                 MinifloatBlockCodec(element), _element_params(element))
+    default = (ebits, mbits, block) == (2, 3, 16)
+    return DType(spec=format_spec(name, {} if default else {"exp": ebits, "mant": mbits, "block": block}),
+                 name=name, family="bmf", elem_bits=element.bits, block_size=block, scale_encoding="e8m0 shared bias",
+                 gguf_type_id=encode_type_id("bmf", (ebits - 1) * 8 + mbits, block), standard=False,
+                 description=f"block minifloat: E{ebits}M{mbits} elements, shared exponent bias per {block}",
+                 codec=MinifloatBlockCodec(element), params=_element_params(element))
 
 
 def _blog(name: str, opt: _Options) -> DType:
     bits = opt.integer("bits", 4, set(range(2, 9)))
     block = opt.integer("block", 16, {16, 32, 64, 128})
     opt.done()
-    spec = format_spec(name, {"bits": bits, "block": block} if (bits, block) != (4, 16) else {})
-    return DType(spec, name, "blog", bits, block, "shared 8-bit exponent", 2100 + (bits - 2) * 8 + _gcode(block),
-                 False, f"block logarithmic: sign + {bits - 1}-bit power of two, shared exponent per {block}",
-                 BlockLogCodec(bits), {"log_bits": bits})
+    return DType(spec=format_spec(name, {"bits": bits, "block": block} if (bits, block) != (4, 16) else {}),
+                 name=name, family="blog", elem_bits=bits, block_size=block, scale_encoding="shared 8-bit exponent",
+                 gguf_type_id=encode_type_id("blog", bits - 2, block), standard=False,
+                 description=f"block logarithmic: sign + {bits - 1}-bit power of two, shared exponent per {block}",
+                 codec=BlockLogCodec(bits), params={"log_bits": bits})
 
 
 BUILDERS: dict[str, Callable[[str, _Options], DType]] = {
