@@ -18,14 +18,13 @@ from quantconv.convert.sources import open_source  # noqa: E402
 from quantconv.convert.torch_model import DecoderConfig, Head, Layer, Rope  # noqa: E402
 from quantconv.errors import QuantconvError  # noqa: E402
 from quantconv.formats.gguf_reader import GGUFFile  # noqa: E402
-from quantconv.formats.registry import get_dtype, list_dtypes  # noqa: E402
+from quantconv.formats.registry import get_dtype  # noqa: E402
+from tests.dtype_cases import ONE_PER_FAMILY, PIPELINE_VARIANTS, registry_specs  # noqa: E402
 from tests.shared_data import data_file  # noqa: E402
 from tests.tiny_models import make_tiny_hf_model  # noqa: E402
 
-QUANTIZED = [d.spec for d in list_dtypes() if d.family != "float"] + ["sf4:nu=3", "fp4-sr:flip", "int4:group=0"]
-# one representative per datatype family for the (slower) GPTQ-vs-RTN check
-FAMILIES = ["sf4", "nf4", "fp4-sp", "apot4", "int4:asym", "int4", "int8", "mxfp4", "mxfp6", "mxfp8", "mxint8",
-            "q4_0", "q8_0", "nvfp4", "bfp", "bmf", "blog"]
+QUANTIZED = [s for s in registry_specs(PIPELINE_VARIANTS) if get_dtype(s).family != "float"]
+FAMILIES = ONE_PER_FAMILY   # the (slower) GPTQ-vs-RTN check
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.dtype_cases import registry_specs
+from tests.dtype_cases import SWEEP_SPECS
 
 ext = pytest.importorskip("quantconv._ext")
 registry = pytest.importorskip("quantconv.formats.registry")
@@ -23,35 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 COLS = 256          # a multiple of every block size below; per-channel rows are one 256-value block
 ROWS = 3
 
-CODEBOOKS = ("nf4", "sf4", "sf4:nu=3", "sf4:nu=10", "fp4", "fp4-sr", "fp4-sp", "apot4", "apot4-sp", "fp4-log")
-
-
-def _variant_specs() -> list[str]:
-    specs = []
-    for bits in range(2, 9):
-        for asym in ("", "asym,"):
-            for group in (16, 32, 64, 128, 0):
-                specs.append(f"int{bits}:{asym}group={group}")
-    for name in CODEBOOKS:
-        sep = "," if ":" in name else ":"
-        specs += [name, f"{name}{sep}flip", f"{name}{sep}group=32", f"{name}{sep}flip,group=64"]
-    specs += ["mxfp4", "mxfp4:ggml", "mxfp6", "mxfp6:e3m2", "mxfp6:e2m3", "mxfp8", "mxfp8:e5m2", "mxfp8:e4m3",
-              "mxint8"]
-    for mant in range(2, 9):
-        specs += [f"bfp:mant={mant}", f"bfp:mant={mant},block=32"]
-    specs += ["bfp:block=64", "bfp:block=128"]
-    for ebits in range(1, 7):
-        for mbits in range(0, 7):
-            if 1 + ebits + mbits <= 8:
-                specs.append(f"bmf:exp={ebits},mant={mbits}")
-    specs += ["bmf:exp=3,mant=2,block=32", "bmf:block=64", "bmf:exp=4,mant=3,block=128"]
-    for bits in range(2, 9):
-        specs += [f"blog:bits={bits}", f"blog:bits={bits},block=64"]
-    specs += ["q8_0", "q4_0", "q4_1", "nvfp4", "f16", "bf16", "f32", "int8:group=32", "int4:asym,group=32"]
-    return specs
-
-
-ALL_SPECS = registry_specs(_variant_specs())
+ALL_SPECS = SWEEP_SPECS
 
 
 def _dtype(spec: str):

@@ -15,7 +15,8 @@ from quantconv.convert.export import export
 from quantconv.formats.models import permute_qk
 from quantconv.convert.sources import open_source
 from quantconv.formats.gguf_reader import GGUFFile
-from quantconv.formats.registry import get_dtype, list_dtypes
+from quantconv.formats.registry import get_dtype
+from tests.dtype_cases import PIPELINE_VARIANTS, registry_specs
 from tests.tiny_models import make_tiny_hf_model
 
 runner = CliRunner()
@@ -40,7 +41,7 @@ def expected_linear(model_dir: Path, hf_name: str, n_head: int | None) -> np.nda
     return permute_qk(w, n_head) if n_head else w
 
 
-@pytest.mark.parametrize("spec", [d.spec for d in list_dtypes()] + ["sf4:nu=3", "int4:asym,group=32", "fp4-sr:flip"])
+@pytest.mark.parametrize("spec", registry_specs(PIPELINE_VARIANTS))
 def test_export_every_dtype_writes_exactly_the_registry_bytes(tiny, tmp_path, spec):
     out = tmp_path / "m.gguf"
     fixed = get_dtype(spec).standard or get_dtype(spec).family in ("mx", "bfp", "bmf", "blog")

@@ -25,7 +25,7 @@ import zlib
 import numpy as np
 import pytest
 
-from tests.dtype_cases import registry_specs
+from tests.dtype_cases import SWEEP_SPECS
 
 ext = pytest.importorskip("quantconv._ext")
 registry = pytest.importorskip("quantconv.formats.registry")
@@ -34,30 +34,7 @@ get_dtype = registry.get_dtype
 
 COLS = 256   # a multiple of every block size; per-channel rows are one 256-value block
 ROWS = 8
-CODEBOOKS = ("nf4", "sf4", "sf4:nu=3", "fp4", "fp4-sr", "fp4-sp", "apot4", "apot4-sp", "fp4-log")
-
-
-def _variant_specs() -> list[str]:
-    specs = []
-    for bits in range(2, 9):
-        for asym in ("", "asym,"):
-            for group in (16, 32, 64, 128, 0):
-                specs.append(f"int{bits}:{asym}group={group}")
-    for name in CODEBOOKS:
-        sep = "," if ":" in name else ":"
-        specs += [name, f"{name}{sep}flip", f"{name}{sep}group=16", f"{name}{sep}group=32", f"{name}{sep}group=64",
-                  f"{name}{sep}group=256"]
-    specs += ["mxfp4", "mxfp4:ggml", "mxfp6", "mxfp6:e3m2", "mxfp6:e2m3", "mxfp8", "mxfp8:e5m2", "mxint8"]
-    for mant in range(2, 9):
-        specs += [f"bfp:mant={mant}", f"bfp:mant={mant},block=32"]
-    specs += ["bmf", "bmf:exp=3,mant=2,block=32", "bmf:exp=4,mant=3,block=128", "bmf:exp=5,mant=2"]
-    for bits in range(2, 9):
-        specs += [f"blog:bits={bits}", f"blog:bits={bits},block=64"]
-    specs += ["q8_0", "q4_0", "q4_1", "nvfp4", "f16", "bf16", "f32", "int8:group=32", "int4:asym,group=32"]
-    return specs
-
-
-ALL_SPECS = registry_specs(_variant_specs())
+ALL_SPECS = SWEEP_SPECS
 ISAS = ext.available_isas()
 
 

@@ -14,17 +14,11 @@ from scipy.stats import t as student_t
 from quantconv.errors import QuantconvError
 from quantconv.formats import bitplanes
 from quantconv.formats.codebooks import NF4, NF4_OFFSET, student_float4
-from quantconv.formats.registry import dtype_from_descriptor, get_dtype, list_dtypes
+from quantconv.formats.registry import (OWN_ID_RANGE, TYPE_ID_BASES, decode_type_id, dtype_from_descriptor,
+                                         encode_type_id, get_dtype)
+from tests.dtype_cases import OPTION_VARIANTS, SWEEP_SPECS, registry_specs
 
-ALL = [d.spec for d in list_dtypes()]
-VARIANTS = [
-    "int2:group=32", "int3:asym,group=64", "int4:group=0", "int5:asym,group=0", "int6:group=256",
-    "int7:asym,group=16", "int8:group=32", "int4:asym,group=32", "sf4:nu=3", "sf4:nu=10,group=64",
-    "fp4-sr:flip", "fp4-sp:flip,group=32", "apot4-sp:flip", "nf4:group=64", "mxfp4:ggml", "mxfp6:e3m2",
-    "mxfp8:e5m2", "bfp:mant=4,block=32", "bfp:mant=8,block=16", "bmf:exp=3,mant=2,block=32",
-    "bmf:exp=4,mant=3", "blog:bits=5,block=32", "blog:bits=3",
-]
-SPECS = ALL + VARIANTS
+SPECS = registry_specs(OPTION_VARIANTS)
 # families whose scale is computed in fp32 but stored in fp16 (as ggml does): nearest up to that rounding
 FP16_SCALE_ROUNDING = {"int", "ggml"}
 
@@ -137,6 +131,20 @@ def test_property_round_trip_is_finite_bounded_and_idempotent(spec, w):
     # no value grows beyond its row's peak by more than the format's rounding of the peak
     assert np.all(np.abs(q) <= np.abs(w).max(axis=1, keepdims=True) * 2.0 + 1e-30)
     np.testing.assert_array_equal(dtype.fake_quantize(q), q)
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_codec_split_api_unpack_inverts_pack(spec):
+    codec = get_dtype(spec).codec
+    assert codec.fittable == (get_dtype(spec).family != "float")
+    if not codec.fittable:
+        return
+    blocks = weights(4, 256, seed=9).reshape(-1, get_dtype(spec).block_for(256))
+    params = codec.fit(blocks)
+    codes = codec.encode(blocks, params)
+    got, stored = codec.unpack(codec.pack(codes, params), blocks.shape[1])
+    np.testing.assert_array_equal(got, codes)
+    np.testing.assert_array_equal(codec.decode(got, stored), codec.decode(codes, params))
 
 
 # --- bit-exactness with gguf-py's quantizers ---------------------------------------------------------
@@ -300,13 +308,29 @@ def test_non_finite_weights_and_bad_shapes_are_refused():
 
 
 def test_every_own_type_id_is_unique_and_in_range():
+    """Rows share an id only where the file's descriptor tells them apart (a codebook's table or flip);
+    every own id decodes to its row's family and group and encodes back to itself."""
     seen = {}
-    for spec in SPECS:
+    for spec in dict.fromkeys(SPECS + SWEEP_SPECS):
         d = get_dtype(spec)
         if d.standard:
             assert d.gguf_type_id < 64
             continue
-        assert 1024 <= d.gguf_type_id < 4096
-        if d.gguf_type_id in seen:
-            assert seen[d.gguf_type_id].descriptor()["block_size"] == d.block_size
-        seen[d.gguf_type_id] = d
+        assert OWN_ID_RANGE[0] <= d.gguf_type_id < OWN_ID_RANGE[1]
+        family, index, group = decode_type_id(d.gguf_type_id)
+        assert family == d.family and group == (None if family == "mx" else d.block_size)
+        assert encode_type_id(family, index, group) == d.gguf_type_id
+        layout = (d.name, d.block_size, d.bytes_per_block, d.elem_bits)
+        assert seen.setdefault(d.gguf_type_id, layout) == layout, f"{spec} shares an id with another layout"
+
+
+def test_type_ids_files_carry_stay_put():
+    ids = {"int2": 1027, "int4": 1043, "int8:asym": 1203, "int4:group=0": 1047, "nf4": 1283, "sf4": 1291,
+           "sf4:nu=3": 1347, "fp4-log:group=16": 1336, "mxfp6": 1537, "mxint8": 1541, "bfp": 1632,
+           "bmf": 1788, "blog": 2116, "blog:bits=8,block=128": 2151}
+    assert {s: get_dtype(s).gguf_type_id for s in ids} == ids
+    assert list(TYPE_ID_BASES.values()) == sorted(TYPE_ID_BASES.values())
+    with pytest.raises(ValueError):
+        encode_type_id("int", 32, 16)      # would run into the codebook ids
+    with pytest.raises(ValueError):
+        decode_type_id(40)                 # a ggml id
