@@ -58,7 +58,8 @@ def _decode_speed(path: Path, spec: SweepSpec) -> float:
 
 def run_sweep(source, spec: SweepSpec, log: Callable[[str], None] = print) -> list[dict]:
     from quantconv.convert.act_quant import get_act_dtype  # noqa: F401  (torch present: fail early)
-    from quantconv.convert.calibrate import CalibOptions, parse_algo
+    from quantconv.convert.algorithms import configs, parse_algo
+    from quantconv.convert.calibrate import CalibOptions
     from quantconv.convert.export import export
     from quantconv.formats.gguf_reader import GGUFFile
     from quantconv.formats.tokenizer import Tokenizer
@@ -84,7 +85,7 @@ def run_sweep(source, spec: SweepSpec, log: Callable[[str], None] = print) -> li
         calib = None
         if algo != "rtn":
             calib = CalibOptions(calib=spec.calib, nsamples=spec.nsamples, seqlen=spec.seqlen, device=spec.device,
-                                 act_order=spec.act_order)
+                                 algos=configs(algo, act_order=spec.act_order))
         t0 = time.perf_counter()
         report = export(source, path, dtype, spec.group_size if dtype != "f16" else None, algo, calib=calib)
         seconds = time.perf_counter() - t0
@@ -103,12 +104,12 @@ def run_sweep(source, spec: SweepSpec, log: Callable[[str], None] = print) -> li
         if not spec.keep_files:
             path.unlink()
     if spec.bench:
-        _fill_speeds(source, rows, spec, files, speeds, log)
+        fill_speeds(source, rows, spec, files, speeds, log)
     write_outputs(rows, spec)
     return rows
 
 
-def _fill_speeds(source, rows: list[dict], spec: SweepSpec, files: Path, speeds: dict, log) -> None:
+def fill_speeds(source, rows: list[dict], spec: SweepSpec, files: Path, speeds: dict, log) -> None:
     """Decode speed of each dtype whose rows have none yet (rows resumed from a run without the benchmark):
     speed depends on the datatype only, so an RTN export of it is measured."""
     from quantconv.convert.export import export

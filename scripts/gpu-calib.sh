@@ -217,7 +217,7 @@ measure)
 import json, sys
 from pathlib import Path
 from quantconv.convert.sources import open_source
-from quantconv.sweep import SweepSpec, _fill_speeds, write_outputs
+from quantconv.sweep import SweepSpec, fill_speeds, write_outputs
 out, text, model = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3] or None
 state = json.loads((out / "sweep.json").read_text())
 rows, s = state["rows"], state.get("spec", {})
@@ -225,7 +225,7 @@ spec = SweepSpec(dtypes=list(dict.fromkeys(r["dtype"] for r in rows)), algos=lis
                  text=text, out_dir=out, calib=s.get("calib"), threads=2)
 (out / "files").mkdir(exist_ok=True)
 speeds = {r["dtype"]: r["decode_tok_s"] for r in rows if r.get("decode_tok_s")}
-_fill_speeds(open_source(model), rows, spec, out / "files", speeds, print)
+fill_speeds(open_source(model), rows, spec, out / "files", speeds, print)
 write_outputs(rows, spec)
 print((out / "sweep.md").read_text())
 PY
