@@ -97,7 +97,6 @@ void bind_engine(nb::module_& m);
 
 NB_MODULE(_ext, m) {
     m.def("version", []() { return "0.1.0"; });
-    m.def("active_isa", []() { return q::active_isa(); }, "Which kernel set dequantize uses (\"scalar\").");
     m.def("row_bytes", &row_bytes_py, nb::arg("descriptor"), nb::arg("cols"),
           "Bytes of one row of `cols` values of the type a registry descriptor describes.");
     m.def("dequantize", &dequantize_py, nb::arg("descriptor"), nb::arg("data").noconvert(), nb::arg("rows"), nb::arg("cols"),

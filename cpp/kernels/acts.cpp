@@ -241,14 +241,12 @@ bool block_fmt(const TypeParams& p, int64_t cols, BlockFmt& f) {
 
 bool fast_supported(const TypeParams& p, int64_t cols) {
     if (!p.prepared || cols <= 0 || cols % kQ8Block != 0) return false;
+    if (scalar_table().row(p.layout).vec_dot_type != ActsFmt::Q8) return false;
     if (p.layout == Layout::NVFP4) return cols % 64 == 0;
     BlockFmt f;
     if (!block_fmt(p, cols, f)) return false;
     const bool g4 = f.G == 32 || f.G % 64 == 0;  // nibble halves line up with q8 blocks
-    switch (p.layout) {
-        case Layout::Q8_0:
-        case Layout::Q4_0:
-        case Layout::Q4_1: return true;
+    switch (p.layout) {  // the parameters of a layout its integer products cover
         case Layout::IntSym: return (f.bits == 4 && g4) || (f.bits == 8 && f.G % 32 == 0);
         case Layout::IntAsym: return f.bits == 4 && g4;
         case Layout::Codebook4: return g4;
@@ -258,7 +256,7 @@ bool fast_supported(const TypeParams& p, int64_t cols) {
             // E2M3 x8 is an exact int8 (max 60). E3M2, E4M3 and E5M2 span too many binades for one
             // int8 grid: measured +1.6% (E3M2) and +0.7% (E4M3) perplexity, over the 0.3% limit.
             return p.elem.kind == ElemKind::E2M3 && f.G == 32;
-        default: return false;
+        default: return true;  // Q8_0, Q4_0, Q4_1: blocks of 32
     }
 }
 

@@ -28,6 +28,10 @@ inline FastVal fast_val(const Plan& pl) {
     return FastVal::Table;
 }
 
+// A table's row by key, for the make_table() of each ISA file (KernelTable::row has external linkage,
+// which an ISA file must not emit: see above).
+constexpr KernelRow& at(KernelTable& t, quant::Layout l) { return t.rows[static_cast<size_t>(l)]; }
+
 inline uint16_t rd16(const uint8_t* p) { return static_cast<uint16_t>(p[0] | (p[1] << 8)); }
 
 inline float bits_to_f32(uint32_t b) {

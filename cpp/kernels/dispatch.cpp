@@ -41,19 +41,6 @@ bool cpu_has(Isa isa) {
     }
 }
 
-const KernelTable& table_of(Isa isa) {
-    switch (isa) {
-#if defined(QUANTCONV_KERNELS_X86)
-        case Isa::AVX2: return avx2_table();
-        case Isa::AVX512: return avx512_table();
-#endif
-#if defined(__aarch64__)
-        case Isa::NEON: return neon_table();
-#endif
-        default: return scalar_table();
-    }
-}
-
 Isa best_isa() {
     for (Isa isa : {Isa::AVX512, Isa::AVX2, Isa::NEON})
         if (cpu_has(isa)) return isa;
@@ -92,6 +79,19 @@ const char* isa_name(Isa isa) {
     return "unknown";
 }
 
+const KernelTable& table_of(Isa isa) {
+    switch (isa) {
+#if defined(QUANTCONV_KERNELS_X86)
+        case Isa::AVX2: return avx2_table();
+        case Isa::AVX512: return avx512_table();
+#endif
+#if defined(__aarch64__)
+        case Isa::NEON: return neon_table();
+#endif
+        default: return scalar_table();
+    }
+}
+
 Isa active_isa() {
     int v = g_isa.load(std::memory_order_acquire);
     if (v == kUnset) {
@@ -128,10 +128,6 @@ void set_exact(bool on) { g_exact.store(on ? 1 : 0, std::memory_order_relaxed); 
 
 namespace {
 
-// The kernels for this call: the active table's fast path when the acts carry q8 blocks and the
-// exact switch is off (a table without one borrows the scalar fast path, so results never depend
-// on which paths an ISA happens to implement), else its exact path; with the matching tile and
-// row-group shapes where the table has them.
 constexpr size_t kRowBlockBytes = 64 * 1024;
 
 // Matvec streams its weights from memory once: the row groups interleave kGroupRows streams, which
@@ -146,20 +142,17 @@ const int64_t kPrefetchGroups = [] {
     return v && *v ? std::max<int64_t>(0, std::atol(v)) : int64_t{4};
 }();
 
-struct Kernels {
-    vec_dot_fn dot = nullptr;
-    tile_dot_fn tile = nullptr, rows = nullptr;
+// The kernels for this call: the active table's fast product when the acts carry q8 blocks and the
+// exact switch is off (fast_supported held, so the row reads Q8 acts), else its exact product.
+struct Kernels : Product {
     int64_t tile_rows = kTileRows;
     bool exact = false;
 };
 
 Kernels pick(const quant::TypeParams& p, const Acts& a) {
     const KernelRow& row = table_of(active_isa()).row(p.layout);
-    if (a.has_q8 && !exact()) {
-        if (row.fast) return {row.fast, row.fast_tile, row.fast_rows, kTileRows};
-        if (const vec_dot_fn f = scalar_table().row(p.layout).fast) return {f};
-    }
-    return {row.exact, row.exact_tile, row.exact_rows, kExactTileRows, true};
+    if (a.has_q8 && !exact()) return {row.fast, kTileRows};
+    return {row.exact, kExactTileRows, true};
 }
 
 // Rows per matmul row block: as many whole tiles as fit kRowBlockBytes (L2), at least one tile.
@@ -216,8 +209,7 @@ const quant::TypeParams& f32_params() {
 
 void matmul_decoded(const quant::TypeParams& p, const uint8_t* W, size_t row_bytes, int64_t cols, const uint8_t* base,
                     size_t stride, int64_t T, float* Y, int64_t ldy, int64_t r0, int64_t r1) {
-    const KernelRow& f32 = table_of(active_isa()).row(quant::Layout::F32);
-    const Kernels k{f32.exact, f32.exact_tile, f32.exact_rows, kExactTileRows, true};
+    const Kernels k{table_of(active_isa()).row(quant::Layout::F32).exact, kExactTileRows, true};
     const size_t fb = static_cast<size_t>(cols) * sizeof(float);
     const Plan pl = make_plan(f32_params(), cols);
     const int64_t block = row_block(k, fb);  // decoded rows that stay in L2 while every token group passes

@@ -57,10 +57,11 @@ void q8_blocks_portable(const float* x, int64_t nb, float* d, int8_t* q);
 void q8_blocks_avx2(const float* x, int64_t nb, float* d, int8_t* q);
 #endif
 
-// Whether (p, cols) has an integer fast path (decided here, the same for every ISA, so that acts
-// prepared once work with every table): Q8_0, Q4_0, Q4_1, NVFP4; IntSym 4/8 bits; IntAsym 4 bits;
-// Codebook4; Mx E2M1 / Int8 / E2M3. The block must line up with the q8 blocks: G == 32 or G a
-// multiple of 64 for 4-bit codes, a multiple of 32 for 8-bit codes, exactly 32 for 6-bit codes.
+// Whether (p, cols) has an integer fast path, decided once for every ISA so that acts prepared once
+// serve every table: the scalar table's row must say ActsFmt::Q8 (test_kernels checks that every
+// table agrees with it), and p must be one its integer product covers (IntSym 4/8 bits, IntAsym 4
+// bits, Mx E2M1 / Int8 / E2M3) with blocks that line up with the q8 blocks: G == 32 or G a multiple
+// of 64 for 4-bit codes, a multiple of 32 for 8-bit codes, exactly 32 for 6-bit codes.
 bool fast_supported(const quant::TypeParams& p, int64_t cols);
 
 // ---- block formats ------------------------------------------------------------------------------
@@ -121,26 +122,36 @@ using vec_dot_fn = float (*)(const uint8_t* row, const Plan& pl, const Acts& a);
 constexpr int kTileRows = 2, kExactTileRows = 3, kTileTokens = 4, kGroupRows = 4;
 using tile_dot_fn = void (*)(const uint8_t* W, size_t row_bytes, const Plan& pl, const Acts* a, float* out, int64_t ldo);
 
-// One row per quant::Layout, in Layout order (ggml's type_traits style). `exact` is never null;
-// `fast` is null where the layout has no integer path on this ISA; it is only called when
-// fast_supported(p, cols) holds (the acts then carry the q8 section). `*_tile` (matmul) and
-// `*_rows` (matvec): the same paths in the shapes above, or null (the vec_dot is then called per
-// row and token); they are only used together with this table's own vec_dot of the same path.
-struct KernelRow {
-    vec_dot_fn exact;
-    vec_dot_fn fast;
-    tile_dot_fn exact_tile = nullptr;
-    tile_dot_fn fast_tile = nullptr;
-    tile_dot_fn exact_rows = nullptr;
-    tile_dot_fn fast_rows = nullptr;
+// The activations a product reads (ggml's vec_dot_type): the float copy (Acts::x; MX E4M3 / E5M2
+// also x96) or the q8 blocks (Acts::q and d, with the element table and the block sums).
+enum class ActsFmt : uint8_t { F32, Q8 };
+
+// One product in its shapes: the vec_dot, and the matmul tile and matvec row group where the ISA has
+// them (null: the vec_dot per row and token). The shapes are only used together with their own vec_dot.
+struct Product {
+    vec_dot_fn dot = nullptr;
+    tile_dot_fn tile = nullptr;
+    tile_dot_fn rows = nullptr;
 };
 
+// A layout's row (ggml's type_traits_cpu). `exact` reads ActsFmt::F32 and always has a vec_dot;
+// `fast`, the integer product, reads vec_dot_type and has one exactly where that is Q8. It is only
+// called when fast_supported(p, cols) holds (the acts then carry the q8 section).
+struct KernelRow {
+    Product exact = {};
+    Product fast = {};
+    ActsFmt vec_dot_type = ActsFmt::F32;
+};
+
+// Rows indexed by Layout, filled by key (common.h's at()) in each ISA file's make_table(); test_kernels
+// checks every row of every table the CPU runs.
 struct KernelTable {
     Isa isa;
     KernelRow rows[static_cast<size_t>(quant::Layout::Count)];
     const KernelRow& row(quant::Layout l) const { return rows[static_cast<size_t>(l)]; }
 };
 
+const KernelTable& table_of(Isa isa);  // for an ISA the CPU has (the AVX-512 table is built by AVX-512 code)
 const KernelTable& scalar_table();
 #if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
 const KernelTable& avx2_table();

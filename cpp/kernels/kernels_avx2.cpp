@@ -793,12 +793,10 @@ struct MxK {
     }
 };
 
-// Table rows: a plane-coded layout's exact vec_dot with kernel K's fast shapes; a float layout's
-// exact shapes.
+// Kernel K's fast product in its shapes.
 template <class K>
-constexpr KernelRow fast_row(vec_dot_fn exact) {
-    return {exact, vec_of<&K::template run<1, 1>>, nullptr, &K::template run<kTileRows, kTileTokens>, nullptr,
-            &K::template run<kGroupRows, 1>};
+constexpr Product fast_product() {
+    return {vec_of<&K::template run<1, 1>>, &K::template run<kTileRows, kTileTokens>, &K::template run<kGroupRows, 1>};
 }
 // Mx's exact matvec row groups: E4M3 / E5M2 in groups (exact_fp8_rows), the other element kinds
 // row by row through the vec_dot (the same results as no row group).
@@ -806,34 +804,28 @@ void mx_exact_rows(const uint8_t* W, size_t rb, const Plan& pl, const Acts* a, f
     if (fp8_rows(pl)) return exact_fp8_rows<kGroupRows>(W, rb, pl, a, out, ldo);
     for (int r = 0; r < kGroupRows; ++r) out[r] = exact_planes(W + r * rb, pl, a[0]);
 }
-constexpr KernelRow with_exact_rows(KernelRow row, tile_dot_fn rows) {
-    row.exact_rows = rows;
-    return row;
-}
 template <class L>
 constexpr KernelRow float_row() {
-    return {exact_float<L>, nullptr, exact_float_tile<L, kExactTileRows, kTileTokens>, nullptr,
-            exact_float_tile<L, kGroupRows, 1>, nullptr};
+    return {{exact_float<L>, exact_float_tile<L, kExactTileRows, kTileTokens>, exact_float_tile<L, kGroupRows, 1>}};
 }
 
-const KernelTable kAvx2 = {
-    Isa::AVX2,
-    {
-        float_row<LoadF32>(),                                      // F32
-        float_row<LoadF16>(),                                      // F16
-        float_row<LoadBF16>(),                                     // BF16
-        fast_row<IntSymK>(exact_planes),                           // IntSym
-        fast_row<Nib4K<Hdr::F16Affine, true>>(exact_planes),       // IntAsym
-        fast_row<Nib4K<Hdr::F16, false>>(exact_planes),            // Codebook4
-        with_exact_rows(fast_row<MxK>(exact_planes), mx_exact_rows),  // Mx
-        {exact_planes, nullptr},                                   // Bfp
-        {exact_planes, nullptr},                                   // Bmf
-        {exact_planes, nullptr},                                   // Blog
-        fast_row<FmtK<Int8G32<Hdr::F16>>>(exact_planes),           // Q8_0
-        fast_row<Nib4K<Hdr::F16, false>>(exact_planes),            // Q4_0
-        fast_row<Nib4K<Hdr::F16Affine, true>>(exact_planes),       // Q4_1
-        {exact_nvfp4, fast_nvfp4},                                 // NVFP4
-    }};
+constexpr KernelTable make_table() {
+    KernelTable t{Isa::AVX2, {}};
+    at(t, Layout::F32) = float_row<LoadF32>();
+    at(t, Layout::F16) = float_row<LoadF16>();
+    at(t, Layout::BF16) = float_row<LoadBF16>();
+    at(t, Layout::IntSym) = {{exact_planes}, fast_product<IntSymK>(), ActsFmt::Q8};
+    at(t, Layout::IntAsym) = {{exact_planes}, fast_product<Nib4K<Hdr::F16Affine, true>>(), ActsFmt::Q8};
+    at(t, Layout::Codebook4) = {{exact_planes}, fast_product<Nib4K<Hdr::F16, false>>(), ActsFmt::Q8};
+    at(t, Layout::Mx) = {{exact_planes, nullptr, mx_exact_rows}, fast_product<MxK>(), ActsFmt::Q8};
+    for (Layout l : {Layout::Bfp, Layout::Bmf, Layout::Blog}) at(t, l) = {{exact_planes}};
+    at(t, Layout::Q8_0) = {{exact_planes}, fast_product<FmtK<Int8G32<Hdr::F16>>>(), ActsFmt::Q8};
+    at(t, Layout::Q4_0) = {{exact_planes}, fast_product<Nib4K<Hdr::F16, false>>(), ActsFmt::Q8};
+    at(t, Layout::Q4_1) = {{exact_planes}, fast_product<Nib4K<Hdr::F16Affine, true>>(), ActsFmt::Q8};
+    at(t, Layout::NVFP4) = {{exact_nvfp4}, {fast_nvfp4}, ActsFmt::Q8};
+    return t;
+}
+constexpr KernelTable kAvx2 = make_table();
 
 }  // namespace
 

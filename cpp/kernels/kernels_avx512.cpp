@@ -88,7 +88,7 @@ float exact_nib4(const uint8_t* row, const Plan& pl, const Acts& a) {
 // The AVX2 row's exact path, for block geometries the 512-bit code does not cover. (Indexing rows
 // directly: KernelTable::row is an inline function, which an ISA file must not emit; see common.h.)
 float avx2_exact(const uint8_t* row, const Plan& pl, const Acts& a) {
-    return avx2_table().rows[static_cast<size_t>(pl.p->layout)].exact(row, pl, a);
+    return avx2_table().rows[static_cast<size_t>(pl.p->layout)].exact.dot(row, pl, a);
 }
 
 // Code -> element value decoders for 16 codes at a time.
@@ -231,20 +231,16 @@ float exact_planes(const uint8_t* row, const Plan& pl, const Acts& a) {
     }
 }
 
-// The AVX2 table with the plane-coded exact paths replaced (which have no tiles or row groups there);
-// the float layouts, NVFP4's exact path and every fast path stay AVX2.
+// The AVX2 table with the plane-coded exact products replaced (built at run time: AVX2's table lives in
+// another file); the float layouts, NVFP4's exact product and every fast product stay AVX2. AVX2's
+// exact row groups (Mx's) sum like AVX2's vec_dot, so they go too: with another vec_dot a row would
+// give one result in a matvec group and another in a matmul (kernels.h's contract).
 KernelTable make_table() {
     KernelTable t = avx2_table();
     t.isa = Isa::AVX512;
-    auto exact = [&](Layout l, vec_dot_fn fn) {
-        // AVX2's exact row groups (Mx's) sum like AVX2's vec_dot: with another vec_dot a row would
-        // give one result in a matvec group and another in a matmul (kernels.h's contract)
-        t.rows[static_cast<size_t>(l)].exact = fn;
-        t.rows[static_cast<size_t>(l)].exact_rows = nullptr;
-    };
     for (Layout l : {Layout::IntSym, Layout::IntAsym, Layout::Codebook4, Layout::Mx, Layout::Bfp, Layout::Bmf,
                      Layout::Blog, Layout::Q8_0, Layout::Q4_0, Layout::Q4_1})
-        exact(l, exact_planes);
+        at(t, l).exact = {exact_planes};
     return t;
 }
 

@@ -356,23 +356,23 @@ float fast_mx(const uint8_t* row, const Plan& pl, const Acts& a) {
     }
 }
 
-const KernelTable kNeon = {Isa::NEON,
-                           {
-                               {exact_f32, nullptr},                              // F32
-                               {exact_f16, nullptr},                              // F16
-                               {exact_bf16, nullptr},                             // BF16
-                               {exact_planes, fast_intsym},                       // IntSym
-                               {exact_planes, fast_nib4<Hdr::F16Affine, true>},   // IntAsym
-                               {exact_planes, fast_nib4<Hdr::F16, false>},        // Codebook4
-                               {exact_planes, fast_mx},                           // Mx
-                               {exact_planes, nullptr},                           // Bfp
-                               {exact_planes, nullptr},                           // Bmf
-                               {exact_planes, nullptr},                           // Blog
-                               {exact_planes, fast_i8<Hdr::F16>},                 // Q8_0
-                               {exact_planes, fast_nib4<Hdr::F16, false>},        // Q4_0
-                               {exact_planes, fast_nib4<Hdr::F16Affine, true>},   // Q4_1
-                               {exact_nvfp4, fast_nvfp4},                         // NVFP4
-                           }};
+constexpr KernelTable make_table() {
+    KernelTable t{Isa::NEON, {}};
+    at(t, Layout::F32) = {{exact_f32}};
+    at(t, Layout::F16) = {{exact_f16}};
+    at(t, Layout::BF16) = {{exact_bf16}};
+    at(t, Layout::IntSym) = {{exact_planes}, {fast_intsym}, ActsFmt::Q8};
+    at(t, Layout::IntAsym) = {{exact_planes}, {fast_nib4<Hdr::F16Affine, true>}, ActsFmt::Q8};
+    at(t, Layout::Codebook4) = {{exact_planes}, {fast_nib4<Hdr::F16, false>}, ActsFmt::Q8};
+    at(t, Layout::Mx) = {{exact_planes}, {fast_mx}, ActsFmt::Q8};
+    for (Layout l : {Layout::Bfp, Layout::Bmf, Layout::Blog}) at(t, l) = {{exact_planes}};
+    at(t, Layout::Q8_0) = {{exact_planes}, {fast_i8<Hdr::F16>}, ActsFmt::Q8};
+    at(t, Layout::Q4_0) = {{exact_planes}, {fast_nib4<Hdr::F16, false>}, ActsFmt::Q8};
+    at(t, Layout::Q4_1) = {{exact_planes}, {fast_nib4<Hdr::F16Affine, true>}, ActsFmt::Q8};
+    at(t, Layout::NVFP4) = {{exact_nvfp4}, {fast_nvfp4}, ActsFmt::Q8};
+    return t;
+}
+constexpr KernelTable kNeon = make_table();
 
 }  // namespace
 

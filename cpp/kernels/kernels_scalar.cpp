@@ -144,25 +144,18 @@ float fast_nvfp4(const uint8_t* row, const Plan& pl, const Acts& a) {
     return acc;
 }
 
-// Rows: {exact, fast}.
-const KernelTable kScalar = {Isa::Scalar,
-                             {
-                                 {exact_f32, nullptr},             // F32
-                                 {exact_f16, nullptr},             // F16
-                                 {exact_bf16, nullptr},            // BF16
-                                 {exact_planes, fast_planes},      // IntSym
-                                 {exact_planes, fast_planes},      // IntAsym
-                                 {exact_planes, fast_planes},      // Codebook4
-                                 {exact_planes, fast_planes},      // Mx
-                                 {exact_planes, nullptr},          // Bfp
-                                 {exact_planes, nullptr},          // Bmf
-                                 {exact_planes, nullptr},          // Blog
-                                 {exact_planes, fast_planes},      // Q8_0
-                                 {exact_planes, fast_planes},      // Q4_0
-                                 {exact_planes, fast_planes},      // Q4_1
-                                 {exact_nvfp4, fast_nvfp4},        // NVFP4
-                             }};
-static_assert(static_cast<int>(Layout::Count) == 14, "one kernel row per layout");
+constexpr KernelTable make_table() {
+    KernelTable t{Isa::Scalar, {}};
+    at(t, Layout::F32) = {{exact_f32}};
+    at(t, Layout::F16) = {{exact_f16}};
+    at(t, Layout::BF16) = {{exact_bf16}};
+    for (Layout l : {Layout::Bfp, Layout::Bmf, Layout::Blog}) at(t, l) = {{exact_planes}};
+    for (Layout l : {Layout::IntSym, Layout::IntAsym, Layout::Codebook4, Layout::Mx, Layout::Q8_0, Layout::Q4_0, Layout::Q4_1})
+        at(t, l) = {{exact_planes}, {fast_planes}, ActsFmt::Q8};
+    at(t, Layout::NVFP4) = {{exact_nvfp4}, {fast_nvfp4}, ActsFmt::Q8};
+    return t;
+}
+constexpr KernelTable kScalar = make_table();
 
 }  // namespace
 

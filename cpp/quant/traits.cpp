@@ -121,9 +121,9 @@ void prepare_blog(TypeParams& p) {
     }
 }
 
-// The portable table, indexed by Layout. Columns: name, layout, block_size, bytes_per_block,
-// header_bytes, elem_bits, prepare, dequantize_row.
-constexpr TypeTraits kScalarTraits[] = {
+// The table, indexed by Layout (rows in Layout order: checked below). Columns: name, layout,
+// block_size, bytes_per_block, header_bytes, elem_bits, prepare, dequantize_row.
+constexpr TypeTraits kTraits[] = {
     {"f32", Layout::F32, 1, 4, 0, 32, prepare_fixed, scalar::dequantize_row_f32},
     {"f16", Layout::F16, 1, 2, 0, 16, prepare_fixed, scalar::dequantize_row_f16},
     {"bf16", Layout::BF16, 1, 2, 0, 16, prepare_fixed, scalar::dequantize_row_bf16},
@@ -141,17 +141,14 @@ constexpr TypeTraits kScalarTraits[] = {
 };
 
 constexpr size_t kLayoutCount = static_cast<size_t>(Layout::Count);
-static_assert(sizeof kScalarTraits / sizeof kScalarTraits[0] == kLayoutCount, "one traits row per Layout");
+static_assert(sizeof kTraits / sizeof kTraits[0] == kLayoutCount, "one traits row per Layout");
 
 constexpr bool table_in_layout_order() {
     for (size_t i = 0; i < kLayoutCount; ++i)
-        if (static_cast<size_t>(kScalarTraits[i].layout) != i) return false;
+        if (static_cast<size_t>(kTraits[i].layout) != i) return false;
     return true;
 }
 static_assert(table_in_layout_order(), "traits rows must be in Layout order");
-
-// The table get_type_traits serves. A SIMD build picks its table here once, by CPU features.
-const TypeTraits* active_table() { return kScalarTraits; }
 
 size_t index_of(Layout layout) {
     const size_t i = static_cast<size_t>(layout);
@@ -161,7 +158,7 @@ size_t index_of(Layout layout) {
 
 // Fixed-geometry layouts take the table's block; the others need whole planes per block.
 void check_block(TypeParams& p) {
-    const TypeTraits& t = kScalarTraits[index_of(p.layout)];
+    const TypeTraits& t = kTraits[index_of(p.layout)];
     if (t.block_size) {
         if (p.block_size != 0 && p.block_size != t.block_size)
             bad(p, "block size is fixed at " + std::to_string(t.block_size) + ", got " + std::to_string(p.block_size));
@@ -179,13 +176,11 @@ void check_block(TypeParams& p) {
 
 }  // namespace
 
-const TypeTraits& get_type_traits(Layout layout) { return active_table()[index_of(layout)]; }
-const TypeTraits& get_scalar_type_traits(Layout layout) { return kScalarTraits[index_of(layout)]; }
-const char* active_isa() { return "scalar"; }
+const TypeTraits& get_type_traits(Layout layout) { return kTraits[index_of(layout)]; }
 
 const char* layout_name(Layout layout) {
     const size_t i = static_cast<size_t>(layout);
-    return i < kLayoutCount ? kScalarTraits[i].name : "unknown";
+    return i < kLayoutCount ? kTraits[i].name : "unknown";
 }
 
 const char* status_message(StatusCode code) {
@@ -218,7 +213,7 @@ ElemFormat standard_elem_format(ElemKind kind) {
 void prepare_params(TypeParams& p) {
     p.prepared = false;
     p.has_invalid_codes = false;
-    const TypeTraits& t = kScalarTraits[index_of(p.layout)];
+    const TypeTraits& t = kTraits[index_of(p.layout)];
     t.prepare(p);
     check_block(p);
     if ((p.layout == Layout::Mx || p.layout == Layout::Bmf) && p.elem.max > 0.0f) {
@@ -307,13 +302,13 @@ TypeParams make_blog_params(int bits, int64_t block) {
 }
 
 int64_t block_elems(const TypeParams& p, int64_t cols) {
-    const TypeTraits& t = get_scalar_type_traits(p.layout);
+    const TypeTraits& t = get_type_traits(p.layout);
     if (t.block_size) return t.block_size;
     return p.block_size ? p.block_size : cols;
 }
 
 int64_t block_bytes(const TypeParams& p, int64_t block) {
-    const TypeTraits& t = get_scalar_type_traits(p.layout);
+    const TypeTraits& t = get_type_traits(p.layout);
     if (t.bytes_per_block) return t.bytes_per_block;
     const int64_t planes = packed_bytes(p.elem_bits, block);
     return planes < 0 ? -1 : t.header_bytes + planes;

@@ -1,11 +1,7 @@
 // The per-layout traits table (in the style of ggml's type_traits): one row per Layout with its
-// fixed block geometry and its row kernel. Code that decodes tensors looks the row up once and calls
-// the function pointer; no function switches on the layout.
-//
-// ISA variants: dequant_scalar.cpp holds the portable kernels. SIMD kernels (AVX2, AVX-512, NEON)
-// go in their own files (dequant_avx2.cpp, ...), each exporting a table of the same shape; traits.cpp
-// picks the table for the running CPU once (runtime dispatch) and get_type_traits returns its row.
-// get_scalar_type_traits always returns the portable row (the reference SIMD tests compare against).
+// fixed block geometry, parameter preparation and portable row decoder. Code that decodes tensors
+// looks the row up once and calls the function pointer; no function switches on the layout. (The
+// per-ISA dot products have their own tables: kernels/internal.h.)
 #pragma once
 
 #include <cstddef>
@@ -33,12 +29,8 @@ struct TypeTraits {
     dequantize_row_fn dequantize_row;
 };
 
-// The row of the active ISA's table (today: scalar).
+// The row of a layout (FormatError for an id past the table).
 const TypeTraits& get_type_traits(Layout layout);
-// The portable scalar row.
-const TypeTraits& get_scalar_type_traits(Layout layout);
-// Name of the ISA whose kernels get_type_traits returns ("scalar").
-const char* active_isa();
 
 const char* layout_name(Layout layout);
 

@@ -415,6 +415,25 @@ void test_dispatch() {
     check(!kernels::fast_supported(quant::make_mx_params(ElemKind::E4M3, 32), 64), "mxfp8 is exact only");
 }
 
+// Every table this CPU runs is its own ISA's and has every row make_table() must fill (kernels/internal.h):
+// an exact vec_dot, a fast one exactly where the row reads Q8 acts, shapes only beside their vec_dot,
+// and the vec_dot_type of the scalar table's row, which fast_supported decides by for every ISA.
+// (A compile-time check would need GCC to fold function addresses, which it refuses under -fsanitize=null.)
+void test_tables(const std::vector<kernels::Isa>& isas) {
+    const kernels::KernelTable& ref = kernels::scalar_table();
+    for (kernels::Isa isa : isas) {
+        const kernels::KernelTable& t = kernels::table_of(isa);
+        check(t.isa == isa, std::string(kernels::isa_name(isa)) + " table: isa");
+        for (size_t l = 0; l < static_cast<size_t>(Layout::Count); ++l) {
+            const kernels::KernelRow& r = t.rows[l];
+            const bool q8 = r.vec_dot_type == kernels::ActsFmt::Q8;
+            check(r.exact.dot && (r.fast.dot != nullptr) == q8 && (r.fast.dot || (!r.fast.tile && !r.fast.rows)) &&
+                      r.vec_dot_type == ref.rows[l].vec_dot_type,
+                  std::string(kernels::isa_name(isa)) + " table, row " + quant::layout_name(static_cast<Layout>(l)));
+        }
+    }
+}
+
 }  // namespace
 
 // The AVX2 activation quantizer writes the same bytes as the portable one, specials included.
@@ -585,6 +604,7 @@ int main() {
         std::printf("test_kernels: ISAs:");
         for (kernels::Isa isa : isas) std::printf(" %s", kernels::isa_name(isa));
         std::printf("\n");
+        test_tables(isas);
         std::mt19937 rng(12345);
         test_q8_blocks(rng);
         test_fp8_edges(isas);
