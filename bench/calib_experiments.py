@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from quantconv.convert.act_quant import get_act_dtype
+from quantconv.convert.algorithms import configs
 from quantconv.convert.calibrate import CalibOptions
 from quantconv.convert.export import export
 from quantconv.convert.sources import open_source
@@ -74,9 +75,8 @@ def main() -> None:
             if name in done or (args.item and k not in args.item):
                 continue
             calib = CalibOptions(calib=args.calib, nsamples=args.nsamples, seqlen=args.seqlen, device=args.device,
-                                 act_dtype=get_act_dtype(opts.get("act_dtype")), act_order=opts.get("act_order", False),
-                                 scale_search=opts.get("scale_search", False),
-                                 norm_tweak=opts.get("norm_tweak", False))
+                                 act_dtype=get_act_dtype(opts.get("act_dtype")),
+                                 algos=configs(algo, **{k: v for k, v in opts.items() if k != "act_dtype"}))
             path = Path(args.tmp) / f"exp-{abs(hash(name))}.gguf"
             t0 = time.perf_counter()
             rep = export(source, path, dtype, algo=algo, calib=calib)

@@ -17,11 +17,12 @@ from pathlib import Path
 
 CHILD = r"""
 import json, resource, sys, time
-from quantconv.convert.calibrate import CalibOptions, parse_algo
+from quantconv.convert.algorithms import configs
+from quantconv.convert.calibrate import CalibOptions
 from quantconv.convert.export import export
 from quantconv.convert.sources import open_source
 out, dtype, algo, calib, source = sys.argv[1:6]
-opts = CalibOptions(algos=parse_algo(algo), calib=calib or None) if algo != "rtn" else None
+opts = CalibOptions(algos=configs(algo), calib=calib or None) if algo != "rtn" else None
 t = time.perf_counter()
 report = export(open_source(source or None), out, dtype, algo=algo, calib=opts)
 ru = resource.getrusage(resource.RUSAGE_SELF)

@@ -17,13 +17,14 @@ from pathlib import Path
 
 
 def parse_recipe(text: str):
-    from quantconv.convert.calibrate import CalibOptions, parse_algo
+    from quantconv.convert.algorithms import configs
+    from quantconv.convert.calibrate import CalibOptions
     dtype, algo, *flags = text.split(":")
     bad = [f for f in flags if f not in ("act-order", "scale-search")]
     if bad:
         raise SystemExit(f"recipe '{text}': unknown flag {bad[0]}; use DTYPE:ALGO[:act-order][:scale-search]")
-    return dtype, CalibOptions(algos=parse_algo(algo), act_order="act-order" in flags,
-                               scale_search="scale-search" in flags)
+    return dtype, CalibOptions(algos=configs(algo, act_order="act-order" in flags,
+                                             scale_search="scale-search" in flags))
 
 
 def run_recipe(source, text: str, calib: str, nsamples: int, seqlen: int, device: str, error_samples: int) -> dict:

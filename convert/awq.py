@@ -68,7 +68,7 @@ def apply_awq_scales(layer: Layer, inputs: dict[str, torch.Tensor], dtypes: dict
 
     chosen = {}
     for prev, linears in mappings(layer):
-        if any(not hasattr(dtypes[n].codec, "fit") for n in linears):
+        if any(not dtypes[n].codec.fittable for n in linears):
             continue   # a float-kept linear: nothing to protect
         x = inputs[linears[0]]()
         alpha, s = search_scale(layer, prev, linears, x, dtypes, n_grid)
@@ -81,7 +81,7 @@ def apply_awq_scales(layer: Layer, inputs: dict[str, torch.Tensor], dtypes: dict
 def clip_weights(layer: Layer, inputs: dict[str, torch.Tensor], dtypes: dict[str, DType]) -> None:
     """AWQ's clipping for every linear but q/k (whose errors the softmax amplifies unevenly)."""
     for name in ("v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"):
-        if hasattr(dtypes[name].codec, "fit"):
+        if dtypes[name].codec.fittable:
             layer.w[name] = search_clip(layer.w[name], inputs[name](), dtypes[name])
 
 

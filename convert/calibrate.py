@@ -1,14 +1,14 @@
 """The layer-by-layer calibration pipeline behind `export --algo gptq|awq|smoothquant|awq+gptq|...`.
 
 Decoder layer i is loaded (only its float weights are in memory), fed the outputs of the already
-quantized layers 0..i-1, and processed in this order:
+quantized layers 0..i-1, and processed by the chosen algorithms' steps (convert/algorithms.py) in
+this order:
 
-  1. SmoothQuant (--algo smoothquant, --alpha): migrate activation outliers into the weights;
-  2. AWQ (--algo awq): activation-aware scales and weight clipping, folded into norms / linears;
-  3. quantization, true-sequentially: q/k/v from the layer's input, then o from the attention output
+  1. smoothing (SmoothQuant, then AWQ): activation-aware scales folded into norms / linears, clipping;
+  2. rounding, true-sequentially: q/k/v from the layer's input, then o from the attention output
      computed with the quantized q/k/v, gate/up from the result, down from theirs — each linear by
-     GPTQ (--algo gptq) or round-to-nearest, on the inputs it really sees (--act-dtype included);
-  4. Norm Tweaking (--norm-tweak): the norms tuned towards the float layer's output;
+     GPTQ or round-to-nearest, on the inputs it really sees (--act-dtype included);
+  3. tweaking (Norm Tweaking): the norms tuned towards the float layer's output;
 then the quantized layer's output becomes layer i+1's input. Each step runs over the calibration
 samples in chunks, so the activations of all samples are the largest thing in memory.
 """
@@ -21,51 +21,30 @@ from typing import Callable
 import numpy as np
 import torch
 
-from quantconv.convert import awq, smoothing
 from quantconv.convert.act_quant import ActDType
-from quantconv.convert.gptq import QuantizedLinear, gptq, inverse_cholesky, prepare_hessian, rtn, split_rows
-from quantconv.convert.norm_tweak import tweak
+from quantconv.convert.algorithms import Algorithm, algorithm_of, by_stage
+from quantconv.convert.gptq import QuantizedLinear
 from quantconv.convert.torch_model import LINEARS, DecoderConfig, Head, Layer, Rope, hf_linear_name
 from quantconv.errors import QuantconvError
 from quantconv.formats.registry import DType
 
-ALGO_PARTS = ("rtn", "gptq", "awq", "smoothquant")
-
-
-def parse_algo(algo: str) -> tuple[str, ...]:
-    """'awq+gptq' -> ('awq', 'gptq'); validates the parts."""
-    parts = tuple(p.strip().lower() for p in algo.split("+") if p.strip())
-    bad = [p for p in parts if p not in ALGO_PARTS]
-    if not parts or bad:
-        raise QuantconvError(f"unknown --algo '{algo}'; use rtn, gptq, awq, smoothquant or a '+' combination "
-                             "such as awq+gptq or smoothquant+gptq")
-    if "rtn" in parts and len(parts) > 1 and "gptq" in parts:
-        raise QuantconvError("--algo cannot combine rtn and gptq (GPTQ replaces round-to-nearest)")
-    return parts
-
 
 @dataclass
 class CalibOptions:
-    algos: tuple[str, ...] = ("gptq",)
+    """What every calibrated export shares; each algorithm's own options are in its config (algorithms.py)."""
+    algos: tuple = ()                     # configs of the chosen algorithms, e.g. (AWQ(), GPTQ(act_order=True))
     calib: str | None = None
     nsamples: int = 128
     seqlen: int = 512
     seed: int = 0
     device: str = "cpu"
-    act_order: bool = False
-    scale_search: bool = False            # GPTQ: codebook group scales by diag(H)-weighted error search
-    damp: float = 0.01
-    alpha: float = 0.5                    # SmoothQuant migration strength
-    act_dtype: ActDType | None = None
-    norm_tweak: bool = False
-    norm_tweak_lr: float = 1e-5
-    awq_grid: int = 20
+    act_dtype: ActDType | None = None     # what the runtime applies to the linears' inputs: every step sees it
     search_samples: int = 8               # calibration windows AWQ/SmoothQuant statistics look at
     error_samples: int = 4                # windows on which each layer's output error is logged (0: off)
     chunk: int = 8                        # samples per forward chunk
 
     def needs_calibration(self) -> bool:
-        return any(a != "rtn" for a in self.algos) or self.act_dtype is not None or self.norm_tweak
+        return any(algorithm_of(c).calibrates for c in self.algos) or self.act_dtype is not None
 
 
 @dataclass
@@ -200,35 +179,42 @@ def _flat(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(-1, t.shape[-1])
 
 
-def _shared_factor(H: torch.Tensor | None, opts: CalibOptions, name: str) -> torch.Tensor | None:
-    """inverse_cholesky of H, once for all the linears that share an input (not with act-order, which
-    permutes H per linear)."""
-    if H is None or opts.act_order:
-        return None
-    return inverse_cholesky(prepare_hessian(H)[0], opts.damp, name)
+@dataclass
+class LayerContext:
+    """What the smoothing and tweaking steps see of the layer being calibrated."""
+    layer: Layer
+    dtypes: dict[str, DType]          # linear (q_proj, ...) -> its planned datatype
+    X: torch.Tensor                   # the layer's input on every calibration window
+    rope: Rope
+    opts: CalibOptions
+    n_layers: int
+    info: dict                        # the layer's log entry
+    float_out: torch.Tensor | None = None   # the float layer's output on X (for an algorithm with float_output)
+
+    def inputs(self) -> dict[str, Callable[[], torch.Tensor]]:
+        """Lazy inputs of each linear on the first search_samples windows, from the current weights."""
+        return _linear_inputs(self.layer, self.X[: max(1, min(self.X.shape[0], self.opts.search_samples))], self.rope)
+
+    def forward(self) -> torch.Tensor:
+        """The layer's output on X with its current weights."""
+        return torch.cat([self.layer.forward(self.X[c], self.rope) for c in _chunks(self.X.shape[0], self.opts.chunk)])
 
 
-def _quantize(layer: Layer, names: tuple[str, ...], H: torch.Tensor | None, dtypes: dict[str, DType],
-              opts: CalibOptions, result: CalibResult, info: dict) -> None:
-    factor = _shared_factor(H, opts, f"layer {layer.i} {'/'.join(names)}") if "gptq" in opts.algos else None
+def _quantize(layer: Layer, names: tuple[str, ...], hessian: Callable[[], torch.Tensor], dtypes: dict[str, DType],
+              rounding: tuple[Algorithm, object], result: CalibResult, info: dict) -> None:
     hf = {name: hf_linear_name(layer.i, name) + ".weight" for name in names}
     for name in names:
-        if not hasattr(dtypes[name].codec, "fit"):   # kept in a float type: stays as it is (maybe rescaled)
+        if not dtypes[name].codec.fittable:   # kept in a float type: stays as it is (maybe rescaled)
             result.floats[hf[name]] = layer.w[name].cpu().numpy()
-    # linears with the same input and datatype go through one GPTQ pass (rows concatenated)
+    # linears with the same input and datatype are rounded together (GPTQ: one pass, rows concatenated)
     groups: dict = {}
     for name in names:
-        if hasattr(dtypes[name].codec, "fit"):
+        if dtypes[name].codec.fittable:
             groups.setdefault(dtypes[name].spec, []).append(name)
-    for members in groups.values():
-        dt = dtypes[members[0]]
-        if "gptq" in opts.algos:
-            W = torch.cat([layer.w[n] for n in members]) if len(members) > 1 else layer.w[members[0]]
-            joint = gptq(W, H, dt, percdamp=opts.damp, act_order=opts.act_order, name="/".join(hf[n] for n in members),
-                         hinv_factor=factor, scale_search=opts.scale_search)
-            parts = split_rows(joint, [layer.w[n].shape[0] for n in members])
-        else:
-            parts = [rtn(layer.w[n], dt) for n in members]
+    if not groups:
+        return
+    alg, cfg = rounding
+    for members, parts in zip(groups.values(), alg.step(cfg, layer, list(groups.values()), hessian, dtypes)):
         for name, ql in zip(members, parts):
             layer.w[name] = ql.values
             ql.values = None          # the file's bytes need codes and params only
@@ -239,66 +225,48 @@ def _quantize(layer: Layer, names: tuple[str, ...], H: torch.Tensor | None, dtyp
 @torch.no_grad()
 def _process_layer(layer: Layer, dtypes, X: torch.Tensor, rope: Rope, opts: CalibOptions,
                    result: CalibResult, n_layers: int):
-    info: dict = {}
-    N = X.shape[0]
-    search = X[: max(1, min(N, opts.search_samples))]
-    Yf = None
-    if opts.norm_tweak:      # the float layer's output on the same input: Norm Tweaking's target
-        Yf = torch.cat([layer.forward(X[c], rope) for c in _chunks(N, opts.chunk)])
-    if "smoothquant" in opts.algos:
-        inputs = _linear_inputs(layer, search, rope)
-        alphas = {}
-        for prev, linears in smoothing.mappings(layer):
-            absmax = inputs[linears[0]]().abs().amax(0)
-            s = smoothing.smoothquant_scales(absmax, [layer.w[n] for n in linears], opts.alpha)
-            smoothing.fold(layer, prev, linears, s)
-            alphas[prev] = opts.alpha
-        info["smoothquant"] = alphas
-    if "awq" in opts.algos:
-        inputs = _linear_inputs(layer, search, rope)
-        sub = {k: (lambda f=f: awq.subsample(f(), 4096)) for k, f in inputs.items()}
-        info["awq_alpha"] = awq.apply_awq_scales(layer, sub, dtypes, opts.awq_grid)
-        awq.clip_weights(layer, _linear_inputs(layer, search, rope), dtypes)
+    steps = by_stage(opts.algos)
+    ctx = LayerContext(layer, dtypes, X, rope, opts, n_layers, info={})
+    info, N = ctx.info, X.shape[0]
+    if any(alg.float_output for alg, _ in steps["tweak"]):   # taken before any step changes the weights
+        ctx.float_out = ctx.forward()
+    for alg, cfg in steps["smooth"]:
+        alg.step(cfg, ctx)
 
     layer.act = opts.act_dtype
     act = (lambda t: opts.act_dtype.fake_quantize(t)) if opts.act_dtype else (lambda t: t)
-    need_h = "gptq" in opts.algos
+    rounding = steps["round"][0]
     dev = X.device
 
-    def hessian_of(inputs: torch.Tensor) -> torch.Tensor | None:
-        if not need_h:
-            return None
-        h = _Hessian(inputs.shape[-1], dev)
-        for c in _chunks(N, opts.chunk):
-            h.add(act(inputs[c]))
-        return h.value()
+    def hessian_of(inputs: torch.Tensor) -> Callable[[], torch.Tensor]:
+        def hessian() -> torch.Tensor:   # computed only if the rounding step asks (GPTQ, not RTN)
+            h = _Hessian(inputs.shape[-1], dev)
+            for c in _chunks(N, opts.chunk):
+                h.add(act(inputs[c]))
+            return h.value()
+        return hessian
 
     def each_chunk(f, into: torch.Tensor | None = None) -> torch.Tensor:
         return _map_chunks(N, opts.chunk, f, into)
 
     # q, k, v: from the layer's (normed) input
     Xn = each_chunk(lambda c: layer.attn_input(X[c]))
-    _quantize(layer, ("q_proj", "k_proj", "v_proj"), hessian_of(Xn), dtypes, opts, result, info)
+    _quantize(layer, ("q_proj", "k_proj", "v_proj"), hessian_of(Xn), dtypes, rounding, result, info)
     # o: from the attention output of the quantized q/k/v
     A = each_chunk(lambda c: layer.attention(Xn[c], rope), into=Xn)
-    _quantize(layer, ("o_proj",), hessian_of(A), dtypes, opts, result, info)
+    _quantize(layer, ("o_proj",), hessian_of(A), dtypes, rounding, result, info)
     Hh = each_chunk(lambda c: X[c] + layer.linear("o_proj", A[c]), into=A)   # A's chunk is read before written
     del A, Xn
     Hn = each_chunk(lambda c: layer.mlp_input(Hh[c]))
-    _quantize(layer, ("gate_proj", "up_proj"), hessian_of(Hn), dtypes, opts, result, info)
+    _quantize(layer, ("gate_proj", "up_proj"), hessian_of(Hn), dtypes, rounding, result, info)
     M = each_chunk(lambda c: layer.mlp_hidden(Hn[c]))
     del Hn
-    _quantize(layer, ("down_proj",), hessian_of(M), dtypes, opts, result, info)
+    _quantize(layer, ("down_proj",), hessian_of(M), dtypes, rounding, result, info)
     out = each_chunk(lambda c: Hh[c] + layer.linear("down_proj", M[c]), into=Hh)
     del M, Hh
 
-    if opts.norm_tweak:
-        with torch.enable_grad():
-            before, after = tweak(layer, X, Yf, rope, lambda l, x, r: l.forward(x, r), lr=opts.norm_tweak_lr,
-                                  n_layers=n_layers, chunk=max(1, opts.chunk // 2))
-        info["norm_tweak_loss"] = (round(before, 6), round(after, 6))
-        if after < before:
-            out = torch.cat([layer.forward(X[c], rope) for c in _chunks(N, opts.chunk)])
+    for alg, cfg in steps["tweak"]:
+        out = alg.step(cfg, ctx, out)
     if not torch.isfinite(out).all():
         raise QuantconvError(f"decoder layer {layer.i} produced NaN/inf activations after quantization; "
                              "try --algo rtn or a wider --dtype to find the culprit")

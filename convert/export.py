@@ -22,7 +22,6 @@ from quantconv.formats.registry import get_dtype
 # llama.cpp's LLAMA_FTYPE for files whose linear weights are all one standard type (informational)
 FILE_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q8_0": 7, "int8:group=32": 7,
               "int4:asym,group=32": 3, "bf16": 32, "mxfp4": 38, "mxfp4:ggml": 38, "nvfp4": 39}
-ALGORITHMS = ("rtn", "gptq", "awq", "awq+gptq", "smoothquant", "smoothquant+gptq")   # any '+' mix is accepted
 
 
 @dataclass
@@ -87,22 +86,20 @@ def _load_for_gguf(source, plan: TensorPlan) -> np.ndarray:
 
 def _calibrated(source, plans: list[TensorPlan], calib, on_layer):
     """Run the calibration pipeline; returns (CalibResult, recipe entries)."""
+    from quantconv.convert.algorithms import algorithm_of, recipe
     from quantconv.convert.calib import calibration_ids
     from quantconv.convert.calibrate import calibrate, check_device
 
     calib.device = check_device(calib.device)
     if calib.calib is None:
-        raise QuantconvError(f"--algo {'+'.join(calib.algos)} calibrates on text: pass --calib PATH (a text file), "
+        names = "+".join(algorithm_of(c).name for c in calib.algos) or "rtn"
+        raise QuantconvError(f"--algo {names} calibrates on text: pass --calib PATH (a text file), "
                              "a dataset name, or --calib self")
     ids = calibration_ids(calib.calib, source, calib.nsamples, calib.seqlen, calib.seed, calib.device)
     dtypes = {p.hf_name: p.dtype for p in plans if p.role == "linear" and p.hf_name}
     result = calibrate(source, dtypes, ids, calib, on_layer)
     entries = {"calibration": calib.calib if calib.calib == "self" else Path(calib.calib).name,
-               "nsamples": calib.nsamples, "seqlen": calib.seqlen, "seed": calib.seed,
-               "act_order": int(calib.act_order) if "gptq" in calib.algos else None,
-               "scale_search": int(calib.scale_search) if "gptq" in calib.algos else None,
-               "alpha": calib.alpha if "smoothquant" in calib.algos else None,
-               "norm_tweak": int(calib.norm_tweak)}
+               "nsamples": calib.nsamples, "seqlen": calib.seqlen, "seed": calib.seed, **recipe(calib.algos)}
     return result, entries
 
 
@@ -125,15 +122,15 @@ def export(source, out: str | Path, dtype: str, group_size: int | None = None, a
            on_layer: Callable[[int, int, dict], None] | None = None) -> ExportReport:
     """Quantize `source` (a convert.sources.ModelSource) into the GGUF file `out`. `calib`: a
     convert.calibrate.CalibOptions for the calibrated algorithms (GPTQ, AWQ, SmoothQuant, Norm
-    Tweaking, activation quantization); its `algos` must agree with `algo`."""
-    from quantconv.convert.calibrate import parse_algo
+    Tweaking, activation quantization); `algo`'s algorithms missing from its `algos` run with defaults."""
+    from quantconv.convert.algorithms import parse_algo, with_algo
 
     algos = parse_algo(algo)
     if calib is None and algos != ("rtn",):
         raise QuantconvError(f"--algo {algo} calibrates on text: pass --calib PATH (a text file), a dataset name, "
                              "or --calib self")
     if calib is not None:
-        calib.algos = algos
+        calib.algos = with_algo(calib.algos, algos)
     out = Path(out)
     if out.suffix.lower() != ".gguf":
         raise QuantconvError(f"output '{out}' must end in .gguf (for ONNX use --format onnx, or "

@@ -101,11 +101,13 @@ def export(
     options = None
     if algo.strip().lower() != "rtn" or act_dtype or norm_tweak:
         from quantconv.convert.act_quant import get_act_dtype
+        from quantconv.convert.algorithms import configs
         from quantconv.convert.calibrate import CalibOptions
 
         options = CalibOptions(calib=calib, nsamples=nsamples, seqlen=seqlen, seed=seed, device=device,
-                               act_order=act_order, scale_search=scale_search, damp=damp, alpha=alpha, act_dtype=get_act_dtype(act_dtype),
-                               norm_tweak=norm_tweak)
+                               act_dtype=get_act_dtype(act_dtype),
+                               algos=configs(algo, act_order=act_order, scale_search=scale_search, damp=damp,
+                                             alpha=alpha, norm_tweak=norm_tweak))
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[tensor]}"), TimeElapsedColumn(), console=err,
                   disable=quiet, transient=True) as bar:

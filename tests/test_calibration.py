@@ -10,7 +10,10 @@ torch = pytest.importorskip("torch")
 from quantconv.convert import awq, smoothing  # noqa: E402
 from quantconv.convert.act_quant import ACT_DTYPES, get_act_dtype  # noqa: E402
 from quantconv.convert.calib import calibration_ids  # noqa: E402
-from quantconv.convert.calibrate import CalibOptions, parse_algo  # noqa: E402
+from quantconv.convert import algorithms  # noqa: E402
+from quantconv.convert.algorithms import (AWQ, GPTQ, NormTweak, SmoothQuant, by_stage, configs,  # noqa: E402
+                                          parse_algo, recipe, with_algo)
+from quantconv.convert.calibrate import CalibOptions  # noqa: E402
 from quantconv.convert.export import export  # noqa: E402
 from quantconv.convert.gptq import gptq, inverse_cholesky, rtn  # noqa: E402
 from quantconv.convert.norm_tweak import distribution_loss, tweak  # noqa: E402
@@ -234,9 +237,55 @@ def test_calibration_windows_and_errors(tiny, tmp_path):
 
 def test_parse_algo():
     assert parse_algo("awq+gptq") == ("awq", "gptq")
-    for bad in ("foo", "rtn+gptq", ""):
+    for bad in ("foo", "rtn+gptq", "", "norm_tweak"):
         with pytest.raises(QuantconvError):
             parse_algo(bad)
+    with pytest.raises(QuantconvError, match="--norm-tweak"):   # a flag algorithm is not named in --algo
+        parse_algo("gptq+norm_tweak")
+
+
+def test_algorithm_configs_stages_and_recipe():
+    # each option goes to the chosen algorithm that has it; a flag algorithm comes with its option
+    chosen = configs("smoothquant+gptq", act_order=True, alpha=0.7, grid=3, norm_tweak=True)
+    assert chosen == (SmoothQuant(alpha=0.7), GPTQ(act_order=True), NormTweak())
+    with pytest.raises(TypeError):
+        configs("gptq", act_ordr=True)
+    # the file's recipe keys, in the order files have always had them (norm_tweak recorded when off)
+    assert recipe(chosen) == {"act_order": 1, "scale_search": 0, "alpha": 0.7, "norm_tweak": 1}
+    assert recipe(configs("awq")) == {"norm_tweak": 0}
+    # smoothing before rounding, SmoothQuant before AWQ, RTN when nothing else rounds
+    stages = by_stage(configs("gptq+awq+smoothquant"))
+    assert [a.name for a, _ in stages["smooth"]] == ["smoothquant", "awq"] and stages["round"][0][0].name == "gptq"
+    assert by_stage(configs("awq"))["round"][0][0].name == "rtn"
+    # export(): --algo's algorithms without a config run with defaults; a config --algo does not name is refused
+    assert with_algo((GPTQ(damp=0.1), NormTweak()), ("awq", "gptq")) == (AWQ(), GPTQ(damp=0.1), NormTweak())
+    with pytest.raises(QuantconvError, match="does not name"):
+        with_algo((GPTQ(),), ("awq",))
+
+
+def test_registered_algorithm_runs_and_is_recorded(tiny, tmp_path, monkeypatch):
+    """Adding an algorithm: a config, a step, one register call."""
+    from dataclasses import dataclass
+
+    monkeypatch.setattr(algorithms, "REGISTRY", dict(algorithms.REGISTRY))
+    seen = []
+
+    @dataclass
+    class Probe:
+        tag: int = 0
+
+    @algorithms.register("probe", Probe, "smooth", recipe=lambda c: {"probe_tag": c.tag})
+    def _probe(cfg, ctx):
+        seen.append((ctx.layer.i, "gptq_loss" in ctx.info))   # runs before rounding
+
+    src = open_source(str(tiny))
+    out = tmp_path / "m.gguf"
+    opts = CalibOptions(calib=str(data_file("wikitext-2-valid.txt")), nsamples=2, seqlen=32,
+                        algos=configs("probe+gptq", tag=7))
+    export(src, out, "sf4:group=32", algo="probe+gptq", calib=opts)
+    assert seen == [(i, False) for i in range(src.config["num_hidden_layers"])]
+    with GGUFFile(out) as f:
+        assert f.kv["quantconv.recipe.algo"] == "probe+gptq" and f.kv["quantconv.recipe.probe_tag"] == 7
 
 
 @pytest.mark.parametrize("algo,extra", [("gptq", {}), ("awq+gptq", {}), ("smoothquant+gptq", {"act_dtype": "int8"}),
@@ -247,7 +296,7 @@ def test_calibrated_export_runs(tiny, tmp_path, algo, extra):
     src = open_source(str(tiny))
     act = get_act_dtype(extra.pop("act_dtype", None))
     opts = CalibOptions(calib=str(data_file("wikitext-2-valid.txt")), nsamples=4, seqlen=32, act_dtype=act,
-                        awq_grid=5, **extra)
+                        algos=configs(algo, grid=5, **extra))
     out = tmp_path / "m.gguf"
     layers = []
     export(src, out, "sf4:group=32", algo=algo, calib=opts, on_layer=lambda i, n, info: layers.append(i))
@@ -290,7 +339,7 @@ def test_layer_output_errors_logged(tiny):
     logs = {}
     for spec, algo in (("int3:group=32", "rtn"), ("int3:group=32", "gptq"), ("int8:group=32", "rtn")):
         dtypes = {p.hf_name: p.dtype for p in plan_export(src, spec, None, []) if p.role == "linear" and p.hf_name}
-        res = calibrate(src, dtypes, ids, CalibOptions(algos=(algo,), calib="x", nsamples=8, seqlen=64, error_samples=2))
+        res = calibrate(src, dtypes, ids, CalibOptions(algos=configs(algo), calib="x", nsamples=8, seqlen=64, error_samples=2))
         logs[spec, algo] = [(info["layer_rel_err"], info["model_rel_err"]) for info in res.layers]
     for log in logs.values():
         assert len(log) == src.config["num_hidden_layers"] and all(0 < e < 1 for pair in log for e in pair)
