@@ -8,7 +8,8 @@ set -euo pipefail
 # path dies of a general-protection fault at ldtilecfg (Xeon with amx_tile, 2-core VM): build it without.
 CMAKE_EXTRA=""
 if grep -qw amx_tile /proc/cpuinfo 2>/dev/null; then
-  CMAKE_EXTRA="-DCMAKE_C_FLAGS=-mno-amx-tile -DCMAKE_CXX_FLAGS=-mno-amx-tile"
+  no_amx="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+  CMAKE_EXTRA="-DCMAKE_C_FLAGS='$no_amx' -DCMAKE_CXX_FLAGS='$no_amx'"
 fi
 # llama.cpp is built for this CPU (GGML_NATIVE), so the cache is keyed by the CPU's flags and the build's.
 CPU_KEY=$( ( (grep -m1 -o -w 'flags.*' /proc/cpuinfo 2>/dev/null || uname -m); echo "$CMAKE_EXTRA") | md5sum | cut -c1-12)
