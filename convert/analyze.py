@@ -10,8 +10,6 @@ from pathlib import Path
 
 import numpy as np
 
-from quantconv.formats.models import LINEAR
-
 MAX_FIT_VALUES = 100_000      # a fixed-seed sample of each tensor: t.fit is O(n) per iteration
 
 
@@ -41,7 +39,7 @@ def fit_t(name: str, kind: str, values: np.ndarray, seed: int = 0) -> Fit:
 
 def weight_fits(source, progress=None) -> list[Fit]:
     fits = []
-    names = [n for n in source.tensor_names() if LINEAR.match(source.arch.gguf_name(n))]
+    names = [n for n in source.tensor_names() if source.arch.is_linear(source.arch.gguf_name(n))]
     for i, name in enumerate(names):
         fits.append(fit_t(source.arch.gguf_name(name), "weight", source.load(name)))
         if progress:

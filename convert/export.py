@@ -41,11 +41,11 @@ def plan_export(source, dtype: str, group_size: int | None, keep: list[str]) -> 
     names = [n for n in source.tensor_names() if not source.arch.is_ignored(n)]
     for hf in names:
         gguf_name = source.arch.gguf_name(hf)
-        if gguf_name == "output.weight" and source.tied_embeddings:
+        if source.arch.kind_of(gguf_name) == "output" and source.tied_embeddings:
             continue
-        plans.append(plan_tensor(hf, gguf_name, tuple(source.shape(hf)), dtype, group_size, keeps))
+        plans.append(plan_tensor(source.arch, hf, gguf_name, tuple(source.shape(hf)), dtype, group_size, keeps))
     for name, array in source.extra_gguf_tensors().items():
-        plans.append(plan_tensor(None, name, array.shape, dtype, group_size, keeps))
+        plans.append(plan_tensor(source.arch, None, name, array.shape, dtype, group_size, keeps))
     if not any(p.role == "linear" for p in plans):
         raise QuantconvError(f"{source.description} has no decoder linear layers that quantconv recognises")
     return plans

@@ -6,7 +6,7 @@ import fnmatch
 from dataclasses import dataclass
 
 from quantconv.errors import QuantconvError
-from quantconv.formats.models import LINEAR
+from quantconv.formats.models import ArchSpec
 from quantconv.formats.registry import GROUPS, DType, get_dtype
 from quantconv.formats.spec import format_spec, parse_spec
 
@@ -78,22 +78,20 @@ def default_spec(role: str, dtype: DType) -> str:
     return dtype.spec
 
 
-def role_of(gguf_name: str, shape: tuple[int, ...]) -> str:
+def role_of(arch: ArchSpec, gguf_name: str, shape: tuple[int, ...]) -> str:
+    """The plan's role: "vector" for every 1-D tensor, else the models.yaml kind (linear, embedding, output)."""
     if len(shape) == 1:
         return "vector"
-    if gguf_name == "token_embd.weight":
-        return "embedding"
-    if gguf_name == "output.weight":
-        return "output"
-    if LINEAR.match(gguf_name):
-        return "linear"
+    kind = arch.kind_of(gguf_name)
+    if kind in ("linear", "embedding", "output"):
+        return kind
     raise QuantconvError(f"don't know how to quantize 2-D tensor {gguf_name}; keep it with --keep '{gguf_name}=f16'")
 
 
-def plan_tensor(hf_name, gguf_name, shape, dtype_spec: str, group_size: int | None,
+def plan_tensor(arch: ArchSpec, hf_name, gguf_name, shape, dtype_spec: str, group_size: int | None,
                 keep: list[tuple[str, str]]) -> TensorPlan:
     base = get_dtype(dtype_spec)
-    role = role_of(gguf_name, shape)
+    role = role_of(arch, gguf_name, shape)
     spec, explicit = default_spec(role, base), False
     if role == "linear":
         explicit = explicit_group(dtype_spec) or group_size is not None

@@ -24,9 +24,6 @@ from quantconv.formats.models import (ArchSpec, arch_for_config, arch_for_gguf, 
 from .safetensors_reader import SafetensorsFile
 from .tokenizer_meta import tokenizer_metadata
 
-# GGUF tensors with no HF counterpart, passed through as they are
-EXTRA_GGUF_TENSORS = ("rope_freqs.weight",)
-
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 # what a conversion needs from a hub repo (weights, config, tokenizer, chat template)
 _HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model", "*.jinja"]
@@ -63,12 +60,12 @@ class ModelSource(ABC):
 
 
 def _check_complete(names: set[str], arch: ArchSpec, config: dict, where: str) -> None:
-    """Every non-bias tensor of every layer must be there: catches incomplete downloads early."""
+    """Every required tensor (models.yaml) of every layer must be there: catches incomplete downloads early."""
     n_layers = int(config.get("num_hidden_layers") or 0)
-    for pattern in arch.tensors:
-        if pattern.endswith(".bias") or pattern == "lm_head.weight":
+    for role in arch.roles.values():
+        if role.hf is None or not arch.required(role):
             continue
-        wanted = [pattern.replace("{i}", str(i)) for i in range(n_layers)] if "{i}" in pattern else [pattern]
+        wanted = [role.hf_name(i) for i in range(n_layers)] if role.per_layer else [role.hf_name()]
         for w in wanted:
             if w not in names:
                 raise QuantconvError(f"{where} lacks tensor '{w}'; the checkpoint is incomplete: re-download it")
@@ -110,13 +107,14 @@ class HFDirSource(ModelSource):
         for n in present:
             self.arch.gguf_name(n)  # unknown tensor -> clear error now, not mid-export
         tie_cfg = self.config.get("tie_word_embeddings")
-        has_head = "lm_head.weight" in present
+        head = self.arch.role("output").hf_name()
+        has_head = head in present
         if not has_head and tie_cfg is False:
-            warnings.warn(f"{self.path}: config says tie_word_embeddings=false but there is no lm_head.weight; "
+            warnings.warn(f"{self.path}: config says tie_word_embeddings=false but there is no {head}; "
                           "treating the embeddings as tied", stacklevel=2)
         self.tied_embeddings = bool(tie_cfg) or not has_head
         if self.tied_embeddings:
-            present.discard("lm_head.weight")
+            present.discard(head)
         _check_complete(present, self.arch, self.config, str(self.path))
         # keep checkpoint order (embeddings, layers in order, ...) as HF stores it, layers sorted numerically
         self._names = sorted(present, key=_natural_key)
@@ -226,11 +224,12 @@ class GGUFSource(ModelSource):
         self._gguf_names: dict[str, str] = {}  # HF name -> GGUF name
         self._extras: list[str] = []
         for gname in self._g.shapes:
-            if gname in EXTRA_GGUF_TENSORS:
+            found = self.arch.role_of_gguf(gname)
+            if found and found[0].hf is None:  # computed in code (rope_freqs): passed through as it is
                 self._extras.append(gname)
             else:
                 self._gguf_names[self.arch.hf_name(gname)] = gname
-        self.tied_embeddings = "lm_head.weight" not in self._gguf_names
+        self.tied_embeddings = self.arch.role("output").hf_name() not in self._gguf_names
         self.config = self._rebuild_config()
         _check_complete(set(self._gguf_names), self.arch, self.config, str(self.path))
         self._names = sorted(self._gguf_names, key=_natural_key)
@@ -245,7 +244,8 @@ class GGUFSource(ModelSource):
                 raise QuantconvError(f"{self.path} lacks GGUF key {a}.{key}; it is not a complete llama.cpp model")
         n_embd, n_head = int(need["embedding_length"]), int(need["attention.head_count"])
         tokens = v("tokenizer.ggml.tokens") or []
-        vocab = v(f"{a}.vocab_size") or len(tokens) or self._g.shapes.get("token_embd.weight", (0,))[0]
+        embd = self.arch.role("token_embd").gguf_name()
+        vocab = v(f"{a}.vocab_size") or len(tokens) or self._g.shapes.get(embd, (0,))[0]
         cfg: dict[str, Any] = {
             "architectures": [self.arch.hf_architectures[0]],
             "model_type": self.arch.model_types[0],

@@ -15,15 +15,26 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from quantconv.formats.models import head_dim, rope_params
+from quantconv.formats.models import Role, all_archs, head_dim, rope_params
 from quantconv.errors import QuantconvError
 
-LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+def _linear_roles() -> dict[str, Role]:
+    """HF module name (q_proj, ...) -> models.yaml role of the decoder's linears. This module runs one
+    layer layout (the llama family's), so every architecture must name its linears alike."""
+    archs = list(all_archs().values())
+    if len({tuple(r.hf for r in a.of_kind("linear")) for a in archs}) != 1:
+        raise QuantconvError("models.yaml: the architectures' linears differ; convert/torch_model.py runs one layout")
+    return {r.hf_short: r for r in archs[0].of_kind("linear")}
+
+
+_LINEAR_ROLES = _linear_roles()
+LINEARS = tuple(_LINEAR_ROLES)   # ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 def hf_linear_name(i: int, linear: str) -> str:
-    part = "self_attn" if linear in ("q_proj", "k_proj", "v_proj", "o_proj") else "mlp"
-    return f"model.layers.{i}.{part}.{linear}"
+    """'model.layers.{i}.self_attn.q_proj' for linear 'q_proj' (add .weight / .bias)."""
+    return _LINEAR_ROLES[linear].hf_name(i).rpartition(".")[0]
 
 
 @dataclass
@@ -45,7 +56,7 @@ class DecoderConfig:
         inv = 1.0 / theta ** (np.arange(0, hd, 2, dtype=np.float64) / hd)
         kind, _ = source.arch.rope_scaling_kind(cfg)
         if kind == "rope_freqs":
-            inv = inv / source.arch.extra_tensors(cfg)["rope_freqs.weight"].astype(np.float64)
+            inv = inv / source.arch.extra_tensors(cfg)[source.arch.role("rope_freqs").gguf_name()].astype(np.float64)
         elif kind == "linear":
             inv = inv / float(params["factor"])
         elif kind != "none":
@@ -84,15 +95,15 @@ class Layer:
     calibration needs: attention input, attention core, MLP input, MLP core."""
 
     def __init__(self, source, cfg: DecoderConfig, i: int, device="cpu"):
-        self.cfg, self.i, self.device = cfg, i, device
+        self.cfg, self.i, self.device, self.arch = cfg, i, device, source.arch
         names = set(source.tensor_names())
         t = lambda n: torch.from_numpy(source.load(n)).float().to(device)  # noqa: E731
-        p = f"model.layers.{i}."
-        self.attn_norm = t(p + "input_layernorm.weight")
-        self.ffn_norm = t(p + "post_attention_layernorm.weight")
-        self.w = {name: t(hf_linear_name(i, name) + ".weight") for name in LINEARS}
-        self.b = {name: t(hf_linear_name(i, name) + ".bias") for name in LINEARS
-                  if hf_linear_name(i, name) + ".bias" in names}
+        arch = source.arch
+        self.attn_norm = t(arch.role("attn_norm").hf_name(i))
+        self.ffn_norm = t(arch.role("ffn_norm").hf_name(i))
+        # keyed by HF module name (q_proj, ...: LINEARS), biases only where the checkpoint has them
+        self.w = {r.hf_short: t(r.hf_name(i)) for r in arch.of_kind("linear")}
+        self.b = {r.hf_short: t(r.hf_name(i)) for r in arch.of_kind("bias") if r.hf_name(i) in names}
         self.act = None   # an ActDType: the linears' inputs are fake-quantized (--act-dtype)
 
     def linear(self, name: str, x: torch.Tensor) -> torch.Tensor:
@@ -167,9 +178,10 @@ class Head:
     def __init__(self, source, cfg: DecoderConfig, device="cpu"):
         self.cfg = cfg
         t = lambda n: torch.from_numpy(source.load(n)).float().to(device)  # noqa: E731
-        self.embed = t("model.embed_tokens.weight")
-        self.norm = t("model.norm.weight")
-        self.out = self.embed if source.tied_embeddings else t("lm_head.weight")
+        role = source.arch.role
+        self.embed = t(role("token_embd").hf_name())
+        self.norm = t(role("output_norm").hf_name())
+        self.out = self.embed if source.tied_embeddings else t(role("output").hf_name())
 
     def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
         return self.embed[ids]

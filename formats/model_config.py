@@ -6,8 +6,8 @@ from typing import Any
 
 from quantconv.errors import QuantconvError
 from quantconv.formats.gguf_reader import GGUFFile
+from quantconv.formats.models import ArchSpec, all_archs, arch_for_gguf
 
-SUPPORTED_ARCHS = {"llama": "norm", "qwen2": "neox"}  # GGUF architecture -> RoPE style of llama.cpp's graph
 FIX = "re-export it with quantconv"
 
 
@@ -30,17 +30,24 @@ def _float(f: GGUFFile, key: str, default: float) -> float:
     return float(v)
 
 
+def file_arch(f: GGUFFile) -> ArchSpec:
+    """The models.yaml architecture of a GGUF file (QuantconvError naming the supported ones)."""
+    arch = f.kv.get("general.architecture")
+    known = list(dict.fromkeys(a.gguf_arch for a in all_archs().values()))
+    if arch not in known:
+        raise QuantconvError(f"{f.path} is a '{arch}' model; the quantconv engine runs {', '.join(known)} GGUF files")
+    return arch_for_gguf(arch)
+
+
 def model_config(f: GGUFFile) -> dict[str, Any]:
     """The _ext.Model config dict for a GGUF file (QuantconvError for what the engine can't run)."""
-    arch = f.kv.get("general.architecture")
-    if arch not in SUPPORTED_ARCHS:
-        raise QuantconvError(f"{f.path} is a '{arch}' model; the quantconv engine runs "
-                             f"{', '.join(SUPPORTED_ARCHS)} GGUF files")
-    a = arch
+    spec = file_arch(f)
+    a = arch = spec.gguf_arch
     n_embd = _uint(f, f"{a}.embedding_length")
     n_head = _uint(f, f"{a}.attention.head_count")
-    if "token_embd.weight" not in f:
-        raise QuantconvError(f"{f.path} has no tensor 'token_embd.weight'; {FIX}")
+    embd = spec.role("token_embd").gguf_name()
+    if embd not in f:
+        raise QuantconvError(f"{f.path} has no tensor '{embd}'; {FIX}")
     if n_head <= 0:
         raise QuantconvError(f"{f.path} has {a}.attention.head_count = {n_head}; {FIX}")
     head_dim = _uint(f, f"{a}.attention.key_length", n_embd // n_head)
@@ -64,11 +71,11 @@ def model_config(f: GGUFFile) -> dict[str, Any]:
         "n_head": n_head,
         "n_head_kv": _uint(f, f"{a}.attention.head_count_kv", n_head),
         "n_ff": _uint(f, f"{a}.feed_forward_length"),
-        "n_vocab": int(f.tensor("token_embd.weight").shape[0]),
+        "n_vocab": int(f.tensor(embd).shape[0]),
         "head_dim": head_dim,
         "rope_dim": _uint(f, f"{a}.rope.dimension_count", head_dim),
         "rope_base": _float(f, f"{a}.rope.freq_base", 10000.0),
-        "rope_style": SUPPORTED_ARCHS[arch],
+        "rope_style": spec.rope_style,
         "rope_scale": rope_scale,
         "rms_eps": _float(f, f"{a}.attention.layer_norm_rms_epsilon", 1e-5),
     }

@@ -1,4 +1,5 @@
-"""Supported architectures (models.yaml) as ArchSpec objects: tensor names, Q/K permutation, GGUF hparams.
+"""Supported architectures (models.yaml) as ArchSpec objects: tensor roles (HF name <-> GGUF name, kind,
+heads, optional), RoPE style, Q/K permutation, GGUF hparams. The one place the code learns tensor names.
 
 Everything here is numpy-only so that GGUF sources (and the runtime) never need torch.
 """
@@ -23,9 +24,6 @@ _HERE = Path(__file__).resolve().parent
 # Installed wheel: quantconv/formats/models.py next to quantconv/models.yaml; source tree / editable
 # install: formats/models.py under the repo root holding models.yaml. Same relative path in both.
 _CANDIDATES = (_HERE / "models.yaml", _HERE.parent / "models.yaml")
-
-# GGUF names of the decoder's linear weights: what --dtype quantizes and inspect counts as "linear".
-LINEAR = re.compile(r"^blk\.\d+\.(attn_q|attn_k|attn_v|attn_output|ffn_gate|ffn_up|ffn_down)\.weight$")
 
 _GGUF_TYPES = {"uint32": GGUFValueType.UINT32, "float32": GGUFValueType.FLOAT32}
 
@@ -87,27 +85,90 @@ def head_dim(config: dict) -> int:
     return int(hd) if hd else int(config["hidden_size"]) // int(config["num_attention_heads"])
 
 
-def _pattern_regex(pattern: str) -> re.Pattern:
-    return re.compile("^" + re.escape(pattern).replace(r"\{i\}", r"(?P<i>\d+)") + "$")
+def _pattern_regex(pattern: str, group: str = "?P<i>") -> str:
+    return "^" + re.escape(pattern).replace(r"\{i\}", f"({group}\\d+)") + "$"
 
 
-@dataclass(frozen=True, eq=False)  # eq=False: hash by identity (tensors is a dict)
+KINDS = ("linear", "embedding", "output", "norm", "bias", "rope_freqs")
+
+
+@dataclass(frozen=True)
+class Role:
+    """One tensor of the decoder (models.yaml `roles`): what it does and what it is called."""
+
+    name: str  # attn_q, token_embd, ...
+    gguf: str  # GGUF name pattern, "{i}" = layer index
+    hf: str | None  # HF name pattern; None: computed in code (rope_freqs)
+    kind: str  # one of KINDS
+    optional: bool = False
+    heads: str | None = None  # "q" | "kv": rows are heads of that width (permuted where permute_qk)
+    input: str | None = None  # linears: the role whose output feeds this one (a norm or a linear)
+
+    @property
+    def per_layer(self) -> bool:
+        return "{i}" in self.gguf
+
+    def gguf_name(self, i: int | None = None) -> str:
+        return self.gguf.replace("{i}", str(i))
+
+    def hf_name(self, i: int | None = None) -> str | None:
+        return None if self.hf is None else self.hf.replace("{i}", str(i))
+
+    @property
+    def hf_short(self) -> str | None:
+        """The module name of a linear in HF (q_proj, down_proj): the part before .weight / .bias."""
+        return None if self.hf is None else self.hf.split(".")[-2]
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: hash by identity (roles is a dict)
 class ArchSpec:
     name: str  # our name: llama, mistral, qwen2
     gguf_arch: str  # general.architecture written to GGUF
     hf_architectures: tuple[str, ...]
     model_types: tuple[str, ...]
-    tensors: dict[str, str]  # HF pattern -> GGUF pattern, "{i}" = layer index
+    roles: dict[str, Role]  # role name -> Role, in models.yaml order
+    rope_style: str  # norm | neox: the RoPE of llama.cpp's graph for gguf_arch
     permute_qk: bool
+    tied_head: bool  # the output head may be absent (the token embedding serves)
     rope_freqs_llama3: bool
     ignore: tuple[str, ...] = ()
     _fwd: list = field(default_factory=list, repr=False, compare=False)
     _back: list = field(default_factory=list, repr=False, compare=False)
 
     def __post_init__(self):
-        for hf, gg in self.tensors.items():
-            self._fwd.append((_pattern_regex(hf), gg))
-            self._back.append((_pattern_regex(gg), hf))
+        for r in self.roles.values():
+            if r.hf is not None:
+                self._fwd.append((re.compile(_pattern_regex(r.hf)), r))
+            self._back.append((re.compile(_pattern_regex(r.gguf)), r))
+
+    # --- roles -------------------------------------------------------------------------------------
+
+    def role(self, name: str) -> Role:
+        if name not in self.roles:
+            raise QuantconvError(f"the {self.name} architecture has no tensor role '{name}'; "
+                                 f"models.yaml lists: {', '.join(self.roles)}")
+        return self.roles[name]
+
+    def of_kind(self, *kinds: str) -> list[Role]:
+        return [r for r in self.roles.values() if r.kind in kinds]
+
+    def required(self, role: Role) -> bool:
+        """Whether every model of this architecture has the tensor (the output head only without tying)."""
+        return not role.optional and not (role.kind == "output" and self.tied_head)
+
+    def role_of_gguf(self, gguf_name: str) -> tuple[Role, int | None] | None:
+        """(role, layer index or None) of a GGUF tensor name; None if no role has that name."""
+        return self._find(gguf_name, self._back)
+
+    def role_of_hf(self, hf_name: str) -> tuple[Role, int | None] | None:
+        return self._find(hf_name, self._fwd)
+
+    def kind_of(self, gguf_name: str) -> str | None:
+        found = self.role_of_gguf(gguf_name)
+        return found[0].kind if found else None
+
+    def is_linear(self, gguf_name: str) -> bool:
+        return self.kind_of(gguf_name) == "linear"
 
     # --- names -------------------------------------------------------------------------------------
 
@@ -115,39 +176,41 @@ class ArchSpec:
         return any(fnmatch.fnmatchcase(hf_name, pat) for pat in self.ignore)
 
     @staticmethod
-    def _map(name: str, table: list) -> str | None:
-        for rx, target in table:
+    def _find(name: str, table: list) -> tuple[Role, int | None] | None:
+        for rx, role in table:
             m = rx.match(name)
             if m:
-                return target.replace("{i}", m.group("i")) if "i" in rx.groupindex else target
+                return role, (int(m.group("i")) if "i" in rx.groupindex else None)
         return None
 
     def gguf_name(self, hf_name: str) -> str:
-        out = self._map(hf_name, self._fwd)
-        if out is None:
+        found = self.role_of_hf(hf_name)
+        if found is None:
             raise QuantconvError(
                 f"tensor '{hf_name}' is not part of the {self.name} architecture as quantconv knows it; "
                 f"is this a plain {self.name} causal LM checkpoint?"
             )
-        return out
+        return found[0].gguf_name(found[1])
 
     def hf_name(self, gguf_name: str) -> str:
-        out = self._map(gguf_name, self._back)
-        if out is None:
+        found = self.role_of_gguf(gguf_name)
+        if found is None or found[0].hf is None:
             raise QuantconvError(
                 f"GGUF tensor '{gguf_name}' has no {self.name} counterpart quantconv knows; "
                 f"only plain {self.gguf_arch} GGUF files can be re-quantized"
             )
-        return out
+        return found[0].hf_name(found[1])
 
     # --- Q/K permutation ---------------------------------------------------------------------------
 
     def _qk_heads(self, hf_name: str, config: dict) -> int | None:
         if not self.permute_qk:
             return None
-        if re.search(r"\.q_proj\.(weight|bias)$", hf_name):
+        found = self.role_of_hf(hf_name)
+        heads = found[0].heads if found else None
+        if heads == "q":
             return int(config["num_attention_heads"])
-        if re.search(r"\.k_proj\.(weight|bias)$", hf_name):
+        if heads == "kv":
             return int(config.get("num_key_value_heads") or config["num_attention_heads"])
         return None
 
@@ -218,7 +281,7 @@ class ArchSpec:
         return kind, params
 
     def extra_tensors(self, config: dict) -> dict[str, np.ndarray]:
-        """GGUF tensors with no HF counterpart: rope_freqs.weight for Llama 3.1-style RoPE scaling."""
+        """GGUF tensors with no HF counterpart: the rope_freqs role for Llama 3.1-style RoPE scaling."""
         kind, p = self.rope_scaling_kind(config)
         if kind != "rope_freqs":
             return {}
@@ -238,24 +301,56 @@ class ArchSpec:
             else:
                 smooth = (old_ctx / wavelen - low) / (high - low)
                 factors.append(1.0 / ((1 - smooth) / factor + smooth))
-        return {"rope_freqs.weight": np.asarray(factors, dtype=np.float32)}
+        return {self.role("rope_freqs").gguf_name(): np.asarray(factors, dtype=np.float32)}
+
+
+def _role(arch: str, name: str, d: dict) -> Role:
+    r = Role(name=name, gguf=d["gguf"], hf=d.get("hf"), kind=d["kind"], optional=bool(d.get("optional")),
+             heads=d.get("heads"), input=d.get("input"))
+    if r.kind not in KINDS or r.heads not in (None, "q", "kv"):
+        raise QuantconvError(f"models.yaml: role '{name}' of {arch} has kind '{r.kind}' / heads '{r.heads}'; "
+                             f"kind is one of {', '.join(KINDS)}, heads q or kv")
+    return r
 
 
 @functools.lru_cache(maxsize=1)
 def all_archs() -> dict[str, ArchSpec]:
     out = {}
     for name, d in load_models_yaml()["architectures"].items():
+        if d.get("rope_style") not in ("norm", "neox"):
+            raise QuantconvError(f"models.yaml: {name} has rope_style {d.get('rope_style')!r}; use norm or neox")
         out[name] = ArchSpec(
             name=name,
             gguf_arch=d["gguf_arch"],
             hf_architectures=tuple(d["hf_architectures"]),
             model_types=tuple(d["model_types"]),
-            tensors=dict(d["tensors"]),
+            roles={r: _role(name, r, rd) for r, rd in d["roles"].items()},
+            rope_style=d["rope_style"],
             permute_qk=bool(d["permute_qk"]),
+            tied_head=bool(d.get("tied_head", False)),
             rope_freqs_llama3=bool(d.get("rope_freqs_llama3", False)),
             ignore=tuple(d.get("ignore") or ()),
         )
     return out
+
+
+def tensor_kind(gguf_name: str) -> str | None:
+    """The models.yaml kind (linear, embedding, ...) of a GGUF tensor name in the first architecture that
+    has it, for files read without their architecture in hand (inspect, ONNX flavor checks)."""
+    return next((k for k in (a.kind_of(gguf_name) for a in all_archs().values()) if k), None)
+
+
+@functools.lru_cache(maxsize=1)
+def linear_regex() -> re.Pattern:
+    """GGUF names of the decoder's linear weights (kind: linear) in any architecture, as one regex."""
+    patterns = (_pattern_regex(r.gguf, "?:") for a in all_archs().values() for r in a.of_kind("linear"))
+    return re.compile("|".join(dict.fromkeys(patterns)))
+
+
+def __getattr__(name: str):
+    if name == "LINEAR":  # linear_regex() under its historical name, built from models.yaml on first use
+        return linear_regex()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _supported() -> str:

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from quantconv.formats.models import LINEAR
+from quantconv.formats.models import tensor_kind
 from quantconv.formats.gguf_reader import GGUFFile
 
 
@@ -23,7 +23,7 @@ def describe_file(path: str) -> dict[str, Any]:
                             "type_id": t.type_id, "shape": list(t.shape), "bytes": int(t.nbytes),
                             "bits_per_weight": t.nbytes * 8 / n, "elements": n})
         kv = f.kv
-    linear = [t for t in tensors if LINEAR.match(t["name"])]
+    linear = [t for t in tensors if tensor_kind(t["name"]) == "linear"]
 
     def bpw(ts):
         n = sum(t["elements"] for t in ts)

@@ -467,3 +467,44 @@ def test_models_yaml_is_complete():
     assert not math.isnan(M.all_archs()["llama"].gguf_metadata(
         {"hidden_size": 8, "num_hidden_layers": 1, "intermediate_size": 8, "num_attention_heads": 2,
          "max_position_embeddings": 8, "vocab_size": 4})["llama.attention.layer_norm_rms_epsilon"])
+
+
+def test_roles_describe_every_tensor():
+    """models.yaml's roles: kinds, heads, optional, per-arch RoPE style; LINEAR and the torch model's
+    linear names are derived from them."""
+    linears = ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"]
+    for a in M.all_archs().values():
+        assert [r.name for r in a.of_kind("linear")] == linears
+        assert a.is_linear("blk.3.ffn_down.weight") and not a.is_linear("blk.3.attn_q.bias")
+        assert a.kind_of("token_embd.weight") == "embedding" and a.kind_of("output.weight") == "output"
+        assert a.kind_of("blk.0.ffn_norm.weight") == "norm" and a.kind_of("rope_freqs.weight") == "rope_freqs"
+        role, i = a.role_of_hf("model.layers.4.self_attn.k_proj.bias")
+        assert (role.name, i, role.heads, role.kind, role.optional) == ("attn_k_bias", 4, "kv", "bias", True)
+        assert a.tied_head and not a.required(a.role("output")) and a.required(a.role("attn_norm"))
+        assert a.role("rope_freqs").hf is None
+    assert {n: (a.rope_style, a.permute_qk) for n, a in M.all_archs().items()} == {
+        "llama": ("norm", True), "mistral": ("norm", True), "qwen2": ("neox", False)}
+    assert M.LINEAR.match("blk.0.attn_q.weight") and not M.LINEAR.match("blk.0.attn_norm.weight")
+    assert M.tensor_kind("blk.2.attn_v.weight") == "linear" and M.tensor_kind("foo.weight") is None
+    with pytest.raises(QuantconvError, match="no tensor role 'attn_qkv'"):
+        M.all_archs()["llama"].role("attn_qkv")
+
+
+@pytest.mark.parametrize("n_kv", [4, 2])
+def test_smoothing_balance_points_come_from_the_roles(n_kv):
+    pytest.importorskip("torch")
+    from types import SimpleNamespace
+
+    from quantconv.convert import smoothing
+    from quantconv.convert.torch_model import LINEARS, hf_linear_name
+
+    assert LINEARS == ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    assert hf_linear_name(3, "gate_proj") == "model.layers.3.mlp.gate_proj"
+    shapes = {"q_proj": (64, 64), "k_proj": (16 * n_kv, 64), "v_proj": (16 * n_kv, 64), "o_proj": (64, 64),
+              "gate_proj": (128, 64), "up_proj": (128, 64), "down_proj": (64, 128)}
+    layer = SimpleNamespace(arch=M.all_archs()["qwen2"], w={k: np.zeros(s) for k, s in shapes.items()})
+    want = [("attn_norm", ("q_proj", "k_proj", "v_proj")), ("v_proj", ("o_proj",)),
+            ("ffn_norm", ("gate_proj", "up_proj")), ("up_proj", ("down_proj",))]
+    if n_kv != 4:   # GQA: o's inputs repeat v's heads, no v -> o balance point
+        del want[1]
+    assert smoothing.mappings(layer) == want

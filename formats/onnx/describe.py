@@ -30,7 +30,7 @@ def describe_onnx(path) -> dict[str, Any]:
     import onnx
     from onnx import TensorProto
 
-    from quantconv.formats.models import LINEAR
+    from quantconv.formats.models import tensor_kind
     from quantconv.formats.onnx.io import FORMAT
 
     path = os.fspath(path)
@@ -60,7 +60,7 @@ def describe_onnx(path) -> dict[str, Any]:
             "bits_per_weight": size * 8 / n_el, "elements": n_el, "fallback": e.get("fallback"),
             "initializers": {n: {"type": TensorProto.DataType.Name(t.data_type), "shape": list(t.dims), "bytes": _nbytes(t)}
                              for n, t in own.items()}})
-    linear = [t for t in tensors if LINEAR.match(t["name"])]
+    linear = [t for t in tensors if tensor_kind(t["name"]) == "linear"]
     rest = sum(_nbytes(t) for n, t in inits.items() if not any(n == w or n.startswith(w + ".") for w in encs))
 
     def bpw(ts):

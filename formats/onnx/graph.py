@@ -18,7 +18,7 @@ from contextlib import contextmanager
 import numpy as np
 from onnx import TensorProto, helper
 
-from quantconv.formats.models import unpermute_qk
+from quantconv.formats.models import arch_for_gguf, tensor_kind, unpermute_qk
 from quantconv.errors import QuantconvError
 from quantconv.formats.onnx.encodings import (Encoded, embedding_nodes, encode, linear_nodes, matmulnbits_problem,
                                                tied_head_nodes)
@@ -110,6 +110,7 @@ class DecoderBuilder:
 
     def __init__(self, f, cfg: dict, flavor: str, progress=None, fused: bool = True):
         self.f, self.cfg, self.flavor, self.progress, self.fused = f, cfg, flavor, progress, fused
+        self.arch = arch_for_gguf(cfg["arch"])   # tensor names by role (models.yaml)
         self.g = GraphBuilder()
         self.encodings: dict[str, dict] = {}
         if cfg["rope_dim"] != cfg["head_dim"]:
@@ -117,15 +118,19 @@ class DecoderBuilder:
                                  f"{cfg['head_dim']}) is not supported by the ONNX export")
 
     # ---- weights -------------------------------------------------------------------------------
+    def name(self, role: str, i: int | None = None) -> str:
+        """The GGUF name of a role's tensor (of layer i)."""
+        return self.arch.role(role).gguf_name(i)
+
     def _row_perm(self, name: str):
-        """GGUF -> HF row order of q/k (llama arch only), as an index array over rows."""
+        """GGUF -> HF row order of the q/k heads roles (norm-style RoPE only), as an index array over rows."""
         if self.cfg["rope_style"] != "norm":
             return None
-        for part, heads in ((".attn_q.", self.cfg["n_head"]), (".attn_k.", self.cfg["n_head_kv"])):
-            if part in name:
-                rows = self.f.tensor(name).shape[0]
-                return unpermute_qk(np.arange(rows), heads)
-        return None
+        found = self.arch.role_of_gguf(name)
+        heads = {"q": self.cfg["n_head"], "kv": self.cfg["n_head_kv"]}.get(found[0].heads) if found else None
+        if heads is None:
+            return None
+        return unpermute_qk(np.arange(self.f.tensor(name).shape[0]), heads)
 
     def weight(self, name: str, orient: str) -> Encoded:
         t = self.f.tensor(name)
@@ -178,11 +183,11 @@ class DecoderBuilder:
                                                              ["batch_size", nkv, "total_sequence_length", hd]))
 
         # token embedding: the codes and scales of the ids' rows, dequantized (not the whole table)
-        emb = self.weight("token_embd.weight", "nk")
+        emb = self.weight(self.name("token_embd"), "nk")
         h = embedding_nodes(g, "input_ids", emb)
 
         # RoPE angles from position_ids: (B, S, hd/2) for RotaryEmbedding, (B, 1, S, hd) for the basic form
-        rope_freqs = self.f.dequantize("rope_freqs.weight") if "rope_freqs.weight" in self.f else None
+        rope_freqs = self.f.dequantize(self.name("rope_freqs")) if self.name("rope_freqs") in self.f else None
         pos = g.op("Unsqueeze", [g.op("Cast", ["position_ids"], to=F), g.ints(-1)])
         freqs = g.op("Mul", [pos, g.const(_inv_freq(c, rope_freqs))])
         if self.fused:
@@ -204,9 +209,10 @@ class DecoderBuilder:
         mask = g.op("Where", [g.op("And", [causal, keep]), g.const(np.float32(0)), g.const(np.float32(NEG))])
 
         for i in range(L):
-            p = f"blk.{i}."
-            x = self.rmsnorm(h, p + "attn_norm.weight")
-            q, k, v = (self.linear(x, p + f"{n}.weight", p + f"{n}.bias") for n in ("attn_q", "attn_k", "attn_v"))
+            n = lambda role: self.name(role, i)   # noqa: E731
+            x = self.rmsnorm(h, n("attn_norm"))
+            q, k, v = (self.linear(x, n(w), n(b)) for w, b in (("attn_q", "attn_q_bias"), ("attn_k", "attn_k_bias"),
+                                                                 ("attn_v", "attn_v_bias")))
             past, present = [f"past_key_values.{i}.{t}" for t in ("key", "value")], [f"present.{i}.{t}" for t in ("key", "value")]
             if self.fused:   # (B, S, heads*hd) in and out; the caches (B, n_kv, T, hd)
                 q = g.op("RotaryEmbedding", [q, cos, sin], num_heads=nh, interleaved=0)
@@ -215,17 +221,17 @@ class DecoderBuilder:
                            q_num_heads=nh, kv_num_heads=nkv, scale=float(1.0 / np.sqrt(hd)))[0]
             else:
                 ctx = _attention_basic(g, q, k, v, cos, sin, mask, past, present, nh, nkv, hd)
-            h = g.op("Add", [h, self.linear(ctx, p + "attn_output.weight", p + "attn_output.bias")])
+            h = g.op("Add", [h, self.linear(ctx, n("attn_output"), n("attn_output_bias"))])
 
-            x = self.rmsnorm(h, p + "ffn_norm.weight")
-            gate = self.linear(x, p + "ffn_gate.weight")
-            up = self.linear(x, p + "ffn_up.weight")
+            x = self.rmsnorm(h, n("ffn_norm"))
+            gate = self.linear(x, n("ffn_gate"))
+            up = self.linear(x, n("ffn_up"))
             act = g.op("Mul", [g.op("Mul", [gate, g.op("Sigmoid", [gate])]), up])
-            h = g.op("Add", [h, self.linear(act, p + "ffn_down.weight")])
+            h = g.op("Add", [h, self.linear(act, n("ffn_down"))])
 
-        x = self.rmsnorm(h, "output_norm.weight")
-        if "output.weight" in self.f:
-            logits = self.linear(x, "output.weight")
+        x = self.rmsnorm(h, self.name("output_norm"))
+        if self.name("output") in self.f:
+            logits = self.linear(x, self.name("output"))
         else:   # tied embeddings: the token table's own initializers, as a (constant-folded) float head
             logits = tied_head_nodes(g, x, emb)
         g.op("Identity", [logits], ["logits"])
@@ -246,7 +252,7 @@ def check_flavor(tensors, flavor: str) -> None:
     if flavor != "ort":
         return
     for name, shape, dtype in tensors:
-        if len(shape) == 2 and name != "token_embd.weight" and dtype is not None and dtype.family != "float":
+        if len(shape) == 2 and tensor_kind(name) != "embedding" and dtype is not None and dtype.family != "float":
             why = matmulnbits_problem(dtype, shape[1])
             if why:
                 raise ort_flavor_error(name, why)
