@@ -16,11 +16,7 @@ import numpy as np
 
 from quantconv.errors import QuantconvError
 from quantconv.formats.gguf_reader import GGUFFile
-from quantconv.formats.model_config import FIX as _FIX, model_config
-
-LAYER_TENSORS = ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up",
-                 "ffn_down")
-OPTIONAL_LAYER_TENSORS = ("attn_q.bias", "attn_k.bias", "attn_v.bias", "attn_output.bias")
+from quantconv.formats.model_config import FIX as _FIX, file_arch, model_config
 
 
 def _ext():
@@ -31,22 +27,26 @@ def _ext():
     return _ext
 
 
-def model_tensors(f: GGUFFile, n_layer: int) -> dict[str, tuple[dict, np.ndarray, tuple[int, ...]]]:
-    """name -> (type descriptor, zero-copy 1-D uint8 view of the bytes, numpy shape) for the engine."""
-    names = ["token_embd.weight", "output_norm.weight"]
-    names += [n for n in ("output.weight", "rope_freqs.weight") if n in f]
-    for i in range(n_layer):
-        names += [f"blk.{i}.{t}.weight" for t in LAYER_TENSORS]
-        names += [f"blk.{i}.{t}" for t in OPTIONAL_LAYER_TENSORS if f"blk.{i}.{t}" in f]
+def model_tensors(f: GGUFFile, n_layer: int) -> dict[str, tuple[dict, np.ndarray, tuple[int, ...], str]]:
+    """The file's tensors for the engine, keyed by their role in the architecture's models.yaml entry:
+    "token_embd", "output_norm", ... for the model's own, "L{i}.attn_q", ... for layer i's. Each is
+    (type descriptor, zero-copy 1-D uint8 view of the bytes, numpy shape, GGUF name); optional roles the
+    file lacks are left out."""
+    arch = file_arch(f)
+    wanted = [(r.name, r.gguf_name(), r) for r in arch.roles.values() if not r.per_layer]
+    wanted += [(f"L{i}.{r.name}", r.gguf_name(i), r) for i in range(n_layer) for r in arch.roles.values()
+               if r.per_layer]
     out = {}
-    for name in names:
+    for key, name, role in wanted:
         if name not in f:
+            if not arch.required(role):
+                continue
             raise QuantconvError(f"{f.path} has no tensor '{name}'; {_FIX}")
         t = f.tensor(name)
         if t.dtype is None:
             raise QuantconvError(f"{f.path} holds tensor '{name}' as {t.type_name}, which the quantconv engine "
                                  f"can't run; {_FIX}")
-        out[name] = (t.dtype.descriptor(), f.raw(name).reshape(-1), tuple(int(d) for d in t.shape))
+        out[key] = (t.dtype.descriptor(), f.raw(name).reshape(-1), tuple(int(d) for d in t.shape), name)
     return out
 
 

@@ -286,30 +286,58 @@ def parts(built):
     f.close()
 
 
+def test_tensors_reach_the_engine_by_role(parts):
+    """The engine is handed tensors by models.yaml role, each with the file's name for messages."""
+    cfg, tensors = parts
+    assert {"token_embd", "output_norm", "L0.attn_q", "L1.ffn_down"} <= set(tensors)
+    assert tensors["L1.ffn_down"][3] == "blk.1.ffn_down.weight" and tensors["token_embd"][3] == "token_embd.weight"
+    assert not any(k.endswith("_bias") for k in tensors)   # optional roles the file lacks are left out
+    assert len(tensors) == 2 + 9 * cfg["n_layer"] + ("output" in tensors)
+
+
 def test_missing_tensor_is_named(parts):
     from quantconv import _ext
 
     cfg, tensors = parts
-    del tensors["blk.1.ffn_up.weight"]
-    with pytest.raises(ValueError, match=r"blk\.1\.ffn_up\.weight"):
+    del tensors["L1.ffn_up"]
+    with pytest.raises(ValueError, match=r"no tensor for role 'L1\.ffn_up'"):
         _ext.Model(cfg, tensors, 16, 1)
+
+
+def test_missing_tensor_in_the_file_is_named(built, tmp_path):
+    """A file without a required tensor is refused naming it (the tensor's GGUF name, from models.yaml)."""
+    import gguf
+
+    with GGUFFile(built("llama")[1]) as f:
+        w = gguf.GGUFWriter(str(tmp_path / "m.gguf"), "llama")
+        for key in ("embedding_length", "block_count", "feed_forward_length", "attention.head_count"):
+            w.add_uint32(f"llama.{key}", f.kv[f"llama.{key}"])
+        for t in f.tensors:
+            if t.name != "blk.1.ffn_up.weight":
+                w.add_tensor(t.name, f.dequantize(t.name))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(QuantconvError, match=r"has no tensor 'blk\.1\.ffn_up\.weight'; re-export it with quantconv"):
+        Engine(tmp_path / "m.gguf")
 
 
 def test_wrong_shape_is_named(parts):
     from quantconv import _ext
 
     cfg, tensors = parts
-    desc, data, shape = tensors["blk.0.attn_k.weight"]
-    tensors["blk.0.attn_k.weight"] = (desc, data, (shape[0] // 2, shape[1] * 2))
+    desc, data, shape, name = tensors["L0.attn_k"]
+    tensors["L0.attn_k"] = (desc, data, (shape[0] // 2, shape[1] * 2), name)
     with pytest.raises(ValueError, match=r"blk\.0\.attn_k\.weight.*shape"):
         _ext.Model(cfg, tensors, 16, 1)
-    tensors["blk.0.attn_k.weight"] = (desc, data[:-4], shape)
-    with pytest.raises(ValueError, match=r"blk\.0\.attn_k\.weight.*bytes"):
+    tensors["L0.attn_k"] = (desc, data[:-4], shape)   # without a name: messages use the key
+    with pytest.raises(ValueError, match=r"'L0\.attn_k'.*bytes"):
         _ext.Model(cfg, tensors, 16, 1)
 
 
 @pytest.mark.parametrize("change, match", [
-    ({"arch": "gpt2"}, "architecture 'gpt2'"),
+    ({"rope_style": None}, "rope_style"),
     ({"n_head_kv": 3}, "n_head_kv"),
     ({"n_head": 3, "head_dim": None}, "divisible"),
     ({"rope_dim": 7}, "rope_dim"),
@@ -332,10 +360,10 @@ def test_corrupt_block_scale_is_refused(built, tmp_path):
     with GGUFFile(out) as f:
         cfg = model_config(f)
         tensors = model_tensors(f, cfg["n_layer"])
-        desc, data, shape = tensors["blk.1.ffn_down.weight"]
+        desc, data, shape, name = tensors["L1.ffn_down"]
         bad = data.copy()
         bad[17 * 3] = 255  # the E8M0 scale of block 3 of row 0: NaN
-        tensors["blk.1.ffn_down.weight"] = (desc, bad, shape)
+        tensors["L1.ffn_down"] = (desc, bad, shape, name)
         with pytest.raises(ValueError, match=r"blk\.1\.ffn_down\.weight.*E8M0"):
             _ext.Model(cfg, tensors, 16, 1)
 

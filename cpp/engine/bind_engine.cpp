@@ -1,13 +1,15 @@
 // quantconv._ext.Model: the C++ engine for Python (runtime/engine.py builds its arguments from a
 // GGUF file).
 //
-//   Model(config: dict, tensors: dict[str, (descriptor: dict, data: uint8 array, shape: tuple)],
+//   Model(config: dict, tensors: dict[str, (descriptor: dict, data: uint8 array, shape: tuple[, name: str])],
 //         n_ctx: int, n_threads: int)
 //   .eval(tokens: int32 array, all_logits=False) -> float32 (T, n_vocab) | (n_vocab,)
 //   .reset(), .set_threads(n), .n_past, .n_ctx, .n_threads, .n_vocab
 //
-// config keys: arch ("llama" | "qwen2"), n_embd, n_layer, n_head, n_head_kv, n_ff, n_vocab, head_dim,
-// rope_dim, rope_base, rope_style ("norm" | "neox"), rope_scale (1.0), rms_eps, and optionally
+// tensors are keyed by role (engine/model.h: "token_embd", "L0.attn_q", ...); name is the file's name
+// for the tensor, used in messages (default: the key).
+// config keys: n_embd, n_layer, n_head, n_head_kv, n_ff, n_vocab, head_dim, rope_dim, rope_base,
+// rope_style ("norm" | "neox": models.yaml's, per architecture), rope_scale (1.0), rms_eps, and optionally
 // kv_type ("f32" | "f16", default f32), n_batch (256), validate (True), exact (False: force the kernels'
 // exact float32 path during this model's evals; the process-wide switch is restored afterwards).
 // The data arrays are views of the memory-mapped file: the Model keeps references to them.
@@ -71,7 +73,6 @@ std::string cfg_str(const nb::dict& cfg, const char* key, const std::string& fal
 
 e::Config config_from_dict(const nb::dict& d) {
     e::Config c;
-    c.arch = cfg_str(d, "arch", "");
     c.n_embd = cfg_int(d, "n_embd", 0, true);
     c.n_layer = cfg_int(d, "n_layer", 0, true);
     c.n_head = cfg_int(d, "n_head", 0, true);
@@ -83,7 +84,7 @@ e::Config config_from_dict(const nb::dict& d) {
     c.rope_base = cfg_float(d, "rope_base", 10000.0);
     c.rope_scale = cfg_float(d, "rope_scale", 1.0);
     c.rms_eps = cfg_float(d, "rms_eps", 1e-6);
-    const std::string style = cfg_str(d, "rope_style", c.arch == "qwen2" ? "neox" : "norm");
+    const std::string style = cfg_str(d, "rope_style", "");
     if (style == "norm") c.rope_style = e::RopeStyle::Norm;
     else if (style == "neox") c.rope_style = e::RopeStyle::Neox;
     else throw nb::value_error(("config 'rope_style' must be 'norm' or 'neox', got '" + style + "'").c_str());
@@ -108,8 +109,8 @@ void model_init(PyModel* self, const nb::dict& config, const nb::dict& tensors, 
     for (auto [key, item] : tensors) {
         const std::string name = nb::str(key).c_str();
         nb::tuple tup;
-        if (!nb::try_cast<nb::tuple>(item, tup) || nb::len(tup) != 3)
-            throw nb::type_error(("tensor '" + name + "': expected a (descriptor, data, shape) tuple").c_str());
+        if (!nb::try_cast<nb::tuple>(item, tup) || nb::len(tup) < 3 || nb::len(tup) > 4)
+            throw nb::type_error(("tensor '" + name + "': expected a (descriptor, data, shape[, name]) tuple").c_str());
         nb::dict desc;
         if (!nb::try_cast<nb::dict>(tup[0], desc))
             throw nb::type_error(("tensor '" + name + "': the descriptor must be a dict").c_str());
@@ -117,19 +118,20 @@ void model_init(PyModel* self, const nb::dict& config, const nb::dict& tensors, 
         if (!nb::try_cast<ByteArray>(tup[1], data, false))
             throw nb::type_error(("tensor '" + name + "': the data must be a C-contiguous uint8 numpy array").c_str());
         e::TensorView tv;
+        tv.name = nb::len(tup) == 4 ? std::string(nb::str(tup[3]).c_str()) : name;
         const q::Descriptor d = quantconv::py::descriptor_from_dict(desc);
         tv.spec = q::descriptor_spec(d);
         try {
             tv.type = q::params_from_descriptor(d);
         } catch (const std::exception& ex) {
-            throw nb::value_error(("tensor '" + name + "' (type '" + tv.spec + "'): " + ex.what()).c_str());
+            throw nb::value_error(("tensor '" + tv.name + "' (type '" + tv.spec + "'): " + ex.what()).c_str());
         }
         tv.data = data.data();
         tv.nbytes = data.size();
         for (nb::handle h : tup[2]) {
             int64_t dim;
             if (!nb::try_cast<int64_t>(h, dim) || dim < 0)
-                throw nb::value_error(("tensor '" + name + "': the shape must hold non-negative integers").c_str());
+                throw nb::value_error(("tensor '" + tv.name + "': the shape must hold non-negative integers").c_str());
             tv.shape.push_back(dim);
         }
         views.emplace(name, std::move(tv));

@@ -117,11 +117,16 @@ namespace {
 
 // ---- construction helpers -----------------------------------------------------------------------
 
-const TensorView& need(const std::map<std::string, TensorView>& t, const std::string& name) {
-    auto it = t.find(name);
-    if (it == t.end()) fail("the model has no tensor '" + name + "'");
+using Tensors = std::map<std::string, TensorView>;
+
+const TensorView& need(const Tensors& t, const std::string& role) {
+    auto it = t.find(role);
+    if (it == t.end()) fail("the model has no tensor for role '" + role + "'");
     return it->second;
 }
+
+// The key of layer i's tensor of a role: "L3.attn_q".
+std::string layer_key(int64_t i, const char* role) { return "L" + std::to_string(i) + "." + role; }
 
 void check_bytes(const std::string& name, const TensorView& tv, int64_t rows, int64_t cols) {
     int64_t rb = 0;
@@ -137,8 +142,9 @@ void check_bytes(const std::string& name, const TensorView& tv, int64_t rows, in
     if (!tv.data && need_bytes) fail("tensor '" + name + "' has no data");
 }
 
-Weight matrix(const std::map<std::string, TensorView>& t, const std::string& name, int64_t rows, int64_t cols) {
-    const TensorView& tv = need(t, name);
+Weight matrix(const Tensors& t, const std::string& role, int64_t rows, int64_t cols) {
+    const TensorView& tv = need(t, role);
+    const std::string& name = tv.name;
     if (tv.shape.size() != 2 || tv.shape[0] != rows || tv.shape[1] != cols)
         fail("tensor '" + name + "' has shape " + shape_str(tv.shape) + ", expected (" + std::to_string(rows) + ", " +
              std::to_string(cols) + ")");
@@ -161,8 +167,9 @@ Weight matrix(const std::map<std::string, TensorView>& t, const std::string& nam
 }
 
 // A 1-D tensor decoded to floats (norm weights, biases, rope factors).
-std::vector<float> vector_of(const std::map<std::string, TensorView>& t, const std::string& name, int64_t n) {
-    const TensorView& tv = need(t, name);
+std::vector<float> vector_of(const Tensors& t, const std::string& role, int64_t n) {
+    const TensorView& tv = need(t, role);
+    const std::string& name = tv.name;
     if (!(tv.shape.size() == 1 && tv.shape[0] == n) && !(tv.shape.size() == 2 && tv.shape[0] == 1 && tv.shape[1] == n))
         fail("tensor '" + name + "' has shape " + shape_str(tv.shape) + ", expected (" + std::to_string(n) + ",)");
     check_bytes(name, tv, 1, n);
@@ -176,9 +183,9 @@ std::vector<float> vector_of(const std::map<std::string, TensorView>& t, const s
     return out;
 }
 
-std::vector<float> optional_vector(const std::map<std::string, TensorView>& t, const std::string& name, int64_t n) {
-    if (t.find(name) == t.end()) return {};
-    return vector_of(t, name, n);
+std::vector<float> optional_vector(const Tensors& t, const std::string& role, int64_t n) {
+    if (t.find(role) == t.end()) return {};
+    return vector_of(t, role, n);
 }
 
 // ---- numerics -------------------------------------------------------------------------------------
@@ -194,11 +201,9 @@ void rms_norm(const float* x, const float* w, float* out, int64_t n, double eps)
 
 // ---- Model ----------------------------------------------------------------------------------------
 
-Model::Model(const Config& config, const std::map<std::string, TensorView>& tensors, int64_t n_ctx, int n_threads)
+Model::Model(const Config& config, const Tensors& tensors, int64_t n_ctx, int n_threads)
     : cfg_(config), n_ctx_(n_ctx), impl_(std::make_unique<Impl>()) {
     Config& c = cfg_;
-    if (c.arch != "llama" && c.arch != "qwen2")
-        fail("unsupported architecture '" + c.arch + "' (the engine runs llama and qwen2)");
     auto positive = [](const char* key, int64_t v) {
         if (v <= 0) fail(std::string("config '") + key + "' must be positive, got " + std::to_string(v));
     };
@@ -238,26 +243,26 @@ Model::Model(const Config& config, const std::map<std::string, TensorView>& tens
     const int64_t E = c.n_embd, hd = c.head_dim, nq = c.n_head * hd, nkv = c.n_head_kv * hd, F = c.n_ff;
 
     // ---- weights
-    m.tok_embd = matrix(tensors, "token_embd.weight", c.n_vocab, E);
-    m.output_norm = vector_of(tensors, "output_norm.weight", E);
-    m.output = tensors.count("output.weight") ? matrix(tensors, "output.weight", c.n_vocab, E) : m.tok_embd;
+    m.tok_embd = matrix(tensors, "token_embd", c.n_vocab, E);
+    m.output_norm = vector_of(tensors, "output_norm", E);
+    m.output = tensors.count("output") ? matrix(tensors, "output", c.n_vocab, E) : m.tok_embd;
     m.layers.resize(static_cast<size_t>(c.n_layer));
     for (int64_t i = 0; i < c.n_layer; ++i) {
         LayerW& L = m.layers[static_cast<size_t>(i)];
-        const std::string b = "blk." + std::to_string(i) + ".";
-        L.attn_norm = vector_of(tensors, b + "attn_norm.weight", E);
-        L.ffn_norm = vector_of(tensors, b + "ffn_norm.weight", E);
-        L.q = matrix(tensors, b + "attn_q.weight", nq, E);
-        L.k = matrix(tensors, b + "attn_k.weight", nkv, E);
-        L.v = matrix(tensors, b + "attn_v.weight", nkv, E);
-        L.o = matrix(tensors, b + "attn_output.weight", E, nq);
-        L.gate = matrix(tensors, b + "ffn_gate.weight", F, E);
-        L.up = matrix(tensors, b + "ffn_up.weight", F, E);
-        L.down = matrix(tensors, b + "ffn_down.weight", E, F);
-        L.bq = optional_vector(tensors, b + "attn_q.bias", nq);
-        L.bk = optional_vector(tensors, b + "attn_k.bias", nkv);
-        L.bv = optional_vector(tensors, b + "attn_v.bias", nkv);
-        L.bo = optional_vector(tensors, b + "attn_output.bias", E);
+        auto key = [i](const char* role) { return layer_key(i, role); };
+        L.attn_norm = vector_of(tensors, key("attn_norm"), E);
+        L.ffn_norm = vector_of(tensors, key("ffn_norm"), E);
+        L.q = matrix(tensors, key("attn_q"), nq, E);
+        L.k = matrix(tensors, key("attn_k"), nkv, E);
+        L.v = matrix(tensors, key("attn_v"), nkv, E);
+        L.o = matrix(tensors, key("attn_output"), E, nq);
+        L.gate = matrix(tensors, key("ffn_gate"), F, E);
+        L.up = matrix(tensors, key("ffn_up"), F, E);
+        L.down = matrix(tensors, key("ffn_down"), E, F);
+        L.bq = optional_vector(tensors, key("attn_q_bias"), nq);
+        L.bk = optional_vector(tensors, key("attn_k_bias"), nkv);
+        L.bv = optional_vector(tensors, key("attn_v_bias"), nkv);
+        L.bo = optional_vector(tensors, key("attn_output_bias"), E);
         L.k_shares_q = same_type(L.k.p, L.q.p);
         L.v_shares_q = same_type(L.v.p, L.q.p);
         L.v_shares_k = same_type(L.v.p, L.k.p);
@@ -267,10 +272,10 @@ Model::Model(const Config& config, const std::map<std::string, TensorView>& tens
     // ---- RoPE tables: theta(pos, i) = pos * inv_freq[i], as transformers computes it in float32
     const int64_t half = c.rope_dim / 2;
     std::vector<float> factors;
-    if (tensors.count("rope_freqs.weight")) {
-        factors = vector_of(tensors, "rope_freqs.weight", half);
+    if (tensors.count("rope_freqs")) {
+        factors = vector_of(tensors, "rope_freqs", half);
         for (float f : factors)
-            if (!(f > 0.0f)) fail("tensor 'rope_freqs.weight' holds a factor that is not positive");
+            if (!(f > 0.0f)) fail("tensor '" + tensors.at("rope_freqs").name + "' holds a factor that is not positive");
     }
     std::vector<float> inv_freq(static_cast<size_t>(half));
     for (int64_t i = 0; i < half; ++i) {

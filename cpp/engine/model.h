@@ -2,10 +2,16 @@
 //
 // Per layer: RMSNorm -> Q, K, V projections (+ optional biases) -> RoPE -> grouped-query attention
 // over a KV cache -> output projection (+ optional bias) -> residual -> RMSNorm -> SwiGLU MLP (gate,
-// up, down) -> residual; then the final RMSNorm and the output head (output.weight, or the token
+// up, down) -> residual; then the final RMSNorm and the output head (the `output` role, or the token
 // embedding when tied). Weights are never dequantized into memory: every projection goes through
 // kernels::matvec (one token) or kernels::matmul (a batch of tokens), split over a thread pool by
 // output rows. The weight bytes belong to the caller (a memory-mapped file) and must outlive the Model.
+//
+// Tensors are handed in by role, the names models.yaml gives them (the file's tensor names are the
+// caller's business, kept only for messages): "token_embd", "output_norm", "output" (absent: tied),
+// "rope_freqs" (optional), and per layer i "L<i>.attn_norm", "L<i>.attn_q", "L<i>.attn_k", "L<i>.attn_v",
+// "L<i>.attn_output", "L<i>.ffn_norm", "L<i>.ffn_gate", "L<i>.ffn_up", "L<i>.ffn_down" and the optional
+// "L<i>.attn_q_bias", "L<i>.attn_k_bias", "L<i>.attn_v_bias", "L<i>.attn_output_bias".
 #pragma once
 
 #include <atomic>
@@ -28,7 +34,6 @@ enum class RopeStyle : uint8_t {
 enum class KvType : uint8_t { F32, F16 };
 
 struct Config {
-    std::string arch;  // "llama" | "qwen2"
     int64_t n_embd = 0, n_layer = 0, n_head = 0, n_head_kv = 0, n_ff = 0, n_vocab = 0;
     int64_t head_dim = 0;  // 0: n_embd / n_head
     int64_t rope_dim = 0;  // 0: head_dim
@@ -45,6 +50,7 @@ struct Config {
 
 // One tensor of the file: its type, its bytes and its shape in numpy order ((rows, cols) or (n,)).
 struct TensorView {
+    std::string name;        // the file's name for it (messages, QUANTCONV_EXACT_TENSORS)
     quant::TypeParams type;  // prepared
     std::string spec;        // for messages
     const uint8_t* data = nullptr;
@@ -54,8 +60,9 @@ struct TensorView {
 
 class Model {
    public:
-    // Validates the config and every tensor the model needs (presence, shape, size, and the data of
-    // block types: E8M0 255, non-finite fp16 scales); throws std::runtime_error naming the tensor.
+    // tensors: role key -> view (see the top of this file). Validates the config and every tensor the
+    // model needs (presence, shape, size, and the data of block types: E8M0 255, non-finite fp16
+    // scales); throws std::runtime_error naming the tensor.
     Model(const Config& config, const std::map<std::string, TensorView>& tensors, int64_t n_ctx, int n_threads);
     ~Model();
     Model(const Model&) = delete;
