@@ -52,7 +52,7 @@ def imports_of(module: str, path: Path) -> list[tuple[int, str]]:
                 base = ".".join(anchor + ([base] if base else []))
             # `from quantconv import convert` imports the subpackage
             found += [(node.lineno, f"{base}.{a.name}" if base == "quantconv" else base) for a in node.names]
-    return found
+    return sorted(set(found))   # `from m import a, b` names m once
 
 
 def violations(root: Path = ROOT) -> list[str]:
