@@ -26,3 +26,17 @@ if ! python -c "import llama_cpp" 2>/dev/null || { [ -n "$CMAKE_EXTRA" ] && inst
   fi
   python -m pip install -q --force-reinstall --no-deps "$WHEELS"/llama_cpp_python-0.3.36-*.whl
 fi
+# llama.cpp's own sources from the same sdist, for what the tests compare against beyond the library:
+# its HF->GGUF converter (conversion/, gguf-py/) and its vocabulary test files (models/ggml-vocab-*).
+SRC="${QUANTCONV_PEER_SRC:-$HOME/.cache/quantconv-peers}/llama.cpp-0.3.36"
+if [ ! -f "$SRC/convert_hf_to_gguf.py" ]; then
+  tmp=$(mktemp -d)
+  python -m pip download -q --no-deps --no-binary llama-cpp-python --no-build-isolation -d "$tmp" llama-cpp-python==0.3.36
+  tar -xzf "$tmp"/llama_cpp_python-0.3.36.tar.gz -C "$tmp" \
+    --wildcards 'llama_cpp_python-0.3.36/vendor/llama.cpp/convert_hf_to_gguf.py' \
+    'llama_cpp_python-0.3.36/vendor/llama.cpp/conversion/*' 'llama_cpp_python-0.3.36/vendor/llama.cpp/gguf-py/*' \
+    'llama_cpp_python-0.3.36/vendor/llama.cpp/models/ggml-vocab-*'
+  mkdir -p "$(dirname "$SRC")"
+  rm -rf "$SRC.part" && mv "$tmp"/llama_cpp_python-0.3.36/vendor/llama.cpp "$SRC.part" && mv "$SRC.part" "$SRC"
+  rm -rf "$tmp"
+fi
