@@ -1,12 +1,25 @@
-"""The decoder (llama / mistral / qwen2: RMSNorm, RoPE, GQA attention with KV cache, SwiGLU) as an ONNX
-graph written node by node with onnx.helper, from a quantconv GGUF file.
+"""The decoder (RMSNorm, RoPE, GQA attention with KV cache, gated MLP) as an ONNX graph written node by node
+with onnx.helper, from a quantconv GGUF file and its runtime config (formats/model_config.py). Besides the
+llama / mistral / qwen2 decoder it covers what the other families of models.yaml add: per-head q/k RMSNorm
+(qwen3, gemma3), norms after attention and MLP and a scaled embedding (gemma), GeGLU (tanh GELU),
+sliding-window layers with their own RoPE base, attention and final-logit soft-capping, a query scale,
+partial rotary and LongRoPE factors (phi3), fused qkv / gate_up projections (one MatMul, then Split).
 
 Inputs/outputs follow optimum / onnxruntime-genai: input_ids, attention_mask, position_ids,
 past_key_values.{i}.key|value -> logits, present.{i}.key|value, caches [batch, n_kv_heads, seq, head_dim].
 Norms, RoPE and attention are the standard opset-23/24 RMSNormalization, RotaryEmbedding (rotate_half
-form, cos/sin from position_ids) and Attention (GQA, past/present, an additive causal + padding mask);
-`fused=False` writes the same math in basic operators (Split/Concat RoPE, MatMul/Softmax attention) for
-runtimes without those ops. Both are within 1e-3 of transformers' logits in float32 (tests/test_onnx.py).
+form, cos/sin from position_ids; `rotary_embedding_dim` for partial rotary) and Attention (GQA,
+past/present, an additive causal + padding [+ sliding window] mask, `softcap`), all implemented by
+onnxruntime 1.32's CPU provider (its Attention caps the scores before adding the mask, as transformers
+does); `fused=False` writes the same math in basic operators (Split/Concat RoPE, MatMul/Softmax attention)
+for runtimes without those ops. Both are within 1e-3 of transformers' logits in float32 (tests/test_onnx.py,
+tests/test_onnx_families.py).
+
+Sliding-window layers keep the whole cache (present = past + new, like every layer) and mask the keys
+more than `swa_window - 1` positions back. LongRoPE picks its long factors when the largest position id
+reaches the original context (transformers' and onnxruntime-genai's rule, decided per run from
+position_ids); quantconv's engine, like llama.cpp, decides once from n_ctx: the two agree whenever the
+context stays within the original one.
 
 RoPE is HF's rotate_half form: llama-arch GGUFs store q/k rows permuted for llama.cpp's interleaved
 RoPE, so those rows are put back in HF order here (rows move with their blocks: codes stay exact).
@@ -72,37 +85,68 @@ def _rmsnorm(g: GraphBuilder, x: str, weight: str, eps: float) -> str:
     return g.op("Mul", [g.op("Mul", [x, inv]), weight])
 
 
-def _rotate(g: GraphBuilder, x: str, cos: str, sin: str) -> str:
-    """x * cos + rotate_half(x) * sin, rotate_half = concat(-x2, x1) of the head_dim halves."""
+def _rotate(g: GraphBuilder, x: str, cos: str, sin: str, hd: int, rot_dim: int) -> str:
+    """x * cos + rotate_half(x) * sin, rotate_half = concat(-x2, x1) of the head_dim halves. Partial rotary
+    (rot_dim < hd): the first rot_dim dims of each head turn (pairs i, i + rot_dim/2), the rest pass."""
+    if rot_dim < hd:
+        turn, rest = g.op("Split", [x, g.ints(rot_dim, hd - rot_dim)], outputs=2, axis=-1)
+        return g.op("Concat", [_rotate(g, turn, cos, sin, rot_dim, rot_dim), rest], axis=-1)
     x1, x2 = g.op("Split", [x], outputs=2, axis=-1, num_outputs=2)
     rot = g.op("Concat", [g.op("Neg", [x2]), x1], axis=-1)
     return g.op("Add", [g.op("Mul", [x, cos]), g.op("Mul", [rot, sin])])
 
 
-def _attention_basic(g: GraphBuilder, q, k, v, cos, sin, mask, past, present, nh, nkv, hd) -> str:
-    """RoPE + GQA attention in basic operators (the graph before opset-23 Attention), q/k/v (B, S, heads*hd)."""
+def _softcap(g: GraphBuilder, x: str, cap: float) -> str:
+    """cap * tanh(x / cap), in transformers' order of operations."""
+    c = g.const(np.float32(cap))
+    return g.op("Mul", [g.op("Tanh", [g.op("Div", [x, c])]), c])
+
+
+def _gelu_tanh(g: GraphBuilder, x: str) -> str:
+    """0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))): GELU's tanh approximation in basic operators."""
+    cube = g.op("Mul", [x, g.op("Mul", [x, x])])
+    inner = g.op("Mul", [g.const(np.float32(np.sqrt(2.0 / np.pi))),
+                         g.op("Add", [x, g.op("Mul", [g.const(np.float32(0.044715)), cube])])])
+    return g.op("Mul", [g.op("Mul", [g.const(np.float32(0.5)), x]),
+                        g.op("Add", [g.const(np.float32(1.0)), g.op("Tanh", [inner])])])
+
+
+def _attention_basic(g: GraphBuilder, q, k, v, cos, sin, mask, past, present, nh, nkv, hd, rot_dim: int,
+                     scale: float, softcap: float = 0.0, qk_norm=None) -> str:
+    """RoPE + GQA attention in basic operators (the graph before opset-23 Attention), q/k/v (B, S, heads*hd).
+    qk_norm: None, or a function RMS-normalizing (B, heads, S, hd) per head with the q or k weight."""
     def heads(y: str, n: int) -> str:   # (B, S, n*hd) -> (B, n, S, hd)
         return g.op("Transpose", [g.op("Reshape", [y, g.ints(0, 0, n, hd)])], perm=[0, 2, 1, 3])
 
-    q, k, v = _rotate(g, heads(q, nh), cos, sin), _rotate(g, heads(k, nkv), cos, sin), heads(v, nkv)
+    def normed(y: str, n: int, which: str) -> str:
+        y = heads(y, n)
+        return qk_norm(y, which) if qk_norm else y
+
+    q = _rotate(g, normed(q, nh, "q"), cos, sin, hd, rot_dim)
+    k = _rotate(g, normed(k, nkv, "k"), cos, sin, hd, rot_dim)
+    v = heads(v, nkv)
     k_all = g.op("Concat", [past[0], k], [present[0]], axis=2)
     v_all = g.op("Concat", [past[1], v], [present[1]], axis=2)
     # GQA without copying the cache: q as (B, n_kv, rep, S, hd) against k/v as (B, n_kv, 1, T, hd)
-    q5 = g.op("Reshape", [g.op("Mul", [q, g.const(np.float32(1.0 / np.sqrt(hd)))]), g.ints(0, nkv, nh // nkv, -1, hd)])
+    q5 = g.op("Reshape", [g.op("Mul", [q, g.const(np.float32(scale))]), g.ints(0, nkv, nh // nkv, -1, hd)])
     k5 = g.op("Unsqueeze", [k_all, g.ints(2)])
     v5 = g.op("Unsqueeze", [v_all, g.ints(2)])
-    scores = g.op("Add", [g.op("MatMul", [q5, g.op("Transpose", [k5], perm=[0, 1, 2, 4, 3])]), mask])
+    scores = g.op("MatMul", [q5, g.op("Transpose", [k5], perm=[0, 1, 2, 4, 3])])
+    if softcap:   # before the mask, as transformers' gemma2 (a capped -inf would no longer mask)
+        scores = _softcap(g, scores, softcap)
+    scores = g.op("Add", [scores, mask])
     ctx = g.op("MatMul", [g.op("Softmax", [scores], axis=-1), v5])
     ctx = g.op("Reshape", [ctx, g.ints(0, nh, -1, hd)])
     return g.op("Reshape", [g.op("Transpose", [ctx], perm=[0, 2, 1, 3]), g.ints(0, 0, nh * hd)])
 
 
-def _inv_freq(cfg: dict, rope_freqs: np.ndarray | None) -> np.ndarray:
-    dim, base = cfg["rope_dim"], cfg["rope_base"]
+def _inv_freq(dim: int, base: float, scale: float = 1.0, divisor: np.ndarray | None = None) -> np.ndarray:
+    """RoPE inverse frequencies of `dim` rotated dims; divisor: one factor per frequency (Llama 3's
+    rope_freqs, LongRoPE's long/short factors); scale: linear scaling (positions / factor)."""
     inv = 1.0 / base ** (np.arange(0, dim, 2, dtype=np.float64) / dim)
-    if rope_freqs is not None:      # Llama 3 scaling: a divisor per frequency (rope_freqs.weight)
-        inv = inv / rope_freqs.astype(np.float64)
-    return (inv / cfg["rope_scale"]).astype(np.float32)   # linear scaling: positions / factor
+    if divisor is not None:
+        inv = inv / divisor.astype(np.float64)
+    return (inv / scale).astype(np.float32)
 
 
 class DecoderBuilder:
@@ -113,14 +157,34 @@ class DecoderBuilder:
         self.arch = arch_for_gguf(cfg["arch"])   # tensor names by role (models.yaml)
         self.g = GraphBuilder()
         self.encodings: dict[str, dict] = {}
-        if cfg["rope_dim"] != cfg["head_dim"]:
-            raise QuantconvError(f"{f.path}: partial RoPE (rope dim {cfg['rope_dim']} of head dim "
-                                 f"{cfg['head_dim']}) is not supported by the ONNX export")
+        rd, hd = cfg["rope_dim"], cfg["head_dim"]
+        if not (0 < rd <= hd and rd % 2 == 0):
+            raise QuantconvError(f"{f.path}: rope dimension {rd} must be even and within the head dimension {hd}; "
+                                 "re-export it with quantconv")
+        self.swa_local = self._local_layers()
+
+    def _local_layers(self) -> set[int]:
+        """Indices of the sliding-window layers (none without a window)."""
+        c = self.cfg
+        if not c.get("swa_window"):
+            return set()
+        flags = list(c.get("swa_layers") or [])
+        if len(flags) != c["n_layer"]:
+            raise QuantconvError(f"{self.f.path}: {len(flags)} sliding-window layer flags for {c['n_layer']} layers; "
+                                 "re-export it with quantconv")
+        return {i for i, local in enumerate(flags) if local}
 
     # ---- weights -------------------------------------------------------------------------------
     def name(self, role: str, i: int | None = None) -> str:
         """The GGUF name of a role's tensor (of layer i)."""
         return self.arch.role(role).gguf_name(i)
+
+    def has(self, role: str, i: int | None = None) -> bool:
+        """Whether this architecture has the role and the file has its tensor (optional roles)."""
+        return role in self.arch.roles and self.name(role, i) in self.f
+
+    def opt(self, role: str, i: int | None = None) -> str | None:
+        return self.name(role, i) if self.has(role, i) else None
 
     def _row_perm(self, name: str):
         """GGUF -> HF row order of the q/k heads roles (norm-style RoPE only), as an index array over rows."""
@@ -160,16 +224,74 @@ class DecoderBuilder:
             return self.g.op("RMSNormalization", [x, self.vector(weight)], axis=-1, epsilon=float(self.cfg["rms_eps"]))
         return _rmsnorm(self.g, x, self.vector(weight), self.cfg["rms_eps"])
 
+    def head_norm(self, x: str, weight: str, heads: int) -> str:
+        """RMSNorm over each head of x (B, S, heads*hd): q/k norms (fused graph)."""
+        g, hd = self.g, self.cfg["head_dim"]
+        y = self.rmsnorm(g.op("Reshape", [x, g.ints(0, 0, heads, hd)]), weight)
+        return g.op("Reshape", [y, g.ints(0, 0, heads * hd)])
+
     def linear(self, x: str, name: str, bias: str | None = None) -> str:
         y = linear_nodes(self.g, x, self.weight(name, "kn"))
         if bias and bias in self.f:
             y = self.g.op("Add", [y, self.vector(bias)])
         return y
 
+    def split(self, y: str, sizes: list[int]) -> list[str]:
+        """A fused projection's output (B, S, sum(sizes)) cut into its parts, in row order."""
+        return self.g.op("Split", [y, self.g.ints(*sizes)], outputs=len(sizes), axis=-1)
+
+    def fused_sizes(self, role: str) -> list[int]:
+        """Row counts of a fused linear's parts, in order (models.yaml `split`, via ArchSpec.parts)."""
+        c = self.cfg
+        sizes_of = {"num_attention_heads": c["n_head"], "num_key_value_heads": c["n_head_kv"], "head_dim": c["head_dim"],
+                    "hidden_size": c["n_embd"], "intermediate_size": c["n_ff"]}
+        sizes = [end - start for _, start, end in self.arch.parts(role, sizes_of)]
+        have = self.f.tensor(self.name(role, 0)).shape[0]
+        if not sizes or sum(sizes) != have:
+            raise QuantconvError(f"{self.f.path}: {self.name(role, 0)} has {have} rows, but the parts of {role} need "
+                                 f"{sum(sizes)}; re-export it with quantconv")
+        return sizes
+
+    # ---- RoPE ------------------------------------------------------------------------------------
+    def rope_angles(self, pos: str, inv: str) -> tuple[str, str]:
+        """cos, sin of position * inverse frequency: (B, S, rd/2) for RotaryEmbedding, (B, 1, S, rd) for the
+        basic form; times LongRoPE's attention factor where the file has one."""
+        g = self.g
+        freqs = g.op("Mul", [pos, inv])
+        if self.fused:
+            cos, sin = g.op("Cos", [freqs]), g.op("Sin", [freqs])
+        else:
+            angles = g.op("Unsqueeze", [g.op("Concat", [freqs, freqs], axis=-1), g.ints(1)])
+            cos, sin = g.op("Cos", [angles]), g.op("Sin", [angles])
+        factor = float(self.cfg.get("rope_attn_factor", 1.0))
+        if factor != 1.0:
+            f = g.const(np.float32(factor))
+            cos, sin = g.op("Mul", [cos, f]), g.op("Mul", [sin, f])
+        return cos, sin
+
+    def global_inv_freq(self) -> str:
+        """The inverse frequencies of the full-attention layers: rope_base, linear scaling, Llama 3's
+        rope_freqs, or LongRoPE's long/short factors chosen in the graph from position_ids."""
+        c, g = self.cfg, self.g
+        dim = c["rope_dim"]
+        if self.has("rope_factors_long") and self.has("rope_factors_short"):
+            orig = int(c.get("rope_orig_ctx") or 0)
+            if orig <= 0:
+                raise QuantconvError(f"{self.f.path} has LongRoPE factors but no original context length "
+                                     f"({c['arch']}.rope.scaling.original_context_length); re-export it with quantconv")
+            long_, short = (g.const(_inv_freq(dim, c["rope_base"], c["rope_scale"],
+                                              self.f.dequantize(self.name(r)).reshape(-1)))
+                            for r in ("rope_factors_long", "rope_factors_short"))
+            longest = g.op("ReduceMax", ["position_ids"], keepdims=0)
+            use_long = g.op("GreaterOrEqual", [longest, g.const(np.int64(orig))])
+            return g.op("Where", [use_long, long_, short])
+        rope_freqs = self.f.dequantize(self.name("rope_freqs")) if self.has("rope_freqs") else None
+        return g.const(_inv_freq(dim, c["rope_base"], c["rope_scale"], rope_freqs))
+
     # ---- graph ---------------------------------------------------------------------------------
     def build(self, name: str = "quantconv_decoder"):
         c, g = self.cfg, self.g
-        nh, nkv, hd, L = c["n_head"], c["n_head_kv"], c["head_dim"], c["n_layer"]
+        nh, nkv, hd, L, rd = c["n_head"], c["n_head_kv"], c["head_dim"], c["n_layer"], c["rope_dim"]
         F = TensorProto.FLOAT
         inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch_size", "sequence_length"]),
                   helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch_size", "total_sequence_length"]),
@@ -185,16 +307,18 @@ class DecoderBuilder:
         # token embedding: the codes and scales of the ids' rows, dequantized (not the whole table)
         emb = self.weight(self.name("token_embd"), "nk")
         h = embedding_nodes(g, "input_ids", emb)
+        embd_scale = float(c.get("embd_scale", 1.0))
+        if embd_scale != 1.0:   # gemma: x sqrt(n_embd), rounded to float32 first as transformers does
+            h = g.op("Mul", [h, g.const(np.float32(embd_scale))])
 
-        # RoPE angles from position_ids: (B, S, hd/2) for RotaryEmbedding, (B, 1, S, hd) for the basic form
-        rope_freqs = self.f.dequantize(self.name("rope_freqs")) if self.name("rope_freqs") in self.f else None
+        # RoPE angles from position_ids; sliding-window layers may have their own base (and no scaling)
         pos = g.op("Unsqueeze", [g.op("Cast", ["position_ids"], to=F), g.ints(-1)])
-        freqs = g.op("Mul", [pos, g.const(_inv_freq(c, rope_freqs))])
-        if self.fused:
-            cos, sin = g.op("Cos", [freqs]), g.op("Sin", [freqs])
-        else:
-            angles = g.op("Unsqueeze", [g.op("Concat", [freqs, freqs], axis=-1), g.ints(1)])
-            cos, sin = g.op("Cos", [angles]), g.op("Sin", [angles])
+        rope_global = self.rope_angles(pos, self.global_inv_freq())
+        rope_local = rope_global
+        base_swa = float(c.get("rope_base_swa", c["rope_base"]))
+        if self.swa_local and (base_swa != c["rope_base"] or c["rope_scale"] != 1.0 or self.has("rope_freqs")
+                               or self.has("rope_factors_long")):
+            rope_local = self.rope_angles(pos, g.const(_inv_freq(rd, base_swa)))
 
         # additive mask (B, 1, S, T) [basic form: (B, 1, 1, S, T)]: causal over absolute positions (the past
         # length is the cache's), and attention_mask padding
@@ -206,34 +330,77 @@ class DecoderBuilder:
         causal = g.op("LessOrEqual", [g.op("Unsqueeze", [kpos, g.ints(0)]), g.op("Unsqueeze", [qpos, g.ints(1)])])
         keep = g.op("Unsqueeze", [g.op("Cast", ["attention_mask"], to=TensorProto.BOOL),
                                   g.ints(1, 2) if self.fused else g.ints(1, 2, 3)])
-        mask = g.op("Where", [g.op("And", [causal, keep]), g.const(np.float32(0)), g.const(np.float32(NEG))])
+        visible = g.op("And", [causal, keep])
+        zero, neg = g.const(np.float32(0)), g.const(np.float32(NEG))
+        mask = g.op("Where", [visible, zero, neg])
+        mask_local = mask
+        if self.swa_local:   # a local layer sees the keys less than swa_window positions back
+            back = g.op("Sub", [g.op("Unsqueeze", [qpos, g.ints(1)]), g.op("Unsqueeze", [kpos, g.ints(0)])])
+            near = g.op("Less", [back, g.const(np.int64(c["swa_window"]))])
+            mask_local = g.op("Where", [g.op("And", [g.op("And", [causal, near]), keep]), zero, neg])
 
+        scale = float(c.get("attn_scale") or 0.0) or float(1.0 / np.sqrt(hd))
+        softcap = float(c.get("attn_softcap") or 0.0)
         for i in range(L):
             n = lambda role: self.name(role, i)   # noqa: E731
+            opt = lambda role: self.opt(role, i)   # noqa: E731
+            cos, sin = rope_local if i in self.swa_local else rope_global
+            layer_mask = mask_local if i in self.swa_local else mask
             x = self.rmsnorm(h, n("attn_norm"))
-            q, k, v = (self.linear(x, n(w), n(b)) for w, b in (("attn_q", "attn_q_bias"), ("attn_k", "attn_k_bias"),
-                                                                 ("attn_v", "attn_v_bias")))
+            if self.has("attn_qkv", i):   # phi3: one MatMul, then its q, k, v rows
+                q, k, v = self.split(self.linear(x, n("attn_qkv"), opt("attn_qkv_bias")), self.fused_sizes("attn_qkv"))
+            else:
+                q, k, v = (self.linear(x, n(w), opt(b)) for w, b in (("attn_q", "attn_q_bias"), ("attn_k", "attn_k_bias"),
+                                                                     ("attn_v", "attn_v_bias")))
+            q_norm, k_norm = opt("attn_q_norm"), opt("attn_k_norm")
             past, present = [f"past_key_values.{i}.{t}" for t in ("key", "value")], [f"present.{i}.{t}" for t in ("key", "value")]
             if self.fused:   # (B, S, heads*hd) in and out; the caches (B, n_kv, T, hd)
-                q = g.op("RotaryEmbedding", [q, cos, sin], num_heads=nh, interleaved=0)
-                k = g.op("RotaryEmbedding", [k, cos, sin], num_heads=nkv, interleaved=0)
-                ctx = g.op("Attention", [q, k, v, mask, *past], [g.fresh("Attention"), *present],
-                           q_num_heads=nh, kv_num_heads=nkv, scale=float(1.0 / np.sqrt(hd)))[0]
+                if q_norm:
+                    q = self.head_norm(q, q_norm, nh)
+                if k_norm:
+                    k = self.head_norm(k, k_norm, nkv)
+                partial = {"rotary_embedding_dim": rd} if rd != hd else {}
+                q = g.op("RotaryEmbedding", [q, cos, sin], num_heads=nh, interleaved=0, **partial)
+                k = g.op("RotaryEmbedding", [k, cos, sin], num_heads=nkv, interleaved=0, **partial)
+                capped = {"softcap": softcap} if softcap else {}
+                ctx = g.op("Attention", [q, k, v, layer_mask, *past], [g.fresh("Attention"), *present],
+                           q_num_heads=nh, kv_num_heads=nkv, scale=scale, **capped)[0]
             else:
-                ctx = _attention_basic(g, q, k, v, cos, sin, mask, past, present, nh, nkv, hd)
-            h = g.op("Add", [h, self.linear(ctx, n("attn_output"), n("attn_output_bias"))])
+                norms = {"q": q_norm, "k": k_norm}
+                qk_norm = ((lambda y, which: _rmsnorm(g, y, self.vector(norms[which]), c["rms_eps"]))
+                           if q_norm or k_norm else None)
+                if qk_norm and not (q_norm and k_norm):
+                    raise QuantconvError(f"{self.f.path}: layer {i} has only one of the q/k norms; re-export it with quantconv")
+                ctx = _attention_basic(g, q, k, v, cos, sin, layer_mask, past, present, nh, nkv, hd, rd, scale,
+                                       softcap, qk_norm)
+            out = self.linear(ctx, n("attn_output"), opt("attn_output_bias"))
+            if self.has("attn_post_norm", i):
+                out = self.rmsnorm(out, n("attn_post_norm"))
+            h = g.op("Add", [h, out])
 
             x = self.rmsnorm(h, n("ffn_norm"))
-            gate = self.linear(x, n("ffn_gate"))
-            up = self.linear(x, n("ffn_up"))
-            act = g.op("Mul", [g.op("Mul", [gate, g.op("Sigmoid", [gate])]), up])
-            h = g.op("Add", [h, self.linear(act, n("ffn_down"))])
+            if self.has("ffn_gate_up", i):   # phi3: gate rows first, then up
+                gate, up = self.split(self.linear(x, n("ffn_gate_up")), self.fused_sizes("ffn_gate_up"))
+            else:
+                gate = self.linear(x, n("ffn_gate"))
+                up = self.linear(x, n("ffn_up"))
+            if c.get("ffn_act", "silu") == "gelu_tanh":
+                act = g.op("Gelu", [gate], approximate="tanh") if self.fused else _gelu_tanh(g, gate)
+                act = g.op("Mul", [act, up])
+            else:
+                act = g.op("Mul", [g.op("Mul", [gate, g.op("Sigmoid", [gate])]), up])
+            out = self.linear(act, n("ffn_down"))
+            if self.has("ffn_post_norm", i):
+                out = self.rmsnorm(out, n("ffn_post_norm"))
+            h = g.op("Add", [h, out])
 
         x = self.rmsnorm(h, self.name("output_norm"))
         if self.name("output") in self.f:
             logits = self.linear(x, self.name("output"))
         else:   # tied embeddings: the token table's own initializers, as a (constant-folded) float head
             logits = tied_head_nodes(g, x, emb)
+        if c.get("final_softcap"):
+            logits = _softcap(g, logits, float(c["final_softcap"]))
         g.op("Identity", [logits], ["logits"])
         graph = helper.make_graph(g.nodes, name, inputs, outputs, initializer=g.inits)
         opsets = [helper.make_opsetid("", OPSET)]
