@@ -11,7 +11,10 @@
 // config keys: n_embd, n_layer, n_head, n_head_kv, n_ff, n_vocab, head_dim, rope_dim, rope_base,
 // rope_style ("norm" | "neox": models.yaml's, per architecture), rope_scale (1.0), rms_eps, and optionally
 // kv_type ("f32" | "f16", default f32), n_batch (256), validate (True), exact (False: force the kernels'
-// exact float32 path during this model's evals; the process-wide switch is restored afterwards).
+// exact float32 path during this model's evals; the process-wide switch is restored afterwards), and
+// the family options of formats/model_config.py, each off when absent: embd_scale (1.0), ffn_act
+// ("silu" | "gelu_tanh"), attn_scale (0.0: 1/sqrt(head_dim)), attn_softcap (0.0), final_softcap (0.0),
+// swa_window (0), swa_layers (list of 0/1 per layer), rope_base_swa (rope_base), rope_attn_factor (1.0).
 // The data arrays are views of the memory-mapped file: the Model keeps references to them.
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
@@ -84,6 +87,26 @@ e::Config config_from_dict(const nb::dict& d) {
     c.rope_base = cfg_float(d, "rope_base", 10000.0);
     c.rope_scale = cfg_float(d, "rope_scale", 1.0);
     c.rms_eps = cfg_float(d, "rms_eps", 1e-6);
+    c.rope_attn_factor = cfg_float(d, "rope_attn_factor", 1.0);
+    c.rope_base_swa = cfg_float(d, "rope_base_swa", 0.0);
+    c.embd_scale = cfg_float(d, "embd_scale", 1.0);
+    c.attn_scale = cfg_float(d, "attn_scale", 0.0);
+    c.attn_softcap = cfg_float(d, "attn_softcap", 0.0);
+    c.final_softcap = cfg_float(d, "final_softcap", 0.0);
+    c.swa_window = cfg_int(d, "swa_window", 0, false);
+    nb::object swa = cfg_get(d, "swa_layers");
+    if (!swa.is_none()) {
+        for (nb::handle h : swa) {
+            int64_t flag;
+            if (!nb::try_cast<int64_t>(h, flag) || (flag != 0 && flag != 1))
+                throw nb::value_error("config 'swa_layers' must be a list of 0 or 1 per layer");
+            c.swa_layers.push_back(static_cast<uint8_t>(flag));
+        }
+    }
+    const std::string act = cfg_str(d, "ffn_act", "silu");
+    if (act == "silu") c.ffn_act = e::FfnAct::Silu;
+    else if (act == "gelu_tanh") c.ffn_act = e::FfnAct::GeluTanh;
+    else throw nb::value_error(("config 'ffn_act' must be 'silu' or 'gelu_tanh', got '" + act + "'").c_str());
     const std::string style = cfg_str(d, "rope_style", "");
     if (style == "norm") c.rope_style = e::RopeStyle::Norm;
     else if (style == "neox") c.rope_style = e::RopeStyle::Neox;

@@ -87,6 +87,9 @@ struct LayerW {
     std::vector<float> attn_norm, ffn_norm;
     Weight q, k, v, o, gate, up, down;
     std::vector<float> bq, bk, bv, bo;  // empty: no bias
+    std::vector<float> q_norm, k_norm;  // empty: none; else head_dim weights applied to every head
+    std::vector<float> attn_post_norm, ffn_post_norm;  // empty: none
+    bool swa = false;                   // attends to the last swa_window positions only
     bool k_shares_q = false, v_shares_q = false, v_shares_k = false, up_shares_gate = false;
 };
 
@@ -101,6 +104,7 @@ struct Model::Impl {
     Weight tok_embd, output;
     std::vector<float> output_norm;
     std::vector<float> rope_cos, rope_sin;  // [n_ctx][rope_dim / 2]
+    std::vector<float> rope_cos_swa, rope_sin_swa;  // sliding-window layers' own tables (empty: the above)
     // KV cache: per layer [n_head_kv][n_ctx][head_dim], fp32 or fp16
     Buffer<float> k32, v32;
     Buffer<uint16_t> k16, v16;
@@ -236,6 +240,22 @@ Model::Model(const Config& config, const Tensors& tensors, int64_t n_ctx, int n_
     if (!(c.rope_base > 0.0) || !std::isfinite(c.rope_base)) fail("rope_base must be a positive number");
     if (!(c.rope_scale > 0.0) || !std::isfinite(c.rope_scale)) fail("rope_scale must be a positive number");
     if (!(c.rms_eps >= 0.0) || !std::isfinite(c.rms_eps)) fail("rms_eps must be a non-negative number");
+    if (c.rope_base_swa == 0.0) c.rope_base_swa = c.rope_base;
+    auto finite_at_least = [](const char* key, double v, double lo, bool strict) {
+        if (!std::isfinite(v) || (strict ? !(v > lo) : !(v >= lo)))
+            fail(std::string("config '") + key + "' must be a finite number " + (strict ? "> " : ">= ") +
+                 std::to_string(lo) + ", got " + std::to_string(v));
+    };
+    finite_at_least("rope_base_swa", c.rope_base_swa, 0.0, true);
+    finite_at_least("rope_attn_factor", c.rope_attn_factor, 0.0, true);
+    finite_at_least("embd_scale", c.embd_scale, 0.0, true);
+    finite_at_least("attn_scale", c.attn_scale, 0.0, false);
+    finite_at_least("attn_softcap", c.attn_softcap, 0.0, false);
+    finite_at_least("final_softcap", c.final_softcap, 0.0, false);
+    if (c.swa_window < 0) fail("config 'swa_window' must be >= 0, got " + std::to_string(c.swa_window));
+    if (!c.swa_layers.empty() && static_cast<int64_t>(c.swa_layers.size()) != c.n_layer)
+        fail("config 'swa_layers' has " + std::to_string(c.swa_layers.size()) + " entries for " +
+             std::to_string(c.n_layer) + " layers");
     if (c.n_batch <= 0) c.n_batch = 256;
     c.n_batch = std::min(c.n_batch, n_ctx);
 
@@ -263,6 +283,11 @@ Model::Model(const Config& config, const Tensors& tensors, int64_t n_ctx, int n_
         L.bk = optional_vector(tensors, key("attn_k_bias"), nkv);
         L.bv = optional_vector(tensors, key("attn_v_bias"), nkv);
         L.bo = optional_vector(tensors, key("attn_output_bias"), E);
+        L.q_norm = optional_vector(tensors, key("attn_q_norm"), hd);
+        L.k_norm = optional_vector(tensors, key("attn_k_norm"), hd);
+        L.attn_post_norm = optional_vector(tensors, key("attn_post_norm"), E);
+        L.ffn_post_norm = optional_vector(tensors, key("ffn_post_norm"), E);
+        L.swa = c.swa_window > 0 && !c.swa_layers.empty() && c.swa_layers[static_cast<size_t>(i)] != 0;
         L.k_shares_q = same_type(L.k.p, L.q.p);
         L.v_shares_q = same_type(L.v.p, L.q.p);
         L.v_shares_k = same_type(L.v.p, L.k.p);
@@ -277,23 +302,38 @@ Model::Model(const Config& config, const Tensors& tensors, int64_t n_ctx, int n_
         for (float f : factors)
             if (!(f > 0.0f)) fail("tensor '" + tensors.at("rope_freqs").name + "' holds a factor that is not positive");
     }
-    std::vector<float> inv_freq(static_cast<size_t>(half));
-    for (int64_t i = 0; i < half; ++i) {
-        const float expo = static_cast<float>(2 * i) / static_cast<float>(c.rope_dim);
-        const auto pw = static_cast<float>(std::pow(c.rope_base, static_cast<double>(expo)));
-        float f = 1.0f / pw;
-        if (!factors.empty()) f /= factors[static_cast<size_t>(i)];
-        if (c.rope_scale != 1.0) f /= static_cast<float>(c.rope_scale);
-        inv_freq[static_cast<size_t>(i)] = f;
-    }
-    m.rope_cos.resize(static_cast<size_t>(n_ctx * half));
-    m.rope_sin.resize(static_cast<size_t>(n_ctx * half));
-    for (int64_t pos = 0; pos < n_ctx; ++pos)
+    // sliding-window layers use their own base and no linear scaling (as llama.cpp's freq_base_swa and
+    // freq_scale_swa = 1); per-frequency factors and the attention factor apply to every layer
+    auto rope_table = [&](double base, double scale, std::vector<float>& cos_t, std::vector<float>& sin_t) {
+        std::vector<float> inv_freq(static_cast<size_t>(half));
         for (int64_t i = 0; i < half; ++i) {
-            const float theta = static_cast<float>(pos) * inv_freq[static_cast<size_t>(i)];
-            m.rope_cos[static_cast<size_t>(pos * half + i)] = static_cast<float>(std::cos(static_cast<double>(theta)));
-            m.rope_sin[static_cast<size_t>(pos * half + i)] = static_cast<float>(std::sin(static_cast<double>(theta)));
+            const float expo = static_cast<float>(2 * i) / static_cast<float>(c.rope_dim);
+            const auto pw = static_cast<float>(std::pow(base, static_cast<double>(expo)));
+            float f = 1.0f / pw;
+            if (!factors.empty()) f /= factors[static_cast<size_t>(i)];
+            if (scale != 1.0) f /= static_cast<float>(scale);
+            inv_freq[static_cast<size_t>(i)] = f;
         }
+        const auto af = static_cast<float>(c.rope_attn_factor);
+        cos_t.resize(static_cast<size_t>(n_ctx * half));
+        sin_t.resize(static_cast<size_t>(n_ctx * half));
+        for (int64_t pos = 0; pos < n_ctx; ++pos)
+            for (int64_t i = 0; i < half; ++i) {
+                const float theta = static_cast<float>(pos) * inv_freq[static_cast<size_t>(i)];
+                float cv = static_cast<float>(std::cos(static_cast<double>(theta)));
+                float sv = static_cast<float>(std::sin(static_cast<double>(theta)));
+                if (c.rope_attn_factor != 1.0) {
+                    cv *= af;
+                    sv *= af;
+                }
+                cos_t[static_cast<size_t>(pos * half + i)] = cv;
+                sin_t[static_cast<size_t>(pos * half + i)] = sv;
+            }
+    };
+    rope_table(c.rope_base, c.rope_scale, m.rope_cos, m.rope_sin);
+    const bool any_swa = std::any_of(m.layers.begin(), m.layers.end(), [](const LayerW& L) { return L.swa; });
+    if (any_swa && (c.rope_base_swa != c.rope_base || c.rope_scale != 1.0))
+        rope_table(c.rope_base_swa, 1.0, m.rope_cos_swa, m.rope_sin_swa);
 
     // ---- KV cache
     m.kv_layer_stride = static_cast<size_t>(c.n_head_kv) * static_cast<size_t>(n_ctx) * static_cast<size_t>(hd);
@@ -478,9 +518,12 @@ void Model::forward(const int32_t* tokens, int64_t T, float* logits, bool all_lo
     ThreadPool& pool = *m.pool;
     const int64_t E = c.n_embd, hd = c.head_dim, nq = c.n_head * hd, nkv = c.n_head_kv * hd, F = c.n_ff;
     const int64_t half = c.rope_dim / 2, group = c.n_head / c.n_head_kv;
+    const bool gelu = c.ffn_act == FfnAct::GeluTanh;
     const int64_t n_past = n_past_.load(std::memory_order_relaxed);
     const bool kv16 = c.kv_type == KvType::F16;
-    const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
+    const float scale = c.attn_scale > 0.0 ? static_cast<float>(c.attn_scale)
+                                           : static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
+    const auto cap = static_cast<float>(c.attn_softcap);
 
     // Runs fn(t) for every token t, on the pool when the batch is large enough to be worth it.
     auto for_tokens = [&](auto&& fn) {
@@ -512,11 +555,20 @@ void Model::forward(const int32_t* tokens, int64_t T, float* logits, bool all_lo
         const quant::Status st = quant::dequantize_row(w.p, w.data + static_cast<size_t>(tokens[t]) * w.row_bytes,
                                                        m.x.data() + t * E, E);
         (void)st;  // validated at load time
+        if (c.embd_scale != 1.0) {
+            const auto s = static_cast<float>(c.embd_scale);
+            float* x = m.x.data() + t * E;
+            for (int64_t i = 0; i < E; ++i) x[i] *= s;
+        }
     });
 
     for (int64_t l = 0; l < c.n_layer; ++l) {
         const LayerW& L = m.layers[static_cast<size_t>(l)];
         const size_t kv_off = static_cast<size_t>(l) * m.kv_layer_stride;
+        const bool local_rope = L.swa && !m.rope_cos_swa.empty();
+        const float* rope_cos = local_rope ? m.rope_cos_swa.data() : m.rope_cos.data();
+        const float* rope_sin = local_rope ? m.rope_sin_swa.data() : m.rope_sin.data();
+        const int64_t window = L.swa ? c.swa_window : 0;
 
         // ---- attention block
         for_tokens([&](int64_t t) { rms_norm(m.x.data() + t * E, L.attn_norm.data(), m.xn.data() + t * E, E, c.rms_eps); });
@@ -546,9 +598,13 @@ void Model::forward(const int32_t* tokens, int64_t T, float* logits, bool all_lo
             if (!L.bq.empty()) add_inplace(q, L.bq.data(), nq);
             if (!L.bk.empty()) add_inplace(k, L.bk.data(), nkv);
             if (!L.bv.empty()) add_inplace(v, L.bv.data(), nkv);
+            if (!L.q_norm.empty())
+                for (int64_t h = 0; h < c.n_head; ++h) rms_norm(q + h * hd, L.q_norm.data(), q + h * hd, hd, c.rms_eps);
+            if (!L.k_norm.empty())
+                for (int64_t h = 0; h < c.n_head_kv; ++h) rms_norm(k + h * hd, L.k_norm.data(), k + h * hd, hd, c.rms_eps);
             const int64_t pos = n_past + t;
-            const float* cs = m.rope_cos.data() + pos * half;
-            const float* sn = m.rope_sin.data() + pos * half;
+            const float* cs = rope_cos + pos * half;
+            const float* sn = rope_sin + pos * half;
             const bool neox = c.rope_style == RopeStyle::Neox;
             for (int64_t h = 0; h < c.n_head; ++h) rope(q + h * hd, cs, sn, half, neox);
             for (int64_t h = 0; h < c.n_head_kv; ++h) {
@@ -579,15 +635,24 @@ void Model::forward(const int32_t* tokens, int64_t T, float* logits, bool all_lo
                 float* o = m.att.data() + t0 * nq + h * hd;
                 const size_t off = kv_off + static_cast<size_t>(g) * static_cast<size_t>(n_ctx_) * static_cast<size_t>(hd);
                 const int64_t n_keys = n_past + t0 + 1;  // of the block's first token
-                if (nb == 1) {
-                    if (kv16) attend_f16(q, m.k16.data() + off, m.v16.data() + off, n_keys, hd, scale, sc, o);
-                    else attend_f32(q, m.k32.data() + off, m.v32.data() + off, n_keys, hd, scale, sc, o);
+                if (window > 0 && n_keys + nb - 1 > window) {
+                    // the window cuts off early keys of some query: each query over its own window (the same
+                    // arithmetic as a decode step at that position)
+                    for (int64_t j = 0; j < nb; ++j) {
+                        const int64_t n = n_keys + j, s0 = std::max<int64_t>(0, n - window);
+                        const size_t so = off + static_cast<size_t>(s0) * static_cast<size_t>(hd);
+                        if (kv16) attend_f16(q + j * nq, m.k16.data() + so, m.v16.data() + so, n - s0, hd, scale, cap, sc, o + j * nq);
+                        else attend_f32(q + j * nq, m.k32.data() + so, m.v32.data() + so, n - s0, hd, scale, cap, sc, o + j * nq);
+                    }
+                } else if (nb == 1) {
+                    if (kv16) attend_f16(q, m.k16.data() + off, m.v16.data() + off, n_keys, hd, scale, cap, sc, o);
+                    else attend_f32(q, m.k32.data() + off, m.v32.data() + off, n_keys, hd, scale, cap, sc, o);
                 } else if (kv16) {
                     attend_block_f16(q, nq, static_cast<int>(nb), m.k16.data() + off, m.v16.data() + off, n_keys, hd, scale,
-                                     sc, o, nq);
+                                     cap, sc, o, nq);
                 } else {
                     attend_block_f32(q, nq, static_cast<int>(nb), m.k32.data() + off, m.v32.data() + off, n_keys, hd, scale,
-                                     sc, o, nq);
+                                     cap, sc, o, nq);
                 }
             }
         });
@@ -599,8 +664,15 @@ void Model::forward(const int32_t* tokens, int64_t T, float* logits, bool all_lo
         }
         for_tokens([&](int64_t t) {
             float* x = m.x.data() + t * E;
-            add_inplace(x, m.proj.data() + t * E, E);
-            if (!L.bo.empty()) add_inplace(x, L.bo.data(), E);
+            float* p = m.proj.data() + t * E;
+            if (L.attn_post_norm.empty()) {
+                add_inplace(x, p, E);
+                if (!L.bo.empty()) add_inplace(x, L.bo.data(), E);
+            } else {
+                if (!L.bo.empty()) add_inplace(p, L.bo.data(), E);
+                rms_norm(p, L.attn_post_norm.data(), p, E, c.rms_eps);
+                add_inplace(x, p, E);
+            }
             rms_norm(x, L.ffn_norm.data(), m.xn.data() + t * E, E, c.rms_eps);
         });
 
@@ -623,7 +695,10 @@ void Model::forward(const int32_t* tokens, int64_t T, float* logits, bool all_lo
                 kernels::matmul(L.gate.p, L.gate.data, L.gate.row_bytes, E, m.a_gate.buf.data(), T, m.gate.data(), F, r0, r1);
                 kernels::matmul(L.up.p, L.up.data, L.up.row_bytes, E, au, T, m.up.data(), F, r0, r1);
             }
-            for (int64_t t = 0; t < T; ++t) swiglu(m.gate.data() + t * F + r0, m.up.data() + t * F + r0, r1 - r0);
+            if (gelu)
+                for (int64_t t = 0; t < T; ++t) geglu(m.gate.data() + t * F + r0, m.up.data() + t * F + r0, r1 - r0);
+            else
+                for (int64_t t = 0; t < T; ++t) swiglu(m.gate.data() + t * F + r0, m.up.data() + t * F + r0, r1 - r0);
         });
         act_quant(m.gate.data(), F);
         prepare(L.down, m.gate.data(), F, m.a_down);
@@ -631,7 +706,15 @@ void Model::forward(const int32_t* tokens, int64_t T, float* logits, bool all_lo
             const LinearJob job{&L.down, m.a_down.buf.data(), m.proj.data(), E};
             run_linear(&job, 1, T);
         }
-        for_tokens([&](int64_t t) { add_inplace(m.x.data() + t * E, m.proj.data() + t * E, E); });
+        if (L.ffn_post_norm.empty()) {
+            for_tokens([&](int64_t t) { add_inplace(m.x.data() + t * E, m.proj.data() + t * E, E); });
+        } else {
+            for_tokens([&](int64_t t) {
+                float* p = m.proj.data() + t * E;
+                rms_norm(p, L.ffn_post_norm.data(), p, E, c.rms_eps);
+                add_inplace(m.x.data() + t * E, p, E);
+            });
+        }
     }
     n_past_ += T;
 
@@ -648,6 +731,15 @@ void Model::forward(const int32_t* tokens, int64_t T, float* logits, bool all_lo
             kernels::prepare_acts(w.p, m.xn.data() + t * E, E, m.a_out.buf.data() + static_cast<size_t>(t) * m.a_out.stride, w.fast);
         const LinearJob job{&w, m.a_out.buf.data(), logits, c.n_vocab};
         run_linear(&job, 1, n_out);
+    }
+    if (c.final_softcap > 0.0) {
+        const auto fcap = static_cast<float>(c.final_softcap);
+        const int64_t V = c.n_vocab, n_all = n_out * V;
+        pool.run(row_chunks(n_all, pool.size()), [&](int64_t ch, int64_t nch, int) {
+            int64_t b, e;
+            split_range(n_all, ch, nch, kRowAlign, b, e);
+            if (b < e) softcap(logits + b, e - b, fcap);
+        });
     }
 }
 

@@ -1,9 +1,13 @@
-// The llama-family decoder (Llama 2/3, Mistral, SmolLM, Qwen2) over packed GGUF weight rows.
+// The llama-family decoder (Llama 2/3, Mistral, SmolLM, Qwen2/3, Gemma 2/3, Phi-3) over packed GGUF
+// weight rows.
 //
-// Per layer: RMSNorm -> Q, K, V projections (+ optional biases) -> RoPE -> grouped-query attention
-// over a KV cache -> output projection (+ optional bias) -> residual -> RMSNorm -> SwiGLU MLP (gate,
-// up, down) -> residual; then the final RMSNorm and the output head (the `output` role, or the token
-// embedding when tied). Weights are never dequantized into memory: every projection goes through
+// Token embeddings (times embd_scale) -> per layer: RMSNorm -> Q, K, V projections (+ optional biases)
+// -> optional per-head RMSNorm of q and k -> RoPE -> grouped-query attention over a KV cache (optionally
+// soft-capped scores, and a sliding window on the layers swa_layers marks) -> output projection (+
+// optional bias) -> optional RMSNorm (post-attention) -> residual -> RMSNorm -> gated MLP (gate, up,
+// down; SiLU or tanh-GELU) -> optional RMSNorm (post-FFN) -> residual; then the final RMSNorm, the
+// output head (the `output` role, or the token embedding when tied) and optional logit soft-capping.
+// Every option is off by default, and off costs nothing. Weights are never dequantized into memory: every projection goes through
 // kernels::matvec (one token) or kernels::matmul (a batch of tokens), split over a thread pool by
 // output rows. The weight bytes belong to the caller (a memory-mapped file) and must outlive the Model.
 //
@@ -11,7 +15,9 @@
 // caller's business, kept only for messages): "token_embd", "output_norm", "output" (absent: tied),
 // "rope_freqs" (optional), and per layer i "L<i>.attn_norm", "L<i>.attn_q", "L<i>.attn_k", "L<i>.attn_v",
 // "L<i>.attn_output", "L<i>.ffn_norm", "L<i>.ffn_gate", "L<i>.ffn_up", "L<i>.ffn_down" and the optional
-// "L<i>.attn_q_bias", "L<i>.attn_k_bias", "L<i>.attn_v_bias", "L<i>.attn_output_bias".
+// "L<i>.attn_q_bias", "L<i>.attn_k_bias", "L<i>.attn_v_bias", "L<i>.attn_output_bias", "L<i>.attn_q_norm",
+// "L<i>.attn_k_norm" (head_dim weights, shared by the heads), "L<i>.attn_post_norm", "L<i>.ffn_post_norm".
+// A fused tensor (Phi-3's qkv, gate_up) arrives as row-slice views under the logical roles.
 #pragma once
 
 #include <atomic>
@@ -33,6 +39,11 @@ enum class RopeStyle : uint8_t {
 
 enum class KvType : uint8_t { F32, F16 };
 
+enum class FfnAct : uint8_t {
+    Silu,      // SwiGLU: silu(gate) * up
+    GeluTanh,  // GeGLU: gelu(gate, tanh approximation) * up (Gemma)
+};
+
 struct Config {
     int64_t n_embd = 0, n_layer = 0, n_head = 0, n_head_kv = 0, n_ff = 0, n_vocab = 0;
     int64_t head_dim = 0;  // 0: n_embd / n_head
@@ -40,7 +51,16 @@ struct Config {
     double rope_base = 10000.0;
     RopeStyle rope_style = RopeStyle::Norm;
     double rope_scale = 1.0;  // linear scaling: positions are divided by it
+    double rope_attn_factor = 1.0;  // LongRoPE: the cos and sin tables are multiplied by it
+    double rope_base_swa = 0.0;     // RoPE base of sliding-window layers (0: rope_base); they use no linear scaling
     double rms_eps = 1e-6;
+    double embd_scale = 1.0;   // token embeddings are multiplied by float32(embd_scale) (Gemma: sqrt(n_embd))
+    FfnAct ffn_act = FfnAct::Silu;
+    double attn_scale = 0.0;     // scores = attn_scale * q.k (0: 1 / sqrt(head_dim))
+    double attn_softcap = 0.0;   // > 0: scores -> cap * tanh(scores / cap) before the softmax
+    double final_softcap = 0.0;  // > 0: logits -> cap * tanh(logits / cap)
+    int64_t swa_window = 0;           // > 0: on a sliding-window layer, position p sees keys at positions > p - window
+    std::vector<uint8_t> swa_layers;  // per layer, 1 = sliding window (empty: none)
     KvType kv_type = KvType::F32;
     int64_t n_batch = 256;  // tokens per prefill step (scratch is sized for it)
     bool validate = true;   // decode every block-typed weight row once at load to reject corrupt data

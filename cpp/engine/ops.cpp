@@ -52,13 +52,23 @@ void softmax_inplace(float* s, int64_t n) {
     for (int64_t j = 0; j < n; ++j) s[j] *= inv;
 }
 
+float softcap_scalar(float* x, int64_t n, float cap) {
+    float mx = -INFINITY;
+    for (int64_t i = 0; i < n; ++i) {
+        x[i] = cap * std::tanh(x[i] / cap);
+        mx = x[i] > mx ? x[i] : mx;
+    }
+    return mx;
+}
+
 void to_fp16_scalar(const float* x, uint16_t* out, int64_t n) {
     for (int64_t i = 0; i < n; ++i) out[i] = fp16_bits(x[i]);
 }
 
 void attend_f32_scalar(const float* q, const float* K, const float* V, int64_t n, int64_t hd, float scale,
-                       float* scores, float* out) {
+                       float cap, float* scores, float* out) {
     for (int64_t j = 0; j < n; ++j) scores[j] = scale * dot(q, K + j * hd, hd);
+    if (cap > 0.0f) softcap_scalar(scores, n, cap);
     softmax_inplace(scores, n);
     for (int64_t d = 0; d < hd; ++d) out[d] = 0.0f;
     for (int64_t j = 0; j < n; ++j) {
@@ -69,13 +79,14 @@ void attend_f32_scalar(const float* q, const float* K, const float* V, int64_t n
 }
 
 void attend_f16_scalar(const float* q, const uint16_t* K, const uint16_t* V, int64_t n, int64_t hd, float scale,
-                       float* scores, float* out) {
+                       float cap, float* scores, float* out) {
     for (int64_t j = 0; j < n; ++j) {
         const uint16_t* k = K + j * hd;
         float s = 0.0f;
         for (int64_t d = 0; d < hd; ++d) s += q[d] * quant::fp16_to_fp32(k[d]);
         scores[j] = scale * s;
     }
+    if (cap > 0.0f) softcap_scalar(scores, n, cap);
     softmax_inplace(scores, n);
     for (int64_t d = 0; d < hd; ++d) out[d] = 0.0f;
     for (int64_t j = 0; j < n; ++j) {
@@ -89,19 +100,28 @@ void swiglu_scalar(float* g, const float* u, int64_t n) {
     for (int64_t i = 0; i < n; ++i) g[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
 }
 
+void geglu_scalar(float* g, const float* u, int64_t n) {
+    constexpr float kSqrt2OverPi = 0.7978845608028654f;
+    for (int64_t i = 0; i < n; ++i) {
+        const float x = g[i];
+        g[i] = 0.5f * x * (1.0f + std::tanh(kSqrt2OverPi * (x + 0.044715f * x * x * x))) * u[i];
+    }
+}
+
 // The portable block versions: one query after the other (the same values as attend_*).
 void attend_block_f32_scalar(const float* q, int64_t ldq, int nq, const float* K, const float* V, int64_t n0,
-                             int64_t hd, float scale, float* scratch, float* out, int64_t ldo) {
-    for (int j = 0; j < nq; ++j) attend_f32_scalar(q + j * ldq, K, V, n0 + j, hd, scale, scratch, out + j * ldo);
+                             int64_t hd, float scale, float cap, float* scratch, float* out, int64_t ldo) {
+    for (int j = 0; j < nq; ++j) attend_f32_scalar(q + j * ldq, K, V, n0 + j, hd, scale, cap, scratch, out + j * ldo);
 }
 
 void attend_block_f16_scalar(const float* q, int64_t ldq, int nq, const uint16_t* K, const uint16_t* V, int64_t n0,
-                             int64_t hd, float scale, float* scratch, float* out, int64_t ldo) {
-    for (int j = 0; j < nq; ++j) attend_f16_scalar(q + j * ldq, K, V, n0 + j, hd, scale, scratch, out + j * ldo);
+                             int64_t hd, float scale, float cap, float* scratch, float* out, int64_t ldo) {
+    for (int j = 0; j < nq; ++j) attend_f16_scalar(q + j * ldq, K, V, n0 + j, hd, scale, cap, scratch, out + j * ldo);
 }
 
-const detail::OpsTable kScalar = {to_fp16_scalar,         attend_f32_scalar,       attend_f16_scalar, swiglu_scalar,
-                                  attend_block_f32_scalar, attend_block_f16_scalar, "scalar"};
+const detail::OpsTable kScalar = {to_fp16_scalar,          attend_f32_scalar, attend_f16_scalar, swiglu_scalar,
+                                  attend_block_f32_scalar, attend_block_f16_scalar, geglu_scalar, softcap_scalar,
+                                  "scalar"};
 
 const detail::OpsTable& pick() {
     // QUANTCONV_ISA=scalar (the kernels' switch) also selects the portable routines here
@@ -123,28 +143,32 @@ const detail::OpsTable& table() {
 
 void to_fp16(const float* x, uint16_t* out, int64_t n) { table().to_fp16(x, out, n); }
 
-void attend_f32(const float* q, const float* K, const float* V, int64_t n, int64_t hd, float scale, float* scores,
-                float* out) {
-    table().attend_f32(q, K, V, n, hd, scale, scores, out);
+void attend_f32(const float* q, const float* K, const float* V, int64_t n, int64_t hd, float scale, float cap,
+                float* scores, float* out) {
+    table().attend_f32(q, K, V, n, hd, scale, cap, scores, out);
 }
 
 void attend_f16(const float* q, const uint16_t* K, const uint16_t* V, int64_t n, int64_t hd, float scale,
-                float* scores, float* out) {
-    table().attend_f16(q, K, V, n, hd, scale, scores, out);
+                float cap, float* scores, float* out) {
+    table().attend_f16(q, K, V, n, hd, scale, cap, scores, out);
 }
 
 void swiglu(float* g, const float* u, int64_t n) { table().swiglu(g, u, n); }
 
+void geglu(float* g, const float* u, int64_t n) { table().geglu(g, u, n); }
+
+float softcap(float* x, int64_t n, float cap) { return table().softcap(x, n, cap); }
+
 int64_t attend_block_floats(int64_t n_ctx, int64_t hd) { return kAttendBlock * (n_ctx + 8) + kAttendBlock * hd; }
 
 void attend_block_f32(const float* q, int64_t ldq, int nq, const float* K, const float* V, int64_t n0, int64_t hd,
-                      float scale, float* scratch, float* out, int64_t ldo) {
-    table().attend_block_f32(q, ldq, nq, K, V, n0, hd, scale, scratch, out, ldo);
+                      float scale, float cap, float* scratch, float* out, int64_t ldo) {
+    table().attend_block_f32(q, ldq, nq, K, V, n0, hd, scale, cap, scratch, out, ldo);
 }
 
 void attend_block_f16(const float* q, int64_t ldq, int nq, const uint16_t* K, const uint16_t* V, int64_t n0,
-                      int64_t hd, float scale, float* scratch, float* out, int64_t ldo) {
-    table().attend_block_f16(q, ldq, nq, K, V, n0, hd, scale, scratch, out, ldo);
+                      int64_t hd, float scale, float cap, float* scratch, float* out, int64_t ldo) {
+    table().attend_block_f16(q, ldq, nq, K, V, n0, hd, scale, cap, scratch, out, ldo);
 }
 
 const char* ops_isa() { return table().name; }

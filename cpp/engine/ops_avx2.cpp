@@ -186,16 +186,42 @@ inline void finish(const float* p, const KV* V, int64_t n, int64_t hd, const flo
     }
 }
 
+// x[i] = cap * tanh(x[i] / cap) with tanh|y| = (1 - e^-2|y|) / (1 + e^-2|y|) (absolute error a few 1e-7,
+// times cap); returns the largest result.
+inline float softcap_inplace(float* x, int64_t n, float cap) {
+    const __m256 vc = _mm256_set1_ps(cap), one = _mm256_set1_ps(1.0f);
+    const __m256 absm = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF)), m2 = _mm256_set1_ps(-2.0f);
+    __m256 vmx = _mm256_set1_ps(-INFINITY);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 y = _mm256_div_ps(_mm256_loadu_ps(x + i), vc);
+        const __m256 a = _mm256_and_ps(y, absm);
+        const __m256 t = exp_neg(_mm256_mul_ps(m2, a));
+        const __m256 th = _mm256_div_ps(_mm256_sub_ps(one, t), _mm256_add_ps(one, t));
+        const __m256 r = _mm256_mul_ps(vc, _mm256_or_ps(th, _mm256_andnot_ps(absm, y)));  // sign of y
+        _mm256_storeu_ps(x + i, r);
+        vmx = _mm256_max_ps(vmx, r);
+    }
+    float mx = -INFINITY;
+    for (; i < n; ++i) {
+        x[i] = cap * std::tanh(x[i] / cap);
+        mx = x[i] > mx ? x[i] : mx;
+    }
+    return max_of(vmx, mx);
+}
+
 // Keys per chunk of the value sums (and, in attend_block, of the score pass): 64 rows of K or V (16 KB at
 // hd = 64 in fp32) stay in L1 while every query of a block uses them.
 constexpr int64_t kKeyChunk = 64;
 
 template <class KV>
-void attend(const float* q, const KV* K, const KV* V, int64_t n, int64_t hd, float scale, float* scores, float* out) {
+void attend(const float* q, const KV* K, const KV* V, int64_t n, int64_t hd, float scale, float cap, float* scores,
+            float* out) {
     __m256 vmx = _mm256_set1_ps(-INFINITY);
     float mx = -INFINITY;
     score_range(q, K, 0, n, n, hd, scale, scores, vmx, mx);
-    const float inv = 1.0f / exp_scores(scores, n, max_of(vmx, mx));
+    const float top = cap > 0.0f ? softcap_inplace(scores, n, cap) : max_of(vmx, mx);
+    const float inv = 1.0f / exp_scores(scores, n, top);
     // out doubles as the accumulator (it is written only at the end otherwise)
     for (int64_t d = 0; d < hd; ++d) out[d] = 0.0f;
     for (int64_t c0 = 0; c0 < n; c0 += kKeyChunk) pv_range(scores, V, c0, std::min(c0 + kKeyChunk, n), hd, out);
@@ -204,7 +230,7 @@ void attend(const float* q, const KV* K, const KV* V, int64_t n, int64_t hd, flo
 
 template <class KV>
 void attend_block(const float* q, int64_t ldq, int nq, const KV* K, const KV* V, int64_t n0, int64_t hd, float scale,
-                  float* scratch, float* out, int64_t ldo) {
+                  float cap, float* scratch, float* out, int64_t ldo) {
     const int64_t stride = (n0 + nq + 7) / 8 * 8;
     float* acc = scratch + nq * stride;  // nq x hd accumulators
     __m256 vmx[kAttendBlock];
@@ -220,7 +246,9 @@ void attend_block(const float* q, int64_t ldq, int nq, const KV* K, const KV* V,
             if (c0 < c1) score_range(q + j * ldq, K, c0, c1, n, hd, scale, scratch + j * stride, vmx[j], mx[j]);
         }
     for (int j = 0; j < nq; ++j) {
-        inv[j] = 1.0f / exp_scores(scratch + j * stride, n0 + j, max_of(vmx[j], mx[j]));
+        float* sj = scratch + j * stride;
+        const float top = cap > 0.0f ? softcap_inplace(sj, n0 + j, cap) : max_of(vmx[j], mx[j]);
+        inv[j] = 1.0f / exp_scores(sj, n0 + j, top);
         for (int64_t d = 0; d < hd; ++d) acc[j * hd + d] = 0.0f;
     }
     for (int64_t c0 = 0; c0 < n_last; c0 += kKeyChunk)
@@ -239,14 +267,14 @@ void to_fp16_avx2(const float* x, uint16_t* out, int64_t n) {
     for (; i < n; ++i) out[i] = _cvtss_sh(x[i], _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
 }
 
-void attend_f32_avx2(const float* q, const float* K, const float* V, int64_t n, int64_t hd, float scale, float* scores,
-                     float* out) {
-    attend<float>(q, K, V, n, hd, scale, scores, out);
+void attend_f32_avx2(const float* q, const float* K, const float* V, int64_t n, int64_t hd, float scale, float cap,
+                     float* scores, float* out) {
+    attend<float>(q, K, V, n, hd, scale, cap, scores, out);
 }
 
 void attend_f16_avx2(const float* q, const uint16_t* K, const uint16_t* V, int64_t n, int64_t hd, float scale,
-                     float* scores, float* out) {
-    attend<uint16_t>(q, K, V, n, hd, scale, scores, out);
+                     float cap, float* scores, float* out) {
+    attend<uint16_t>(q, K, V, n, hd, scale, cap, scores, out);
 }
 
 // silu(g) * u with e = e^-|g| (never overflows): silu(g) = g / (1 + e) for g >= 0 and g * e / (1 + e)
@@ -263,18 +291,41 @@ void swiglu_avx2(float* g, const float* u, int64_t n) {
     for (; i < n; ++i) g[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
 }
 
+// gelu_tanh(g) * u through 0.5 (1 + tanh(z)) = 1 / (1 + e^-2z): gelu_tanh(x) = x sigmoid(2z), z = sqrt(2/pi)
+// (x + 0.044715 x^3), with the same overflow-free sigmoid as swiglu (z has the sign of x).
+void geglu_avx2(float* g, const float* u, int64_t n) {
+    const __m256 one = _mm256_set1_ps(1.0f), absm = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+    const __m256 c1 = _mm256_set1_ps(2.0f * 0.7978845608028654f), c3 = _mm256_set1_ps(0.044715f);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 x = _mm256_loadu_ps(g + i);
+        const __m256 z2 = _mm256_mul_ps(c1, _mm256_fmadd_ps(_mm256_mul_ps(c3, x), _mm256_mul_ps(x, x), x));
+        const __m256 e = exp_neg(_mm256_sub_ps(_mm256_setzero_ps(), _mm256_and_ps(z2, absm)));
+        const __m256 num = _mm256_blendv_ps(x, _mm256_mul_ps(x, e), x);
+        _mm256_storeu_ps(g + i, _mm256_mul_ps(_mm256_div_ps(num, _mm256_add_ps(one, e)), _mm256_loadu_ps(u + i)));
+    }
+    constexpr float kSqrt2OverPi = 0.7978845608028654f;
+    for (; i < n; ++i) {
+        const float x = g[i];
+        g[i] = 0.5f * x * (1.0f + std::tanh(kSqrt2OverPi * (x + 0.044715f * x * x * x))) * u[i];
+    }
+}
+
+float softcap_avx2(float* x, int64_t n, float cap) { return softcap_inplace(x, n, cap); }
+
 void attend_block_f32_avx2(const float* q, int64_t ldq, int nq, const float* K, const float* V, int64_t n0, int64_t hd,
-                           float scale, float* scratch, float* out, int64_t ldo) {
-    attend_block<float>(q, ldq, nq, K, V, n0, hd, scale, scratch, out, ldo);
+                           float scale, float cap, float* scratch, float* out, int64_t ldo) {
+    attend_block<float>(q, ldq, nq, K, V, n0, hd, scale, cap, scratch, out, ldo);
 }
 
 void attend_block_f16_avx2(const float* q, int64_t ldq, int nq, const uint16_t* K, const uint16_t* V, int64_t n0,
-                           int64_t hd, float scale, float* scratch, float* out, int64_t ldo) {
-    attend_block<uint16_t>(q, ldq, nq, K, V, n0, hd, scale, scratch, out, ldo);
+                           int64_t hd, float scale, float cap, float* scratch, float* out, int64_t ldo) {
+    attend_block<uint16_t>(q, ldq, nq, K, V, n0, hd, scale, cap, scratch, out, ldo);
 }
 
-const detail::OpsTable kAvx2 = {to_fp16_avx2,       attend_f32_avx2,       attend_f16_avx2, swiglu_avx2,
-                                attend_block_f32_avx2, attend_block_f16_avx2, "avx2"};
+const detail::OpsTable kAvx2 = {to_fp16_avx2,          attend_f32_avx2,       attend_f16_avx2, swiglu_avx2,
+                                attend_block_f32_avx2, attend_block_f16_avx2, geglu_avx2,      softcap_avx2,
+                                "avx2"};
 
 }  // namespace
 
