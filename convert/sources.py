@@ -89,7 +89,7 @@ class HFDirSource(ModelSource):
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise QuantconvError(f"{cfg} is not valid JSON; re-download it") from None
         self.arch = arch_for_config(self.config)
-        self.arch.rope_scaling_kind(self.config)  # refuse unsupported RoPE scaling before any work
+        self.arch.check_config(self.config)  # refuse unsupported RoPE scaling / layer patterns before any work
 
         self._where: dict[str, SafetensorsFile] = {}
         files = [SafetensorsFile(f) for f in self._weight_files()]  # validates every header up front
@@ -261,8 +261,28 @@ class GGUFSource(ModelSource):
             "vocab_size": int(vocab),
             "tie_word_embeddings": self.tied_embeddings,
         }
+        head_dim = cfg["head_dim"]
+        rot = v(f"{a}.rope.dimension_count")
+        if rot and int(rot) != head_dim:  # partial rotary (Phi-3.5 / Phi-4-mini)
+            cfg["partial_rotary_factor"] = int(rot) / head_dim
+        if v(f"{a}.attention.scale"):  # Gemma's query_pre_attn_scalar, written as its ** -0.5
+            cfg["query_pre_attn_scalar"] = round(float(v(f"{a}.attention.scale")) ** -2, 3)
+        for key, rule in self.arch.hparams.items():  # the architecture's own keys, back to their config key
+            if v(f"{a}.{key}") is not None and "." not in rule["from"][0]:
+                value = v(f"{a}.{key}")
+                cfg[rule["from"][0]] = int(value) if rule["type"] == "uint32" else _f32_round(value)
+        if self.arch.sliding_window_pattern:
+            cfg["layer_types"] = ["sliding_attention" if s else "full_attention"
+                                  for s in self.arch.swa_layers(cfg["num_hidden_layers"])]
         scaling = v(f"{a}.rope.scaling.type")
-        if scaling in ("linear", "yarn"):
+        if scaling == "longrope" and self.arch.longrope:
+            cfg["rope_scaling"] = {"rope_type": "longrope"}
+            for role, key in (("rope_factors_long", "long_factor"), ("rope_factors_short", "short_factor")):
+                name = self.arch.role(role).gguf_name()
+                if name not in self._g.shapes:
+                    raise QuantconvError(f"{self.path} uses LongRoPE but lacks tensor {name}; re-export it")
+                cfg["rope_scaling"][key] = [_f32_round(x) for x in self._g.dequantize(name).reshape(-1)]
+        elif scaling in ("linear", "yarn"):
             cfg["rope_scaling"] = {"rope_type": scaling, "factor": _f32_round(v(f"{a}.rope.scaling.factor", 1.0))}
             if v(f"{a}.rope.scaling.original_context_length"):
                 cfg["rope_scaling"]["original_max_position_embeddings"] = int(

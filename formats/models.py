@@ -71,8 +71,10 @@ def _lookup(config: dict, dotted: str) -> Any:
 
 
 def rope_params(config: dict) -> dict:
-    """RoPE settings in one dict: transformers 5 uses `rope_parameters`, older configs `rope_scaling`."""
-    params = dict(config.get("rope_parameters") or config.get("rope_scaling") or {})
+    """RoPE settings in one dict: transformers 5 uses `rope_parameters`, older configs `rope_scaling`.
+    Per-layer-type settings (Gemma 3: full_attention / sliding_attention) give the global layers'."""
+    params = config.get("rope_parameters") or config.get("rope_scaling") or {}
+    params = dict(params.get("full_attention") or params)
     if "rope_type" not in params and "type" in params:  # pre-4.45 spelling
         params["rope_type"] = params["type"]
     if config.get("rope_theta") is not None:
@@ -85,11 +87,34 @@ def head_dim(config: dict) -> int:
     return int(hd) if hd else int(config["hidden_size"]) // int(config["num_attention_heads"])
 
 
+def rope_dim(config: dict) -> int:
+    """How many dimensions of each head rotate: all, or partial_rotary_factor of them (Phi-3/4-mini)."""
+    factor = config.get("partial_rotary_factor") or rope_params(config).get("partial_rotary_factor") or 1.0
+    return int(head_dim(config) * float(factor))
+
+
+def _config_int(config: dict, key: str) -> int:
+    v = config.get(key)
+    if v is None:
+        raise QuantconvError(f"config.json lacks '{key}'; use the model's original config.json")
+    return int(v)
+
+
+# the widths of a fused linear's parts (models.yaml `split` rows)
+_ROWS = {
+    "q": lambda c: _config_int(c, "num_attention_heads") * head_dim(c),
+    "kv": lambda c: int(c.get("num_key_value_heads") or _config_int(c, "num_attention_heads")) * head_dim(c),
+    "ff": lambda c: _config_int(c, "intermediate_size"),
+}
+
+
 def _pattern_regex(pattern: str, group: str = "?P<i>") -> str:
     return "^" + re.escape(pattern).replace(r"\{i\}", f"({group}\\d+)") + "$"
 
 
 KINDS = ("linear", "embedding", "output", "norm", "bias", "rope_freqs")
+FFN_ACTS = ("silu", "gelu_tanh")
+EMBED_SCALES = (None, "sqrt_hidden")
 
 
 @dataclass(frozen=True)
@@ -103,6 +128,9 @@ class Role:
     optional: bool = False
     heads: str | None = None  # "q" | "kv": rows are heads of that width (permuted where permute_qk)
     input: str | None = None  # linears: the role whose output feeds this one (a norm or a linear)
+    split: tuple["Role", ...] = ()  # fused linears: the logical linears in its rows, in order (parts)
+    part_of: str | None = None  # a logical linear inside a fused one: the fused role's name
+    rows: str | None = None  # parts: their width, a key of _ROWS (q | kv | ff)
 
     @property
     def per_layer(self) -> bool:
@@ -132,6 +160,12 @@ class ArchSpec:
     tied_head: bool  # the output head may be absent (the token embedding serves)
     rope_freqs_llama3: bool
     ignore: tuple[str, ...] = ()
+    longrope: bool = False  # Phi-3 LongRoPE scaling: rope_factors_long/short
+    norm_offset: float = 0.0  # HF norms multiply by (w + norm_offset); the GGUF stores w + norm_offset
+    embed_scale: str | None = None  # "sqrt_hidden": embeddings times sqrt(hidden_size) (Gemma)
+    ffn_act: str = "silu"  # silu | gelu_tanh
+    sliding_window_pattern: int | None = None  # N: layer i is local iff (i + 1) % N != 0
+    hparams: dict = field(default_factory=dict)  # this architecture's own GGUF keys (models.yaml)
     _fwd: list = field(default_factory=list, repr=False, compare=False)
     _back: list = field(default_factory=list, repr=False, compare=False)
 
@@ -151,6 +185,50 @@ class ArchSpec:
 
     def of_kind(self, *kinds: str) -> list[Role]:
         return [r for r in self.roles.values() if r.kind in kinds]
+
+    def logical_linears(self) -> list[Role]:
+        """The decoder's linears as llama names them (attn_q, attn_k, attn_v, attn_output, ffn_gate, ffn_up,
+        ffn_down), in models.yaml order: the roles themselves, or for a fused role its parts (part_of set,
+        gguf / hf naming the fused tensor; parts() gives their rows)."""
+        out: list[Role] = []
+        for r in self.of_kind("linear"):
+            out.extend(r.split or (r,))
+        return out
+
+    def logical(self, name: str) -> Role:
+        """A role or a part of a fused one (attn_v on Phi-3) by name."""
+        found = next((r for r in self.logical_linears() if r.name == name), None) or self.roles.get(name)
+        if found is None:
+            raise QuantconvError(f"the {self.name} architecture has no tensor role or fused part '{name}'; "
+                                 f"models.yaml lists: {', '.join(self.roles)}")
+        return found
+
+    def parts(self, role_name: str, config: dict) -> list[tuple[str, int, int]]:
+        """(part name, first row, end row) of a fused linear's parts in its (HF and GGUF) rows; [] for a
+        role that is not fused."""
+        out, row = [], 0
+        for part in self.role(role_name).split:
+            n = _ROWS[part.rows](config)
+            out.append((part.name, row, row + n))
+            row += n
+        return out
+
+    def swa_layers(self, n_layer: int) -> list[int]:
+        """1 for each layer that attends within the sliding window (local), 0 for a global one."""
+        n = self.sliding_window_pattern
+        return [int(bool(n) and (i + 1) % n != 0) for i in range(n_layer)]
+
+    def check_config(self, config: dict) -> None:
+        """Refuse configs this architecture's GGUF graph would run differently from transformers."""
+        self.rope_scaling_kind(config)
+        types = config.get("layer_types")
+        if self.sliding_window_pattern and types:
+            want = ["sliding_attention" if s else "full_attention" for s in self.swa_layers(len(types))]
+            if list(types) != want:
+                raise QuantconvError(
+                    f"config.json's layer_types {types} differ from the {self.name} pattern (every "
+                    f"{self.sliding_window_pattern}th layer global) that llama.cpp and quantconv run; "
+                    "only the standard layer pattern can be converted")
 
     def required(self, role: Role) -> bool:
         """Whether every model of this architecture has the tensor (the output head only without tying)."""
@@ -214,14 +292,25 @@ class ArchSpec:
             return int(config.get("num_key_value_heads") or config["num_attention_heads"])
         return None
 
+    def _norm_offset(self, hf_name: str) -> float:
+        if not self.norm_offset:
+            return 0.0
+        found = self.role_of_hf(hf_name)
+        return self.norm_offset if found and found[0].kind == "norm" else 0.0
+
     def to_gguf_layout(self, hf_name: str, w: np.ndarray, config: dict) -> np.ndarray:
-        """HF tensor -> the row order llama.cpp expects (permutes q/k for interleaved-RoPE archs)."""
+        """HF tensor -> what llama.cpp expects: q/k rows permuted for interleaved-RoPE archs, norms with
+        norm_offset added (Gemma's 1 + w), as llama.cpp's converter writes them."""
         n = self._qk_heads(hf_name, config)
-        return w if n is None else permute_qk(w, n)
+        w = w if n is None else permute_qk(w, n)
+        offset = self._norm_offset(hf_name)
+        return w if not offset else (np.asarray(w, dtype=np.float32) + np.float32(offset))
 
     def from_gguf_layout(self, hf_name: str, w: np.ndarray, config: dict) -> np.ndarray:
         n = self._qk_heads(hf_name, config)
-        return w if n is None else unpermute_qk(w, n)
+        w = w if n is None else unpermute_qk(w, n)
+        offset = self._norm_offset(hf_name)
+        return w if not offset else (np.asarray(w, dtype=np.float32) - np.float32(offset))
 
     # --- metadata ----------------------------------------------------------------------------------
 
@@ -236,7 +325,7 @@ class ArchSpec:
             out[f"{a}.{key}"] = int(value) if typ == "uint32" else float(value) if typ == "float32" else value
             types[f"{a}.{key}"] = _GGUF_TYPES.get(typ, GGUFValueType.STRING)
 
-        for key, rule in spec["hparams"].items():
+        for key, rule in (*spec["hparams"].items(), *self.hparams.items()):
             value = next((v for v in (_lookup(config, k) for k in rule["from"]) if v is not None), None)
             if value is None:
                 if rule.get("required"):
@@ -244,14 +333,19 @@ class ArchSpec:
                         f"config.json lacks '{rule['from'][0]}' (needed for GGUF key {a}.{key}); "
                         "use the model's original config.json"
                     )
+                if "default" not in rule:  # optional and absent (Gemma 3 without soft-capping)
+                    continue
                 value = rule["default"]
             put(key, value, rule["type"])
 
-        hd, default_hd = head_dim(config), int(config["hidden_size"]) // int(config["num_attention_heads"])
-        put("rope.dimension_count", hd, "uint32")
+        hd, default_hd = head_dim(config), _config_int(config, "hidden_size") // _config_int(config, "num_attention_heads")
+        put("rope.dimension_count", rope_dim(config), "uint32")
         if hd != default_hd:  # llama.cpp derives head size from n_embd/n_head unless told otherwise
             put("attention.key_length", hd, "uint32")
             put("attention.value_length", hd, "uint32")
+        scalar = config.get("query_pre_attn_scalar")
+        if scalar and float(scalar) != float(hd):  # Gemma: queries scaled by this ** -0.5, not head_dim's
+            put("attention.scale", float(scalar) ** -0.5, "float32")
 
         kind, params = self.rope_scaling_kind(config)
         if kind in ("linear", "yarn"):
@@ -259,30 +353,52 @@ class ArchSpec:
             put("rope.scaling.factor", params["factor"], "float32")
             if kind == "yarn" and params.get("original_max_position_embeddings"):
                 put("rope.scaling.original_context_length", params["original_max_position_embeddings"], "uint32")
+        elif kind == "longrope":
+            put("rope.scaling.type", "longrope", "string")
+            put("rope.scaling.attn_factor", self._longrope(config)[0], "float32")
         out["_types"] = types
         return out
+
+    def _longrope(self, config: dict) -> tuple[float, list[float], list[float]]:
+        """LongRoPE's (attention factor, long factors, short factors); the factor as llama.cpp's converter
+        and transformers compute it from the context extension."""
+        p = rope_params(config)
+        orig = p.get("original_max_position_embeddings") or config.get("original_max_position_embeddings")
+        long, short = p.get("long_factor"), p.get("short_factor")
+        n = rope_dim(config) // 2
+        if not orig or not long or not short or len(long) != n or len(short) != n:
+            raise QuantconvError(
+                f"LongRoPE in config.json needs original_max_position_embeddings and long_factor / short_factor "
+                f"of {n} values each (rotary dims / 2); got {orig}, {len(long or [])} and {len(short or [])} values")
+        scale = _config_int(config, "max_position_embeddings") / float(orig)
+        attn = math.sqrt(1 + math.log(scale) / math.log(float(orig))) if scale > 1.0 else 1.0
+        return attn, [float(x) for x in long], [float(x) for x in short]
 
     def rope_scaling_kind(self, config: dict) -> tuple[str, dict]:
         """('none' | 'linear' | 'yarn' | 'rope_freqs', params); refuses what llama.cpp can't express."""
         params = rope_params(config)
         rope_type = params.get("rope_type") or "default"
         table = load_models_yaml()["rope_scaling"]
-        kind = table.get(rope_type)
-        if kind == "rope_freqs" and not self.rope_freqs_llama3:
-            kind = None
+        allowed = {t: k for t, k in table.items()
+                   if (k != "rope_freqs" or self.rope_freqs_llama3) and (k != "longrope" or self.longrope)}
+        kind = allowed.get(rope_type)
         if kind is None:
             raise QuantconvError(
                 f"RoPE scaling type '{rope_type}' is not supported for {self.name}; supported: "
-                f"{', '.join(t for t in table if t != 'llama3' or self.rope_freqs_llama3)} "
-                "(remove rope_scaling from config.json to convert with plain RoPE)"
+                f"{', '.join(allowed)} (remove rope_scaling from config.json to convert with plain RoPE)"
             )
         if kind in ("linear", "yarn") and not params.get("factor"):
             raise QuantconvError(f"RoPE scaling '{rope_type}' in config.json has no 'factor'; add it")
         return kind, params
 
     def extra_tensors(self, config: dict) -> dict[str, np.ndarray]:
-        """GGUF tensors with no HF counterpart: the rope_freqs role for Llama 3.1-style RoPE scaling."""
+        """GGUF tensors with no HF counterpart: the rope_freqs role for Llama 3.1-style RoPE scaling,
+        rope_factors_long / short for LongRoPE."""
         kind, p = self.rope_scaling_kind(config)
+        if kind == "longrope":
+            _, long, short = self._longrope(config)
+            return {self.role("rope_factors_long").gguf_name(): np.asarray(long, dtype=np.float32),
+                    self.role("rope_factors_short").gguf_name(): np.asarray(short, dtype=np.float32)}
         if kind != "rope_freqs":
             return {}
         dim, base = head_dim(config), float(p.get("rope_theta", 10000.0))
@@ -305,11 +421,17 @@ class ArchSpec:
 
 
 def _role(arch: str, name: str, d: dict) -> Role:
+    parts = tuple(Role(name=p["name"], gguf=d["gguf"], hf=d.get("hf"), kind=d["kind"], heads=p.get("heads"),
+                       input=d.get("input"), part_of=name, rows=p["rows"]) for p in d.get("split") or ())
     r = Role(name=name, gguf=d["gguf"], hf=d.get("hf"), kind=d["kind"], optional=bool(d.get("optional")),
-             heads=d.get("heads"), input=d.get("input"))
-    if r.kind not in KINDS or r.heads not in (None, "q", "kv"):
-        raise QuantconvError(f"models.yaml: role '{name}' of {arch} has kind '{r.kind}' / heads '{r.heads}'; "
-                             f"kind is one of {', '.join(KINDS)}, heads q or kv")
+             heads=d.get("heads"), input=d.get("input"), split=parts)
+    for x in (r, *parts):
+        if x.kind not in KINDS or x.heads not in (None, "q", "kv") or (x.part_of and x.rows not in _ROWS):
+            raise QuantconvError(f"models.yaml: role '{x.name}' of {arch} has kind '{x.kind}' / heads '{x.heads}'"
+                                 f" / rows '{x.rows}'; kind is one of {', '.join(KINDS)}, heads q or kv, "
+                                 f"rows one of {', '.join(_ROWS)}")
+    if parts and (r.kind != "linear" or r.heads):
+        raise QuantconvError(f"models.yaml: fused role '{name}' of {arch} must be a linear without heads")
     return r
 
 
@@ -319,6 +441,10 @@ def all_archs() -> dict[str, ArchSpec]:
     for name, d in load_models_yaml()["architectures"].items():
         if d.get("rope_style") not in ("norm", "neox"):
             raise QuantconvError(f"models.yaml: {name} has rope_style {d.get('rope_style')!r}; use norm or neox")
+        if d.get("ffn_act", "silu") not in FFN_ACTS or d.get("embed_scale") not in EMBED_SCALES:
+            raise QuantconvError(f"models.yaml: {name} has ffn_act {d.get('ffn_act')!r} / embed_scale "
+                                 f"{d.get('embed_scale')!r}; ffn_act is one of {', '.join(FFN_ACTS)}, "
+                                 "embed_scale sqrt_hidden or absent")
         out[name] = ArchSpec(
             name=name,
             gguf_arch=d["gguf_arch"],
@@ -330,6 +456,12 @@ def all_archs() -> dict[str, ArchSpec]:
             tied_head=bool(d.get("tied_head", False)),
             rope_freqs_llama3=bool(d.get("rope_freqs_llama3", False)),
             ignore=tuple(d.get("ignore") or ()),
+            longrope=bool(d.get("longrope", False)),
+            norm_offset=float(d.get("norm_offset", 0.0)),
+            embed_scale=d.get("embed_scale"),
+            ffn_act=d.get("ffn_act", "silu"),
+            sliding_window_pattern=d.get("sliding_window_pattern"),
+            hparams=dict(d.get("hparams") or {}),
         )
     return out
 
@@ -355,6 +487,11 @@ def __getattr__(name: str):
 
 def _supported() -> str:
     return ", ".join(f"{n} ({'/'.join(a.hf_architectures[:1])})" for n, a in all_archs().items())
+
+
+def supported_families() -> str:
+    """The architectures quantconv converts, for help texts and errors (from models.yaml)."""
+    return _supported()
 
 
 def arch_for_config(config: dict) -> ArchSpec:

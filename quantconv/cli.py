@@ -47,7 +47,14 @@ def _layer_status(i: int, info: dict) -> str:
     return f"layer {i} ({info['seconds']} s{err})"
 
 
-@app.command()
+def _export_help() -> str:
+    from quantconv.formats.models import supported_families
+
+    return ("Quantize every linear layer of a model into a GGUF (or ONNX) file.\n\n"
+            f"Supported model families (models.yaml): {supported_families()}.")
+
+
+@app.command(help=_export_help())
 @one_line_errors
 def export(
     source: Optional[str] = typer.Argument(None, help="HF model dir, hub id or .gguf file (default: the built-in SmolLM2-135M-Instruct)"),

@@ -459,35 +459,86 @@ def test_unsupported_gguf_arch(tmp_path):
 def test_models_yaml_is_complete():
     for name, a in M.all_archs().items():
         assert a.gguf_name("model.layers.7.mlp.down_proj.weight") == "blk.7.ffn_down.weight"
-        assert a.hf_name("blk.12.attn_q.bias") == "model.layers.12.self_attn.q_proj.bias"
+        if "attn_q_bias" in a.roles:
+            assert a.hf_name("blk.12.attn_q.bias") == "model.layers.12.self_attn.q_proj.bias"
         assert a.gguf_name("lm_head.weight") == "output.weight"
     assert M.arch_for_config({"model_type": "mistral"}).gguf_arch == "llama"
     assert M.arch_for_gguf("llama").name == "llama" and M.arch_for_gguf("qwen2").name == "qwen2"
+    assert {n: M.arch_for_gguf(n).name for n in ("qwen3", "gemma2", "gemma3", "phi3")} == {
+        "qwen3": "qwen3", "gemma2": "gemma2", "gemma3": "gemma3", "phi3": "phi3"}
+    assert M.arch_for_config({"architectures": ["Gemma3ForCausalLM"]}).name == "gemma3"
     assert M.default_reference().name == "smollm2-135m-instruct"
     assert not math.isnan(M.all_archs()["llama"].gguf_metadata(
         {"hidden_size": 8, "num_hidden_layers": 1, "intermediate_size": 8, "num_attention_heads": 2,
          "max_position_embeddings": 8, "vocab_size": 4})["llama.attention.layer_norm_rms_epsilon"])
 
 
+LLAMA_LINEARS = ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"]
+
+
 def test_roles_describe_every_tensor():
     """models.yaml's roles: kinds, heads, optional, per-arch RoPE style; LINEAR and the torch model's
     linear names are derived from them."""
-    linears = ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"]
     for a in M.all_archs().values():
-        assert [r.name for r in a.of_kind("linear")] == linears
+        assert [r.name for r in a.logical_linears()] == LLAMA_LINEARS
         assert a.is_linear("blk.3.ffn_down.weight") and not a.is_linear("blk.3.attn_q.bias")
         assert a.kind_of("token_embd.weight") == "embedding" and a.kind_of("output.weight") == "output"
-        assert a.kind_of("blk.0.ffn_norm.weight") == "norm" and a.kind_of("rope_freqs.weight") == "rope_freqs"
+        assert a.kind_of("blk.0.ffn_norm.weight") == "norm"
+        assert a.tied_head and not a.required(a.role("output")) and a.required(a.role("attn_norm"))
+        if a.name == "phi3":
+            continue
+        assert [r.name for r in a.of_kind("linear")] == LLAMA_LINEARS
+        assert a.kind_of("rope_freqs.weight") == "rope_freqs" and a.role("rope_freqs").hf is None
         role, i = a.role_of_hf("model.layers.4.self_attn.k_proj.bias")
         assert (role.name, i, role.heads, role.kind, role.optional) == ("attn_k_bias", 4, "kv", "bias", True)
-        assert a.tied_head and not a.required(a.role("output")) and a.required(a.role("attn_norm"))
-        assert a.role("rope_freqs").hf is None
     assert {n: (a.rope_style, a.permute_qk) for n, a in M.all_archs().items()} == {
-        "llama": ("norm", True), "mistral": ("norm", True), "qwen2": ("neox", False)}
+        "llama": ("norm", True), "mistral": ("norm", True), "qwen2": ("neox", False), "qwen3": ("neox", False),
+        "gemma2": ("neox", False), "gemma3": ("neox", False), "phi3": ("neox", False)}
     assert M.LINEAR.match("blk.0.attn_q.weight") and not M.LINEAR.match("blk.0.attn_norm.weight")
+    assert M.LINEAR.match("blk.0.attn_qkv.weight")
     assert M.tensor_kind("blk.2.attn_v.weight") == "linear" and M.tensor_kind("foo.weight") is None
+    assert M.tensor_kind("blk.2.post_ffw_norm.weight") == "norm" and M.tensor_kind("blk.0.attn_q_norm.weight") == "norm"
     with pytest.raises(QuantconvError, match="no tensor role 'attn_qkv'"):
         M.all_archs()["llama"].role("attn_qkv")
+
+
+def test_fused_roles_and_their_parts():
+    """Phi-3's fused linears: GGUF names as llama.cpp's, parts in row order with the config's widths,
+    the logical linears' inputs resolving to norms or parts; unfused roles have no parts."""
+    phi3 = M.all_archs()["phi3"]
+    cfg = {"hidden_size": 96, "num_attention_heads": 6, "num_key_value_heads": 2, "intermediate_size": 200}
+    assert [r.name for r in phi3.of_kind("linear")] == ["attn_qkv", "attn_output", "ffn_gate_up", "ffn_down"]
+    assert phi3.parts("attn_qkv", cfg) == [("attn_q", 0, 96), ("attn_k", 96, 128), ("attn_v", 128, 160)]
+    assert phi3.parts("ffn_gate_up", cfg) == [("ffn_gate", 0, 200), ("ffn_up", 200, 400)]
+    assert phi3.parts("attn_output", cfg) == [] and M.all_archs()["llama"].parts("attn_q", cfg) == []
+    assert phi3.gguf_name("model.layers.3.mlp.gate_up_proj.weight") == "blk.3.ffn_up.weight"
+    assert phi3.hf_name("blk.3.attn_qkv.weight") == "model.layers.3.self_attn.qkv_proj.weight"
+    by_name = {r.name: r for r in phi3.logical_linears()}
+    assert by_name["attn_k"].part_of == "attn_qkv" and by_name["attn_k"].heads == "kv"
+    assert by_name["ffn_up"].hf == "model.layers.{i}.mlp.gate_up_proj.weight"
+    for r in phi3.logical_linears():
+        assert phi3.logical(r.input).kind in ("norm", "linear")
+    assert phi3.logical("attn_v").part_of == "attn_qkv" and phi3.logical("attn_norm").kind == "norm"
+    with pytest.raises(QuantconvError, match="no tensor role or fused part 'attn_x'"):
+        phi3.logical("attn_x")
+
+
+def test_family_fields():
+    """Per-architecture facts the runtimes read: norm offset, embedding scale, activation, local layers."""
+    archs = M.all_archs()
+    assert {n: (a.norm_offset, a.embed_scale, a.ffn_act, a.sliding_window_pattern) for n, a in archs.items()} == {
+        "llama": (0.0, None, "silu", None), "mistral": (0.0, None, "silu", None), "qwen2": (0.0, None, "silu", None),
+        "qwen3": (0.0, None, "silu", None), "gemma2": (1.0, "sqrt_hidden", "gelu_tanh", 2),
+        "gemma3": (1.0, "sqrt_hidden", "gelu_tanh", 6), "phi3": (0.0, None, "silu", None)}
+    assert archs["gemma3"].swa_layers(12) == [1, 1, 1, 1, 1, 0] * 2 and archs["gemma2"].swa_layers(3) == [1, 0, 1]
+    assert archs["qwen3"].swa_layers(2) == [0, 0]
+    g = archs["gemma2"]
+    w = np.array([0.25, -0.5], dtype=np.float32)
+    norm, linear = "model.layers.1.post_feedforward_layernorm.weight", "model.layers.1.mlp.up_proj.weight"
+    np.testing.assert_array_equal(g.to_gguf_layout(norm, w, {}), [1.25, 0.5])
+    np.testing.assert_array_equal(g.from_gguf_layout(norm, g.to_gguf_layout(norm, w, {}), {}), w)
+    np.testing.assert_array_equal(g.to_gguf_layout(linear, w, {}), w)
+    np.testing.assert_array_equal(archs["qwen3"].to_gguf_layout("model.norm.weight", w, {}), w)
 
 
 @pytest.mark.parametrize("n_kv", [4, 2])

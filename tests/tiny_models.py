@@ -1,10 +1,15 @@
 """Tiny synthetic Hugging Face models and tokenizers, built locally (tests never download).
 
-    make_tiny_hf_model(tmp_path, arch="llama", dtype="float32", tied=False, sharded=False) -> Path
+    make_tiny_hf_model(tmp_path, arch="llama", dtype="float32", tied=None, sharded=False) -> Path
 
 writes config.json, *.safetensors (sharded with an index when asked), tokenizer.json and
 tokenizer_config.json into tmp_path / <a name from the arguments>, and returns that folder.
 Weights are random but seeded, so two calls with the same arguments give the same model.
+
+`arch` is one of FAMILIES: the plain families plus variants that exercise one feature ("llama3":
+Llama 3.1 RoPE scaling, "phi3-longrope": Phi-3 LongRoPE factors). Each family's config sets what
+makes its forward pass differ from llama's (decoupled head_dim, sliding windows shorter than a
+64-token prompt, soft-capping, partial rotary), so parity tests exercise it.
 """
 
 from __future__ import annotations
@@ -31,7 +36,38 @@ CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['cont
                  "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 _CONFIGS = {"llama": ("LlamaConfig", "LlamaForCausalLM"), "mistral": ("MistralConfig", "MistralForCausalLM"),
-            "qwen2": ("Qwen2Config", "Qwen2ForCausalLM")}
+            "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"), "qwen3": ("Qwen3Config", "Qwen3ForCausalLM"),
+            "gemma2": ("Gemma2Config", "Gemma2ForCausalLM"), "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM"),
+            "phi3": ("Phi3Config", "Phi3ForCausalLM")}
+
+HEAD_DIM = 32  # qwen3 / gemma: decoupled from hidden / heads (= 16)
+SLIDING_WINDOW = 8  # gemma's local layers: shorter than any parity prompt
+ROPE_DIM_PHI3 = 8  # partial_rotary_factor 0.5 of head_dim 16: LongRoPE has ROPE_DIM_PHI3 / 2 factors
+# name -> (config class family, config overrides, default tied, default tokenizer)
+_FAMILIES = {
+    "llama": ("llama", {}, False, "bpe"),
+    "mistral": ("mistral", {}, False, "bpe"),
+    "qwen2": ("qwen2", {}, False, "bpe"),
+    "llama3": ("llama", dict(rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0,
+                                               high_freq_factor=4.0, original_max_position_embeddings=64),
+                             rope_theta=500000.0), False, "bpe"),
+    "qwen3": ("qwen3", dict(head_dim=HEAD_DIM), False, "bpe"),
+    "gemma2": ("gemma2", dict(head_dim=HEAD_DIM, query_pre_attn_scalar=HEAD_DIM, sliding_window=SLIDING_WINDOW,
+                              attn_logit_softcapping=50.0, final_logit_softcapping=30.0), True, "spm"),
+    # 6 layers: 5 local, 1 global (the real models' pattern); two RoPE bases
+    "gemma3": ("gemma3", dict(head_dim=HEAD_DIM, query_pre_attn_scalar=HEAD_DIM, sliding_window=SLIDING_WINDOW,
+                              num_hidden_layers=6), True, "spm"),
+    "phi3": ("phi3", dict(partial_rotary_factor=0.5, original_max_position_embeddings=256, pad_token_id=None),
+             False, "bpe"),
+    # context 512 > original 256: long factors apply beyond 256 tokens, short ones below
+    "phi3-longrope": ("phi3", dict(partial_rotary_factor=0.5, max_position_embeddings=512,
+                                   original_max_position_embeddings=256, pad_token_id=None,
+                                   rope_scaling=dict(rope_type="longrope",
+                                                     long_factor=[1.0, 1.5, 2.25, 3.5],
+                                                     short_factor=[1.0, 1.05, 1.1, 1.2])), False, "bpe"),
+}
+FAMILIES = tuple(_FAMILIES)
+NEW_FAMILIES = ("llama3", "qwen3", "gemma2", "gemma3", "phi3", "phi3-longrope")
 
 
 def make_bpe_tokenizer(out_dir: Path) -> Path:
@@ -57,8 +93,9 @@ def make_bpe_tokenizer(out_dir: Path) -> Path:
     return out_dir
 
 
-def make_spm_tokenizer(out_dir: Path) -> Path:
-    """A Llama-2-style tokenizer.json: SentencePiece BPE with byte fallback, "▁" for spaces."""
+def make_spm_tokenizer(out_dir: Path, pad_to: int | None = None) -> Path:
+    """A Llama-2-style tokenizer.json: SentencePiece BPE with byte fallback, "▁" for spaces. pad_to: fill
+    the vocabulary up to that size with "<unusedN>" pieces, as Gemma's tokenizer has them."""
     from tokenizers import Tokenizer, decoders, models, normalizers
 
     vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
@@ -71,6 +108,8 @@ def make_spm_tokenizer(out_dir: Path) -> Path:
         vocab.setdefault("".join(m), len(vocab))
     for c in chars:
         vocab.setdefault(c, len(vocab))
+    while pad_to is not None and len(vocab) < pad_to:
+        vocab[f"<unused{len(vocab)}>"] = len(vocab)
     tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True,
                                fuse_unk=True))
     tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
@@ -112,23 +151,32 @@ def write_sentencepiece_model(path: Path, pieces: list[tuple[str, float, int]], 
     return path
 
 
-def make_tiny_hf_model(tmp_path: Path, arch: str = "llama", dtype: str = "float32", tied: bool = False,
-                       sharded: bool = False, tokenizer: str = "bpe", seed: int = 0, **config_overrides) -> Path:
-    """Save a tiny random `arch` causal LM (llama, mistral, qwen2) in `dtype` and return its folder."""
+def make_tiny_hf_model(tmp_path: Path, arch: str = "llama", dtype: str = "float32", tied: bool | None = None,
+                       sharded: bool = False, tokenizer: str | None = None, seed: int = 0,
+                       **config_overrides) -> Path:
+    """Save a tiny random `arch` causal LM (one of FAMILIES) in `dtype` and return its folder. tied and
+    tokenizer default to the family's usual (Gemma: tied head, SentencePiece-style vocabulary)."""
     import torch
     import transformers
 
-    cfg_cls, model_cls = (getattr(transformers, n) for n in _CONFIGS[arch])
+    family, family_overrides, tied_default, tokenizer_default = _FAMILIES[arch]
+    tied = tied_default if tied is None else tied
+    tokenizer = tokenizer or tokenizer_default
+    cfg_cls, model_cls = (getattr(transformers, n) for n in _CONFIGS[family])
     kwargs = dict(TINY, vocab_size=VOCAB_SIZE, tie_word_embeddings=tied, bos_token_id=1, eos_token_id=2)
+    kwargs.update(family_overrides)
     kwargs.update(config_overrides)
     config = cfg_cls(**kwargs)
     torch.manual_seed(seed)
     model = model_cls(config).to(getattr(torch, dtype)).eval()
-    with torch.no_grad():  # norms start at exactly 1.0: perturb them so tests see real values
+    with torch.no_grad():  # norms start at exactly 1.0 (Gemma: 0.0): perturb them so tests see real values
         for name, p in model.named_parameters():
             if name.endswith("norm.weight"):
                 p.add_(torch.randn_like(p) * 0.1)
     out = Path(tmp_path) / f"{arch}-{dtype}-{'tied' if tied else 'untied'}{'-sharded' if sharded else ''}-{tokenizer}"
     model.save_pretrained(out, safe_serialization=True, max_shard_size="40KB" if sharded else "10GB")
-    (make_bpe_tokenizer if tokenizer == "bpe" else make_spm_tokenizer)(out)
+    if tokenizer == "bpe":
+        make_bpe_tokenizer(out)
+    else:  # Gemma's vocabulary fills the model's (llama.cpp's converter trims embeddings past it)
+        make_spm_tokenizer(out, pad_to=VOCAB_SIZE if family.startswith("gemma") else None)
     return out
