@@ -4,7 +4,7 @@
     ids = tok.encode(text, add_bos=False, special=False)
     text = tok.decode(ids)
 
-Two tokenizer families, as convert/tokenizer_meta.py writes them:
+Three tokenizer families (tokenizer.ggml.model), as llama.cpp reads them:
 
 - "gpt2": byte-level BPE (GPT-2, Llama 3, Qwen2, SmolLM). The text is first cut into words by the
   pre-tokenizer that tokenizer.ggml.pre names. llama.cpp implements its common pre-tokenizer regexes
@@ -17,7 +17,11 @@ Two tokenizer families, as convert/tokenizer_meta.py writes them:
   score of the token they form (highest first, leftmost first among equals), starting from UTF-8
   characters, with "<0xXX>" byte tokens for characters outside the vocabulary. `tokenizers` cannot
   express score-ordered merges, so that algorithm runs here in Python; text is cut where no token can
-  span the cut, and the pieces are cached, which keeps it fast.
+  span the cut, and the pieces are cached, which keeps it fast. Gemma 2/3 use this with
+  add_space_prefix false.
+- "gemma4": SentencePiece-style BPE (Gemma 4's 262k vocabulary): spaces become "▁", lines and runs of
+  newlines are the words, merges go by rank over raw UTF-8 (HF's `tokenizers` again), and a symbol
+  that is no token becomes "<0xXX>" byte tokens.
 
 Special tokens are matched the llama.cpp way: control/unknown tokens only with special=True,
 user-defined ones always, longest token text first.
@@ -109,10 +113,27 @@ _LLAMA3 = (r"'(?:[sS]|[tT]|[rR][eE]|[vV][eE]|[mM]|[lL][lL]|[dD])|[^\r\n{L}{N}]?[
 _QWEN2 = (r"'(?:[sS]|[tT]|[rR][eE]|[vV][eE]|[mM]|[lL][lL]|[dD])|[^\r\n{L}{N}]?[{L}]+|[{N}]"
           r"| ?[^{W}{L}{N}]+[\r\n]*|[{W}]*[\r\n]+|[{W}]+(?![^{W}])|[{W}]+")
 
-# Each family: a list of (pattern, covers) stages applied in turn to every piece, as llama.cpp applies
-# its regex list. covers=True: the pattern's matches tile any piece (llama.cpp's custom scanners);
-# covers=False: text between matches becomes pieces of its own (llama.cpp's std::regex fallback).
-PRETOKENIZER_FAMILIES: dict[str, list[tuple[str, bool]]] = {
+# llama.cpp runs a regex it has no hand-written scanner for through std::regex on a "collapsed" copy of
+# the text: every codepoint >= 128 becomes one byte naming its class (letter 0xD2, number 0xD1,
+# punctuation 0xD3, whitespace 0x0B, anything else 0xD0 here) and \p{L}/\p{N} become those bytes plus
+# their ASCII members; \s is ECMAScript's ASCII set. Its word cuts then apply to the original text.
+# Non-ASCII letters thus count as both upper and lower case, which Phi-4-mini's regex relies on.
+_ECMA_S = r"\t\n\x0b\x0c\r "
+_COLLAPSED_L, _COLLAPSED_N = "\xd2A-Za-z", "\xd10-9"
+_CONTRACTION = "(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])?"
+# OpenAI's o200k regex (tokenizer.ggml.pre "gpt-4o": Phi-4-mini, Llama 4), in the form llama.cpp runs
+# it, where [\p{Lu}...] became "a letter that is not a-z" / "a letter that is not A-Z".
+_GPT4O_COLLAPSED = (
+    f"[^\\r\\n{_COLLAPSED_L}{_COLLAPSED_N}]?(?:(?=[{_COLLAPSED_L}])[^a-z])*(?:(?=[{_COLLAPSED_L}])[^A-Z])+{_CONTRACTION}"
+    f"|[^\\r\\n{_COLLAPSED_L}{_COLLAPSED_N}]?(?:(?=[{_COLLAPSED_L}])[^a-z])+(?:(?=[{_COLLAPSED_L}])[^A-Z])*{_CONTRACTION}"
+    f"|[{_COLLAPSED_N}]{{{{1,3}}}}| ?[^{_ECMA_S}{_COLLAPSED_L}{_COLLAPSED_N}]+[\\r\\n/]*|[{_ECMA_S}]*[\\r\\n]+"
+    f"|[{_ECMA_S}]+(?![^{_ECMA_S}])|[{_ECMA_S}]+")
+
+# Each family: a list of (pattern, covers[, collapsed]) stages applied in turn to every piece, as
+# llama.cpp applies its regex list. covers=True: the pattern's matches tile any piece (llama.cpp's
+# custom scanners); covers=False: text between matches becomes pieces of its own (llama.cpp's
+# std::regex fallback). collapsed=True: the pattern runs on the collapsed text (see above).
+PRETOKENIZER_FAMILIES: dict[str, list[tuple]] = {
     "gpt2": [(_GPT2, True)],
     "llama3": [(_LLAMA3, True)],
     "qwen2": [(_QWEN2, True)],
@@ -121,6 +142,9 @@ PRETOKENIZER_FAMILIES: dict[str, list[tuple[str, bool]]] = {
     "smollm": [(r"[{N}]|'(?:s|t|re|ve|m|ll|d)| ?[{L}]+| ?[^{W}{L}{N}]+|[{W}]+(?![^{W}{N}])|[{W}]+", True)],
     "smollm-staged": [(r"[{N}]", False), (_GPT2, True)],  # the literal two stages, for tests
     "default": [(r"[{P}\$\+<=>\^~\|]+", False), (_GPT2, True), (r"[{N}]+", False), (r"[0-9][0-9][0-9]", False)],
+    "gpt-4o": [(_GPT4O_COLLAPSED, False, True)],
+    # SentencePiece-style BPE (Gemma 4): only runs of newlines are cut from the rest
+    "lines": [(r"[^\n]+|\n+", True)],
 }
 
 # tokenizer.ggml.pre -> (family, ignore_merges, add_bos default); llama.cpp's names for these regexes
@@ -137,20 +161,56 @@ PRE_TOKENIZERS: dict[str, tuple[str, bool, bool]] = {
                                             "stablelm2", "hunyuan", "solar-open", "grok-2")},
     **{p: ("smollm", False, False) for p in ("smollm", "starcoder", "refact", "command-r", "codeshell",
                                              "exaone", "minerva-7b", "mellum2")},
+    **{p: ("gpt-4o", False, False) for p in ("gpt-4o", "llama4", "kanana2", "talkie")},
 }
 
 
 @functools.lru_cache(maxsize=None)
-def _compiled_family(family: str) -> tuple[tuple[re.Pattern, bool], ...]:
+def _compiled_family(family: str) -> tuple[tuple[re.Pattern, bool, bool], ...]:
     classes = _char_classes()
-    return tuple((re.compile(p.format(**classes)), covers) for p, covers in PRETOKENIZER_FAMILIES[family])
+    return tuple((re.compile(st[0].format(**classes)), st[1], st[2] if len(st) > 2 else False)
+                 for st in PRETOKENIZER_FAMILIES[family])
 
 
-def _split_words(text: str, stages: tuple[tuple[re.Pattern, bool], ...]) -> list[str]:
+class _CollapseTable(dict):
+    """str.translate table: codepoint -> its collapsed character (see _GPT4O_COLLAPSED), filled lazily."""
+
+    def __missing__(self, cp: int) -> str:
+        if cp < 128:
+            c = chr(cp)
+        else:
+            classes, ch = _collapse_classes(), chr(cp)
+            c = next((v for rx, v in classes if rx.match(ch)), "\xd0")
+        self[cp] = c
+        return c
+
+
+@functools.lru_cache(maxsize=None)
+def _collapse_classes() -> tuple[tuple[re.Pattern, str], ...]:
+    cls = _char_classes()
+    return tuple((re.compile(f"[{cls[k]}]"), v) for k, v in (("W", "\x0b"), ("L", "\xd2"), ("N", "\xd1"),
+                                                            ("P", "\xd3")))
+
+
+_COLLAPSE = _CollapseTable()
+
+
+def _split_words(text: str, stages: tuple[tuple[re.Pattern, bool, bool], ...]) -> list[str]:
     pieces = [text]
-    for rx, covers in stages:
+    for rx, covers, collapsed in stages:
         out: list[str] = []
-        if covers:
+        if collapsed:  # same length as the piece: the match spans cut the original
+            for piece in pieces:
+                pos = 0
+                for m in rx.finditer(piece.translate(_COLLAPSE)):
+                    s, e = m.span()
+                    if s > pos:
+                        out.append(piece[pos:s])
+                    out.append(piece[s:e])
+                    pos = e
+                if pos < len(piece):
+                    out.append(piece[pos:] if pos else piece)
+        elif covers:
             findall = rx.findall
             for piece in pieces:
                 out.extend(findall(piece))
@@ -193,6 +253,11 @@ _FIM_EOG_TEXTS = frozenset(("<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[
                             "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>", "<|file_sep|>"))
 
 
+_MODELS = ("gpt2", "llama", "gemma4")
+_MODELS_MSG = ("unsupported tokenizer.ggml.model '{}': quantconv reads 'gpt2' (byte-level BPE), 'llama' "
+               "(SentencePiece) and 'gemma4' (SentencePiece-style BPE) tokenizers")
+
+
 def _fail(msg: str) -> QuantconvError:
     return QuantconvError(msg.replace("\n", " "))
 
@@ -206,9 +271,8 @@ class Tokenizer:
                  eot_id: int | None = None, eom_id: int | None = None, add_bos: bool | None = None,
                  add_eos: bool | None = None, add_space_prefix: bool | None = None,
                  chat_template: str | None = None):
-        if model not in ("gpt2", "llama"):
-            raise _fail(f"unsupported tokenizer.ggml.model '{model}': quantconv reads 'gpt2' (byte-level BPE) "
-                        "and 'llama' (SentencePiece) tokenizers")
+        if model not in _MODELS:
+            raise _fail(_MODELS_MSG.format(model))
         n = len(tokens)
         if n == 0:
             raise _fail("tokenizer.ggml.tokens is empty; the GGUF has no vocabulary")
@@ -239,6 +303,13 @@ class Tokenizer:
             self.add_eos = bool(add_eos) if add_eos is not None else False
             if pre in ("chatglm-bpe", "glm4", "glm5"):
                 default_bos = None
+        elif model == "gemma4":
+            # SentencePiece-style BPE: merges over raw UTF-8 with "▁" for spaces, "<0xXX>" byte tokens.
+            # llama.cpp has no default special ids for it and always adds BOS (its Gemma 4 workaround).
+            self.pre, family, ignore_merges = "gemma4", "lines", False
+            default_bos = default_eos = None
+            self.add_bos = True
+            self.add_eos = bool(add_eos) if add_eos is not None else False
         else:
             self.pre = "default"
             default_bos, default_eos = 1, 2
@@ -276,13 +347,14 @@ class Tokenizer:
         self._specials_user = [(self.tokens[i], i) for _, i in specials if attrs[i] == USER_DEFINED]
 
         self._pieces: list[bytes] | None = None
-        if model == "gpt2":
+        if model in ("gpt2", "gemma4"):
             if merges is None:
-                raise _fail("tokenizer.ggml.merges is missing; a 'gpt2' tokenizer needs its BPE merges")
+                raise _fail(f"tokenizer.ggml.merges is missing; a '{model}' tokenizer needs its BPE merges")
             self._stages = _compiled_family(family)
             self._bpe = self._build_bpe(merges, ignore_merges)
             self._word_cache: dict[str, list[int]] = {}
             self._byte_trans = {b: c for b, c in enumerate(_gpt2_byte_chars())}
+            self._byte_ids = [self._token_to_id.get(f"<0x{b:02X}>") for b in range(256)]
         else:
             self._spm_cache: dict[str, list[int]] = {}
             self._spm_pairs = {t[k:k + 2] for t in self.tokens if len(t) > 1 for k in range(len(t) - 1)}
@@ -296,9 +368,8 @@ class Tokenizer:
         model = kv.get("tokenizer.ggml.model")
         if model is None:
             raise _fail("the GGUF has no tokenizer.ggml.model; it carries no tokenizer (re-export it with one)")
-        if not isinstance(model, str) or model not in ("gpt2", "llama"):
-            raise _fail(f"unsupported tokenizer.ggml.model '{model}': quantconv reads 'gpt2' (byte-level BPE) "
-                        "and 'llama' (SentencePiece) tokenizers")
+        if not isinstance(model, str) or model not in _MODELS:
+            raise _fail(_MODELS_MSG.format(model))
         tokens = kv.get("tokenizer.ggml.tokens")
         if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens[:16]):
             raise _fail("tokenizer.ggml.tokens is missing or not a list of strings; re-export the file")
@@ -364,6 +435,29 @@ class Tokenizer:
         except Exception as e:  # tokenizers raises its own exception types
             raise _fail(f"the GGUF's BPE vocabulary is inconsistent ({e}); re-export the file") from None
 
+    def _spm_bpe_encode(self, words: list[str], out: list[int]) -> None:
+        """Gemma 4's BPE: words are lines (spaces already "▁") or runs of newlines, merged as written;
+        a symbol that is no token becomes its UTF-8 bytes' "<0xXX>" tokens, as in llama.cpp."""
+        cache, tokenize, nothing, vocab = self._word_cache, self._bpe.tokenize, self._bpe_sentinel, self._token_to_id
+        if len(cache) > 200_000:
+            cache.clear()
+        for w in words:
+            ids = cache.get(w)
+            if ids is None:
+                if w[0] == "\n" and w in vocab:  # a run of newlines that is one token stays whole
+                    ids = [vocab[w]]
+                else:
+                    ids = []
+                    for t in tokenize(w):
+                        if t.id != nothing:
+                            ids.append(t.id)
+                        else:
+                            a, b = t.offsets  # in UTF-8 bytes
+                            ids.extend(i for i in (self._byte_ids[c] for c in w.encode("utf-8")[a:b])
+                                       if i is not None)
+                cache[w] = ids
+            out.extend(ids)
+
     def _bpe_encode(self, words: list[str], out: list[int]) -> None:
         """BPE ids of pre-tokenized words, cached per word (natural text repeats its words a lot)."""
         cache, trans, tokenize, nothing = self._word_cache, self._byte_trans, self._bpe.tokenize, self._bpe_sentinel
@@ -423,6 +517,12 @@ class Tokenizer:
                     out.append(f)
                 else:
                     self._bpe_encode(_split_words(f, self._stages), out)
+        elif self.model == "gemma4":
+            for f in frags:
+                if isinstance(f, int):
+                    out.append(f)
+                else:
+                    self._spm_bpe_encode(_split_words(f.replace(" ", _SPM_SPACE), self._stages), out)
         else:
             prev_special = True  # a space goes in front of the text, and of text after a special token
             for f in frags:
@@ -540,7 +640,7 @@ class Tokenizer:
                         pieces.append(t.encode("utf-8"))
                     else:
                         pieces.append(b"")
-            else:
+            else:  # SentencePiece and SentencePiece-style BPE
                 for t, a in zip(self.tokens, self._attrs):
                     if a == NORMAL:
                         pieces.append(t.replace(_SPM_SPACE, " ").encode("utf-8"))
@@ -601,10 +701,17 @@ class Tokenizer:
     def _token_text(self, i: int | None) -> str:
         return self.tokens[i] if i is not None else ""
 
-    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True, **extra) -> str:
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True,
+                            strip_bos: bool | None = None, **extra) -> str:
         """The prompt text for `messages` ([{"role": ..., "content": ...}]), rendered with the model's
-        tokenizer.chat_template (jinja2, as HF transformers renders it), or ChatML when it has none.
-        Encode the result with special=True."""
+        tokenizer.chat_template (jinja2, as HF transformers renders it: same globals, filters and
+        variables, so extra template variables such as enable_thinking=False pass through `extra`),
+        or ChatML when it has none. Encode the result with special=True.
+
+        strip_bos: drop a leading BOS text the template wrote itself (Gemma, Llama 3, Phi-3 templates
+        do); by default when the tokenizer adds BOS on encode(add_bos=True), as llama.cpp does, so that
+        the prompt starts with one BOS token, not two. Pass False for the template's exact text.
+        """
         template = self.chat_template if isinstance(self.chat_template, str) and self.chat_template else None
         if template is None:  # ChatML, the format of the fallback llama.cpp and HF use most
             parts = [f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages]
@@ -634,10 +741,20 @@ class Tokenizer:
         env.filters["tojson"] = tojson
         env.globals["raise_exception"] = raise_exception
         env.globals["strftime_now"] = strftime_now
-        context = {"messages": messages, "add_generation_prompt": add_generation_prompt,
-                   "bos_token": self._token_text(self.bos_id), "eos_token": self._token_text(self.eos_id),
-                   **extra}
+        bos = self._token_text(self.bos_id)
+        # the variables transformers' apply_chat_template passes: tools/documents (None when absent)
+        # and the special tokens it knows
+        context = {"messages": messages, "tools": None, "documents": None,
+                   "add_generation_prompt": add_generation_prompt, "bos_token": bos,
+                   "eos_token": self._token_text(self.eos_id)}
+        for name, i in (("unk_token", self.unk_id), ("pad_token", self.pad_id)):
+            if i is not None:
+                context[name] = self.tokens[i]
+        context.update(extra)
         try:
-            return env.from_string(template).render(**context)
+            text = env.from_string(template).render(**context)
         except (jinja2.exceptions.TemplateError, TypeError, ValueError, KeyError, IndexError) as e:
             raise _fail(f"the model's chat template failed: {type(e).__name__}: {e}") from None
+        if (self.add_bos if strip_bos is None else strip_bos) and bos and text.startswith(bos):
+            text = text[len(bos):]
+        return text
