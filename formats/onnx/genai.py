@@ -12,6 +12,12 @@ tokenizer.json is written for byte-level BPE vocabularies ("gpt2" model) whose p
 regex family (gpt2, smollm, llama3, qwen2 in formats/tokenizer.py); SentencePiece ("llama" model)
 vocabularies carry scores, not the merges tokenizer.json needs, and llama.cpp's multi-stage "default"
 pre-tokenizer has no single HF form: for those only genai_config.json is written (and a note says so).
+
+Every family's graph is self-contained (soft-capping, sliding-window masks, LongRoPE's choice of factors
+are nodes of the graph, and every layer keeps its whole cache), so genai needs only the model type it
+knows the family by (GENAI_TYPES: Gemma 3 text models are "gemma3_text"; genai's "gemma3" is the
+vision-language model) and no `sliding_window` section (that would make genai trim the caches that our
+global layers still read). An architecture genai has no LLM type for gets no genai_config.json, and a note.
 """
 from __future__ import annotations
 
@@ -20,14 +26,20 @@ from typing import Any
 
 # the GGUF pre-tokenizer families of quantconv's own tokenizer (formats/tokenizer.py): the regexes are
 # written over explicit character classes there; HF's form uses \p{..} / \s
+from quantconv.errors import QuantconvError
 from quantconv.formats.tokenizer import PRETOKENIZER_FAMILIES, PRE_TOKENIZERS
 
 CONTROL, USER_DEFINED = 3, 4
-GENAI_TYPES = {"llama": "llama", "qwen2": "qwen2", "mistral": "mistral"}
+# GGUF architecture -> onnxruntime-genai model type (its decoder-only LLM types, src/models/model_type.h)
+GENAI_TYPES = {"llama": "llama", "qwen2": "qwen2", "mistral": "mistral", "qwen3": "qwen3", "gemma2": "gemma2",
+               "gemma3": "gemma3_text", "phi3": "phi3"}
 
 
 def genai_config(kv: dict[str, Any], cfg: dict, model_file: str) -> dict:
     arch = kv.get("general.architecture", "llama")
+    if arch not in GENAI_TYPES:
+        raise QuantconvError(f"onnxruntime-genai has no model type for the '{arch}' architecture (it knows "
+                             f"{', '.join(GENAI_TYPES)}); use quantconv's own runner for this .onnx file")
     ctx = int(kv.get(f"{arch}.context_length", 2048))
     eos = kv.get("tokenizer.ggml.eos_token_id")
     bos = kv.get("tokenizer.ggml.bos_token_id")
@@ -35,11 +47,11 @@ def genai_config(kv: dict[str, Any], cfg: dict, model_file: str) -> dict:
     return {
         "model": {
             "bos_token_id": bos, "context_length": ctx, "eos_token_id": eos, "pad_token_id": pad,
-            "type": GENAI_TYPES.get(arch, arch), "vocab_size": int(cfg["n_vocab"]),
+            "type": GENAI_TYPES[arch], "vocab_size": int(cfg["n_vocab"]),
             "decoder": {
                 "session_options": {"log_id": "onnxruntime-genai", "provider_options": []},
                 "filename": model_file, "head_size": int(cfg["head_dim"]),
-                "hidden_size": int(cfg["n_head"] * cfg["head_dim"]),
+                "hidden_size": int(cfg["n_embd"]),
                 "num_attention_heads": int(cfg["n_head"]), "num_key_value_heads": int(cfg["n_head_kv"]),
                 "num_hidden_layers": int(cfg["n_layer"]),
                 "inputs": {"input_ids": "input_ids", "attention_mask": "attention_mask",
@@ -116,8 +128,12 @@ def tokenizer_files(kv: dict[str, Any]) -> tuple[dict[str, dict] | None, str | N
 
 
 def genai_files(kv: dict[str, Any], cfg: dict, model_file: str) -> tuple[dict[str, bytes], list[str]]:
-    """File name -> bytes to write beside the model, and notes for the user."""
-    files = {"genai_config.json": json.dumps(genai_config(kv, cfg, model_file), indent=4).encode()}
+    """File name -> bytes to write beside the model, and notes for the user (no files, and a note saying
+    why, for an architecture onnxruntime-genai doesn't know)."""
+    try:
+        files = {"genai_config.json": json.dumps(genai_config(kv, cfg, model_file), indent=4).encode()}
+    except QuantconvError as e:
+        return {}, [f"no genai_config.json written: {e}"]
     tok, why = tokenizer_files(kv)
     notes = []
     if tok:
