@@ -179,30 +179,34 @@ def test_left_padded_batch_with_sliding_window(f32_gguf, tmp_path):
 
 
 # ---- quantized exports: weights bit for bit, perplexity equal to the engine's exact path ------------------
-PPL_CASES = [("qwen3", "sf4", 32), ("gemma2", "q4_0", None), ("gemma3", "int4:asym", 32), ("phi3", "sf4", 32),
-             ("phi3-longrope", "q4_0", None)]
-PPL_CTX = 48        # > SLIDING_WINDOW, four windows of the text below
-PPL_RTOL = 1e-4     # relative perplexity difference: logits agree within ~1e-4 (float32 summation order)
+PPL_CTX = 48        # > SLIDING_WINDOW
+# (family, dtype, group, ctx); LongRoPE with ctx 300 > its original 256: the engine picks the long factors
+# from n_ctx, the graph from the window's positions, and both land on the long ones
+PPL_CASES = [("qwen3", "sf4", 32, PPL_CTX), ("gemma2", "q4_0", None, PPL_CTX), ("gemma3", "int4:asym", 32, PPL_CTX),
+             ("phi3", "sf4", 32, PPL_CTX), ("phi3-longrope", "q4_0", None, PPL_CTX),
+             ("phi3-longrope", "sf4", 32, 300)]
+PPL_RTOL = 1e-5     # relative perplexity difference (measured: < 2e-7)
 
 
-@pytest.mark.parametrize("name, dtype, group", PPL_CASES)
-def test_quantized_weights_bit_for_bit_and_perplexity_matches_engine(hf, tmp_path, name, dtype, group):
+@pytest.mark.parametrize("name, dtype, group, ctx", PPL_CASES)
+def test_quantized_weights_bit_for_bit_and_perplexity_matches_engine(hf, tmp_path, name, dtype, group, ctx):
     from quantconv.runtime.engine import Engine
     from quantconv.runtime.perplexity import perplexity
 
     out, gguf = tmp_path / "m.onnx", tmp_path / "m.gguf"
     export_onnx(open_source(str(hf(name))), out, dtype, group_size=group, keep_gguf=gguf)
     assert_weights_bit_for_bit(out, gguf)
-    ids = tokens(4 * PPL_CTX, seed=2)
-    with Engine(gguf, n_ctx=PPL_CTX, n_threads=2, exact=True) as eng:
-        ref = perplexity(eng, ids, ctx=PPL_CTX)
+    windows = max(2, 4 * PPL_CTX // ctx)
+    ids = tokens(windows * ctx, seed=2)
+    with Engine(gguf, n_ctx=ctx, n_threads=2, exact=True) as eng:
+        ref = perplexity(eng, ids, ctx=ctx)
         eng.reset()
-        ref_logits = eng.eval(ids[:PPL_CTX].astype(np.int32), all_logits=True)
-    with OnnxEngine(out, n_ctx=PPL_CTX, n_threads=2) as eng:
-        got = perplexity(eng, ids, ctx=PPL_CTX)
+        ref_logits = eng.eval(ids[:ctx].astype(np.int32), all_logits=True)
+    with OnnxEngine(out, n_ctx=ctx, n_threads=2) as eng:
+        got = perplexity(eng, ids, ctx=ctx)
         eng.reset()
-        logits = eng.eval(ids[:PPL_CTX], all_logits=True)
-    assert got.tokens == ref.tokens == 4 * (PPL_CTX - 1)
+        logits = eng.eval(ids[:ctx], all_logits=True)
+    assert got.tokens == ref.tokens == windows * (ctx - 1)
     assert np.abs(logits - ref_logits).max() < TOL, np.abs(logits - ref_logits).max()
     assert abs(got.ppl / ref.ppl - 1) < PPL_RTOL, (got.ppl, ref.ppl)
 

@@ -157,22 +157,8 @@ class DecoderBuilder:
         self.arch = arch_for_gguf(cfg["arch"])   # tensor names by role (models.yaml)
         self.g = GraphBuilder()
         self.encodings: dict[str, dict] = {}
-        rd, hd = cfg["rope_dim"], cfg["head_dim"]
-        if not (0 < rd <= hd and rd % 2 == 0):
-            raise QuantconvError(f"{f.path}: rope dimension {rd} must be even and within the head dimension {hd}; "
-                                 "re-export it with quantconv")
-        self.swa_local = self._local_layers()
-
-    def _local_layers(self) -> set[int]:
-        """Indices of the sliding-window layers (none without a window)."""
-        c = self.cfg
-        if not c.get("swa_window"):
-            return set()
-        flags = list(c.get("swa_layers") or [])
-        if len(flags) != c["n_layer"]:
-            raise QuantconvError(f"{self.f.path}: {len(flags)} sliding-window layer flags for {c['n_layer']} layers; "
-                                 "re-export it with quantconv")
-        return {i for i, local in enumerate(flags) if local}
+        # the sliding-window (local) layers; formats/model_config.py has checked the flags and rope_dim
+        self.swa_local = {i for i, local in enumerate(cfg["swa_layers"]) if local} if cfg["swa_window"] else set()
 
     # ---- weights -------------------------------------------------------------------------------
     def name(self, role: str, i: int | None = None) -> str:
@@ -263,7 +249,7 @@ class DecoderBuilder:
         else:
             angles = g.op("Unsqueeze", [g.op("Concat", [freqs, freqs], axis=-1), g.ints(1)])
             cos, sin = g.op("Cos", [angles]), g.op("Sin", [angles])
-        factor = float(self.cfg.get("rope_attn_factor", 1.0))
+        factor = float(self.cfg["rope_attn_factor"])
         if factor != 1.0:
             f = g.const(np.float32(factor))
             cos, sin = g.op("Mul", [cos, f]), g.op("Mul", [sin, f])
@@ -275,7 +261,7 @@ class DecoderBuilder:
         c, g = self.cfg, self.g
         dim = c["rope_dim"]
         if self.has("rope_factors_long") and self.has("rope_factors_short"):
-            orig = int(c.get("rope_orig_ctx") or 0)
+            orig = int(c["rope_orig_ctx"])
             if orig <= 0:
                 raise QuantconvError(f"{self.f.path} has LongRoPE factors but no original context length "
                                      f"({c['arch']}.rope.scaling.original_context_length); re-export it with quantconv")
@@ -307,7 +293,7 @@ class DecoderBuilder:
         # token embedding: the codes and scales of the ids' rows, dequantized (not the whole table)
         emb = self.weight(self.name("token_embd"), "nk")
         h = embedding_nodes(g, "input_ids", emb)
-        embd_scale = float(c.get("embd_scale", 1.0))
+        embd_scale = float(c["embd_scale"])
         if embd_scale != 1.0:   # gemma: x sqrt(n_embd), rounded to float32 first as transformers does
             h = g.op("Mul", [h, g.const(np.float32(embd_scale))])
 
@@ -315,7 +301,7 @@ class DecoderBuilder:
         pos = g.op("Unsqueeze", [g.op("Cast", ["position_ids"], to=F), g.ints(-1)])
         rope_global = self.rope_angles(pos, self.global_inv_freq())
         rope_local = rope_global
-        base_swa = float(c.get("rope_base_swa", c["rope_base"]))
+        base_swa = float(c["rope_base_swa"])
         if self.swa_local and (base_swa != c["rope_base"] or c["rope_scale"] != 1.0 or self.has("rope_freqs")
                                or self.has("rope_factors_long")):
             rope_local = self.rope_angles(pos, g.const(_inv_freq(rd, base_swa)))
@@ -339,8 +325,8 @@ class DecoderBuilder:
             near = g.op("Less", [back, g.const(np.int64(c["swa_window"]))])
             mask_local = g.op("Where", [g.op("And", [g.op("And", [causal, near]), keep]), zero, neg])
 
-        scale = float(c.get("attn_scale") or 0.0) or float(1.0 / np.sqrt(hd))
-        softcap = float(c.get("attn_softcap") or 0.0)
+        scale = float(c["attn_scale"]) or float(1.0 / np.sqrt(hd))
+        softcap = float(c["attn_softcap"])
         for i in range(L):
             n = lambda role: self.name(role, i)   # noqa: E731
             opt = lambda role: self.opt(role, i)   # noqa: E731
@@ -367,10 +353,8 @@ class DecoderBuilder:
                            q_num_heads=nh, kv_num_heads=nkv, scale=scale, **capped)[0]
             else:
                 norms = {"q": q_norm, "k": k_norm}
-                qk_norm = ((lambda y, which: _rmsnorm(g, y, self.vector(norms[which]), c["rms_eps"]))
+                qk_norm = ((lambda y, which: _rmsnorm(g, y, self.vector(norms[which]), c["rms_eps"]) if norms[which] else y)
                            if q_norm or k_norm else None)
-                if qk_norm and not (q_norm and k_norm):
-                    raise QuantconvError(f"{self.f.path}: layer {i} has only one of the q/k norms; re-export it with quantconv")
                 ctx = _attention_basic(g, q, k, v, cos, sin, layer_mask, past, present, nh, nkv, hd, rd, scale,
                                        softcap, qk_norm)
             out = self.linear(ctx, n("attn_output"), opt("attn_output_bias"))
@@ -384,7 +368,7 @@ class DecoderBuilder:
             else:
                 gate = self.linear(x, n("ffn_gate"))
                 up = self.linear(x, n("ffn_up"))
-            if c.get("ffn_act", "silu") == "gelu_tanh":
+            if c["ffn_act"] == "gelu_tanh":
                 act = g.op("Gelu", [gate], approximate="tanh") if self.fused else _gelu_tanh(g, gate)
                 act = g.op("Mul", [act, up])
             else:
@@ -399,7 +383,7 @@ class DecoderBuilder:
             logits = self.linear(x, self.name("output"))
         else:   # tied embeddings: the token table's own initializers, as a (constant-folded) float head
             logits = tied_head_nodes(g, x, emb)
-        if c.get("final_softcap"):
+        if c["final_softcap"]:
             logits = _softcap(g, logits, float(c["final_softcap"]))
         g.op("Identity", [logits], ["logits"])
         graph = helper.make_graph(g.nodes, name, inputs, outputs, initializer=g.inits)
