@@ -18,7 +18,6 @@ import torch
 from quantconv.convert import awq, smoothing
 from quantconv.convert.gptq import QuantizedLinear, gptq, inverse_cholesky, prepare_hessian, rtn, split_rows
 from quantconv.convert.norm_tweak import tweak
-from quantconv.convert.torch_model import hf_linear_name
 from quantconv.errors import QuantconvError
 
 STAGES = ("smooth", "round", "tweak")
@@ -88,7 +87,7 @@ def _gptq(cfg: GPTQ, layer, groups, hessian, dtypes) -> list[list[QuantizedLinea
     for members in groups:   # one pass per datatype, the rows of its linears concatenated
         W = torch.cat([layer.w[n] for n in members]) if len(members) > 1 else layer.w[members[0]]
         joint = gptq(W, H, dtypes[members[0]], percdamp=cfg.damp, act_order=cfg.act_order, hinv_factor=factor,
-                     name="/".join(hf_linear_name(layer.i, n) + ".weight" for n in members),
+                     name=f"layer {layer.i} " + "/".join(members),
                      scale_search=cfg.scale_search)
         out.append(split_rows(joint, [layer.w[n].shape[0] for n in members]))
     return out

@@ -80,7 +80,7 @@ def apply_awq_scales(layer: Layer, inputs: dict[str, torch.Tensor], dtypes: dict
 
 def clip_weights(layer: Layer, inputs: dict[str, torch.Tensor], dtypes: dict[str, DType]) -> None:
     """AWQ's clipping for every linear but q/k (whose errors the softmax amplifies unevenly)."""
-    for name in ("v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"):
+    for name in ("attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"):
         if dtypes[name].codec.fittable:
             layer.w[name] = search_clip(layer.w[name], inputs[name](), dtypes[name])
 

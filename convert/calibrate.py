@@ -11,6 +11,10 @@ this order:
   3. tweaking (Norm Tweaking): the norms tuned towards the float layer's output;
 then the quantized layer's output becomes layer i+1's input. Each step runs over the calibration
 samples in chunks, so the activations of all samples are the largest thing in memory.
+
+Linears are the logical ones of the torch model (roles attn_q ... ffn_down); a fused checkpoint tensor
+(phi3's qkv_proj) is rounded as its parts — GPTQ treats rows independently given the shared Hessian,
+so that is GPTQ on the fused matrix — and handed to the export joined again, under its HF name.
 """
 from __future__ import annotations
 
@@ -23,8 +27,8 @@ import torch
 
 from quantconv.convert.act_quant import ActDType
 from quantconv.convert.algorithms import Algorithm, algorithm_of, by_stage
-from quantconv.convert.gptq import QuantizedLinear
-from quantconv.convert.torch_model import LINEARS, DecoderConfig, Head, Layer, Rope, hf_linear_name
+from quantconv.convert.gptq import QuantizedLinear, join_rows
+from quantconv.convert.torch_model import LINEARS, DecoderConfig, Head, Layer, Rope
 from quantconv.errors import QuantconvError
 from quantconv.formats.registry import DType
 
@@ -49,8 +53,8 @@ class CalibOptions:
 
 @dataclass
 class CalibResult:
-    quantized: dict[str, QuantizedLinear] = field(default_factory=dict)   # HF weight name ->
-    floats: dict[str, np.ndarray] = field(default_factory=dict)           # HF name -> changed float tensor
+    quantized: dict[str, QuantizedLinear] = field(default_factory=dict)   # HF weight name (fused: joined) ->
+    floats: dict[str, np.ndarray] = field(default_factory=dict)           # HF name -> changed float tensor (HF layout)
     layers: list[dict] = field(default_factory=list)                      # per-layer log
     seconds: float = 0.0
 
@@ -88,7 +92,8 @@ class _Hessian:
 
 def calibrate(source, dtypes: dict[str, DType], ids: torch.Tensor, opts: CalibOptions,
               progress: Callable[[int, int, dict], None] | None = None) -> CalibResult:
-    """dtypes: HF weight name of each decoder linear -> its planned datatype."""
+    """dtypes: HF weight name of each decoder linear (a fused tensor's name for its parts) -> its planned
+    datatype."""
     start = time.perf_counter()
     device = check_device(opts.device)
     cfg = DecoderConfig.from_source(source)
@@ -103,7 +108,7 @@ def calibrate(source, dtypes: dict[str, DType], ids: torch.Tensor, opts: CalibOp
     for i in range(cfg.n_layers):
         t0 = time.perf_counter()
         layer = Layer(source, cfg, i, device)
-        layer_dtypes = {n: dtypes[hf_linear_name(i, n) + ".weight"] for n in LINEARS}
+        layer_dtypes = {n: dtypes[layer.sources[n].hf_name(i)] for n in LINEARS}
         errors = _OutputErrors(layer, X, float_states, rope)
         X, info = _process_layer(layer, layer_dtypes, X, rope, opts, result, cfg.n_layers)
         float_states = errors.log(X, info)
@@ -155,7 +160,7 @@ def _map_chunks(n: int, size: int, f: Callable[[slice], torch.Tensor], into: tor
 
 
 def _linear_inputs(layer: Layer, xs: torch.Tensor, rope: Rope) -> dict[str, Callable[[], torch.Tensor]]:
-    """Lazy float inputs of each linear for sample windows xs, from the layer's current weights."""
+    """Lazy float inputs of each linear (by role) for sample windows xs, from the layer's current weights."""
     def attn_in():
         return layer.attn_input(xs)
 
@@ -163,7 +168,7 @@ def _linear_inputs(layer: Layer, xs: torch.Tensor, rope: Rope) -> dict[str, Call
         return layer.attention(attn_in(), rope)
 
     def mlp_in():
-        return layer.mlp_input(xs + layer.linear("o_proj", o_in()))
+        return layer.mlp_input(layer.attn_output(xs, o_in()))
 
     def down_in():
         return layer.mlp_hidden(mlp_in())
@@ -171,8 +176,8 @@ def _linear_inputs(layer: Layer, xs: torch.Tensor, rope: Rope) -> dict[str, Call
     def flat(f):
         return lambda: _flat(f())
 
-    return {"q_proj": flat(attn_in), "k_proj": flat(attn_in), "v_proj": flat(attn_in), "o_proj": flat(o_in),
-            "gate_proj": flat(mlp_in), "up_proj": flat(mlp_in), "down_proj": flat(down_in)}
+    return {"attn_q": flat(attn_in), "attn_k": flat(attn_in), "attn_v": flat(attn_in), "attn_output": flat(o_in),
+            "ffn_gate": flat(mlp_in), "ffn_up": flat(mlp_in), "ffn_down": flat(down_in)}
 
 
 def _flat(t: torch.Tensor) -> torch.Tensor:
@@ -201,15 +206,13 @@ class LayerContext:
 
 
 def _quantize(layer: Layer, names: tuple[str, ...], hessian: Callable[[], torch.Tensor], dtypes: dict[str, DType],
-              rounding: tuple[Algorithm, object], result: CalibResult, info: dict) -> None:
-    hf = {name: hf_linear_name(layer.i, name) + ".weight" for name in names}
-    for name in names:
-        if not dtypes[name].codec.fittable:   # kept in a float type: stays as it is (maybe rescaled)
-            result.floats[hf[name]] = layer.w[name].cpu().numpy()
+              rounding: tuple[Algorithm, object], done: dict[str, QuantizedLinear], info: dict) -> None:
+    """Round the linears `names` (same input) into `done` (role -> QuantizedLinear); the layer runs on
+    with the rounded values."""
     # linears with the same input and datatype are rounded together (GPTQ: one pass, rows concatenated)
     groups: dict = {}
     for name in names:
-        if dtypes[name].codec.fittable:
+        if dtypes[name].codec.fittable:   # a float type stays as it is (maybe rescaled)
             groups.setdefault(dtypes[name].spec, []).append(name)
     if not groups:
         return
@@ -218,8 +221,31 @@ def _quantize(layer: Layer, names: tuple[str, ...], hessian: Callable[[], torch.
         for name, ql in zip(members, parts):
             layer.w[name] = ql.values
             ql.values = None          # the file's bytes need codes and params only
-            result.quantized[hf[name]] = ql
+            done[name] = ql.compact()
             info.setdefault("gptq_loss", {})[name] = round(ql.loss, 4)
+
+
+def _store(layer: Layer, dtypes: dict[str, DType], done: dict[str, QuantizedLinear], result: CalibResult) -> None:
+    """The layer's tensors as the file takes them, under their HF names: each checkpoint tensor's rounded
+    parts joined (fused ones in row order), float-kept linears, replaced norms (HF layout), biases."""
+    by_tensor: dict[str, list[str]] = {}
+    for name, ls in layer.sources.items():
+        by_tensor.setdefault(ls.hf_name(layer.i), []).append(name)
+    for hf, parts in by_tensor.items():
+        parts.sort(key=lambda n: layer.sources[n].row0 or 0)
+        if all(n in done for n in parts):
+            result.quantized[hf] = done[parts[0]] if len(parts) == 1 else join_rows([done[n] for n in parts])
+        elif not any(dtypes[n].codec.fittable for n in parts):
+            w = layer.w[parts[0]] if len(parts) == 1 else torch.cat([layer.w[n] for n in parts])
+            result.floats[hf] = w.detach().cpu().numpy()
+        else:
+            raise QuantconvError(f"{hf}: its parts were planned in different datatypes; give the fused tensor one")
+    offset = layer.cfg.norm_offset
+    for role, w in layer.changed_norms().items():   # back to the checkpoint's convention: the file adds it again
+        w = w.detach().cpu()
+        result.floats[layer.arch.role(role).hf_name(layer.i)] = (w - offset if offset else w).numpy()
+    for name, b in layer.b.items():
+        result.floats[layer.b_hf[name]] = b.detach().cpu().numpy()
 
 
 @torch.no_grad()
@@ -237,6 +263,7 @@ def _process_layer(layer: Layer, dtypes, X: torch.Tensor, rope: Rope, opts: Cali
     act = (lambda t: opts.act_dtype.fake_quantize(t)) if opts.act_dtype else (lambda t: t)
     rounding = steps["round"][0]
     dev = X.device
+    done: dict[str, QuantizedLinear] = {}
 
     def hessian_of(inputs: torch.Tensor) -> Callable[[], torch.Tensor]:
         def hessian() -> torch.Tensor:   # computed only if the rounding step asks (GPTQ, not RTN)
@@ -251,18 +278,18 @@ def _process_layer(layer: Layer, dtypes, X: torch.Tensor, rope: Rope, opts: Cali
 
     # q, k, v: from the layer's (normed) input
     Xn = each_chunk(lambda c: layer.attn_input(X[c]))
-    _quantize(layer, ("q_proj", "k_proj", "v_proj"), hessian_of(Xn), dtypes, rounding, result, info)
+    _quantize(layer, ("attn_q", "attn_k", "attn_v"), hessian_of(Xn), dtypes, rounding, done, info)
     # o: from the attention output of the quantized q/k/v
     A = each_chunk(lambda c: layer.attention(Xn[c], rope), into=Xn)
-    _quantize(layer, ("o_proj",), hessian_of(A), dtypes, rounding, result, info)
-    Hh = each_chunk(lambda c: X[c] + layer.linear("o_proj", A[c]), into=A)   # A's chunk is read before written
+    _quantize(layer, ("attn_output",), hessian_of(A), dtypes, rounding, done, info)
+    Hh = each_chunk(lambda c: layer.attn_output(X[c], A[c]), into=A)   # A's chunk is read before written
     del A, Xn
     Hn = each_chunk(lambda c: layer.mlp_input(Hh[c]))
-    _quantize(layer, ("gate_proj", "up_proj"), hessian_of(Hn), dtypes, rounding, result, info)
+    _quantize(layer, ("ffn_gate", "ffn_up"), hessian_of(Hn), dtypes, rounding, done, info)
     M = each_chunk(lambda c: layer.mlp_hidden(Hn[c]))
     del Hn
-    _quantize(layer, ("down_proj",), hessian_of(M), dtypes, rounding, result, info)
-    out = each_chunk(lambda c: Hh[c] + layer.linear("down_proj", M[c]), into=Hh)
+    _quantize(layer, ("ffn_down",), hessian_of(M), dtypes, rounding, done, info)
+    out = each_chunk(lambda c: layer.mlp_output(Hh[c], M[c]), into=Hh)
     del M, Hh
 
     for alg, cfg in steps["tweak"]:
@@ -270,10 +297,5 @@ def _process_layer(layer: Layer, dtypes, X: torch.Tensor, rope: Rope, opts: Cali
     if not torch.isfinite(out).all():
         raise QuantconvError(f"decoder layer {layer.i} produced NaN/inf activations after quantization; "
                              "try --algo rtn or a wider --dtype to find the culprit")
-    # float tensors the file must take from here rather than from the source (scaled norms, biases)
-    p = f"model.layers.{layer.i}."
-    result.floats[p + "input_layernorm.weight"] = layer.attn_norm.detach().cpu().numpy()
-    result.floats[p + "post_attention_layernorm.weight"] = layer.ffn_norm.detach().cpu().numpy()
-    for name, b in layer.b.items():
-        result.floats[hf_linear_name(layer.i, name) + ".bias"] = b.detach().cpu().numpy()
+    _store(layer, dtypes, done, result)
     return out, info

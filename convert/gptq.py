@@ -29,9 +29,17 @@ class QuantizedLinear:
     params: tuple                # each (rows, cols // unit): one entry per fitted group
     values: torch.Tensor         # (rows, cols) float32, = dtype.dequantize(packed bytes)
     loss: float = 0.0            # GPTQ's weighted squared error (0 for RTN)
+    packed_rows: np.ndarray | None = None   # compact(): the file's bytes (HF row order) instead of codes
+
+    def compact(self) -> "QuantizedLinear":
+        """Only the file's bytes kept: a 4-bit code takes half a byte there, one byte in `codes`; a
+        calibrated model's linears all wait in memory until the file is written."""
+        return QuantizedLinear(self.dtype, None, (), None, self.loss, self.packed())
 
     def packed(self, row_order: np.ndarray | None = None) -> np.ndarray:
         """The file's bytes (rows, row_bytes); `row_order` reorders rows (llama.cpp's Q/K permutation)."""
+        if self.packed_rows is not None:   # the bytes of a row depend on that row alone
+            return self.packed_rows if row_order is None else self.packed_rows[row_order]
         codes, params = self.codes, self.params
         if row_order is not None:
             codes, params = codes[row_order], tuple(p[row_order] for p in params)
@@ -53,6 +61,16 @@ def split_rows(ql: QuantizedLinear, sizes: list[int]) -> list[QuantizedLinear]:
                                    ql.values[rows] if ql.values is not None else None, ql.loss * n / ql.codes.shape[0]))
         r0 += n
     return out
+
+
+def join_rows(parts: list[QuantizedLinear]) -> QuantizedLinear:
+    """Rows of several linears stacked into one (the parts of a fused tensor, in row order)."""
+    loss = sum(p.loss for p in parts)
+    if all(p.packed_rows is not None for p in parts):
+        return QuantizedLinear(parts[0].dtype, None, (), None, loss, np.concatenate([p.packed_rows for p in parts]))
+    values = None if any(p.values is None for p in parts) else torch.cat([p.values for p in parts])
+    return QuantizedLinear(parts[0].dtype, np.concatenate([p.codes for p in parts]),
+                           tuple(np.concatenate(ps) for ps in zip(*(p.params for p in parts))), values, loss)
 
 
 def fit_unit(dtype: DType, cols: int) -> int:

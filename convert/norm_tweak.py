@@ -30,23 +30,24 @@ def _loss_over(layer: Layer, X: torch.Tensor, Yf: torch.Tensor, rope: Rope, chun
 
 def tweak(layer: Layer, X: torch.Tensor, Yf: torch.Tensor, rope: Rope, forward, lr: float = 1e-5,
           n_layers: int = 1, chunk: int = 4, epochs: int = 1) -> tuple[float, float]:
-    """Tune layer.attn_norm / ffn_norm in place; `forward(layer, x, rope)` is the quantized layer's
-    forward (activation quantization included). Returns (loss before, loss after)."""
+    """Tune the layer's norms in place (every norm it has: before and, where the family has them, after
+    attention and MLP, q/k norms; as multipliers, so a (1 + w) norm moves like any other);
+    `forward(layer, x, rope)` is the quantized layer's forward (activation quantization included).
+    Returns (loss before, loss after)."""
     before = _loss_over(layer, X, Yf, rope, chunk, forward)
-    saved = (layer.attn_norm.clone(), layer.ffn_norm.clone())
-    layer.attn_norm = layer.attn_norm.clone().requires_grad_(True)
-    layer.ffn_norm = layer.ffn_norm.clone().requires_grad_(True)
-    opt = torch.optim.Adam([layer.attn_norm, layer.ffn_norm], lr=lr * (1 + layer.i / max(1, n_layers)))
+    saved = dict(layer.norm)
+    params = [layer.norm[r].clone().requires_grad_(True) for r in saved]
+    layer.norm.update(zip(saved, params))
+    opt = torch.optim.Adam(params, lr=lr * (1 + layer.i / max(1, n_layers)))
     for _ in range(epochs):
         for i in range(0, X.shape[0], chunk):
             opt.zero_grad()
             loss = distribution_loss(forward(layer, X[i:i + chunk], rope), Yf[i:i + chunk])
             loss.backward()
             opt.step()
-    layer.attn_norm = layer.attn_norm.detach()
-    layer.ffn_norm = layer.ffn_norm.detach()
+    layer.norm.update({r: p.detach() for r, p in zip(saved, params)})
     after = _loss_over(layer, X, Yf, rope, chunk, forward)
     if not after < before:
-        layer.attn_norm, layer.ffn_norm = saved
+        layer.norm.update(saved)
         after = before
     return before, after

@@ -6,31 +6,36 @@ multiplied. Exact in float; the tests check that the float model's outputs do no
 Balance points of a layer: the linears grouped by the `input` models.yaml gives them (AWQ's and
 llm-compressor's mappings for the llama family):
   attn_norm -> q, k, v       v -> o       ffn_norm -> gate, up       up -> down
-A linear -> linear point is used only when the widths match (v -> o needs no GQA, since o's inputs
-repeat v's heads otherwise).
+The norm of a point is the one right before those linears: gemma's post norms (after attention and
+MLP) feed the residual stream, not a linear, so they are never one; its ffn_norm is the norm before
+the MLP. A norm with a (1 + w) weight is folded as its multiplier (the Layer holds norms as
+multipliers). A linear -> linear point is used only when the widths match (v -> o needs no GQA, since
+o's inputs repeat v's heads otherwise). The parts of a fused tensor (phi3's q/k/v, gate/up) are
+balanced as the logical linears they are.
 """
 from __future__ import annotations
 
 import torch
 
 from quantconv.convert.torch_model import Layer
+from quantconv.errors import QuantconvError
 
 
 def mappings(layer: Layer) -> list[tuple[str, tuple[str, ...]]]:
-    """(scaled-by, linears) pairs in models.yaml order: scaled-by is a norm ('attn_norm'/'ffn_norm', the
-    Layer's attribute) or a linear (its HF name, 'v_proj') whose rows take 1/s."""
-    arch = layer.arch
+    """(scaled-by, linears) pairs in the roles' order: scaled-by is a norm role ('attn_norm'/'ffn_norm')
+    or a linear role ('attn_v') whose rows take 1/s."""
     groups: dict[str, list[str]] = {}
-    for role in arch.of_kind("linear"):
-        if role.input:
-            groups.setdefault(role.input, []).append(role.hf_short)
+    for name, ls in layer.sources.items():
+        if ls.input:
+            groups.setdefault(ls.input, []).append(name)
     out = []
     for prev, linears in groups.items():
-        src = arch.role(prev)
-        if src.kind == "linear":
-            prev = src.hf_short
+        if prev in layer.w:
             if any(layer.w[prev].shape[0] != layer.w[n].shape[1] for n in linears):
                 continue
+        elif layer.norm_feeds(prev) != tuple(linears):
+            raise QuantconvError(f"models.yaml: {layer.arch.name}'s linears {', '.join(linears)} take input '{prev}', "
+                                 f"but the decoder applies that norm before {', '.join(layer.norm_feeds(prev)) or 'no linear'}")
         out.append((prev, tuple(linears)))
     return out
 
@@ -39,8 +44,8 @@ def mappings(layer: Layer) -> list[tuple[str, tuple[str, ...]]]:
 def fold(layer: Layer, prev: str, linears: tuple[str, ...], s: torch.Tensor) -> None:
     """Apply channel scales s (one per input column of `linears`) in place."""
     s = s.to(layer.w[linears[0]].dtype)
-    if prev not in layer.w:   # a norm: the Layer's attribute of that name
-        setattr(layer, prev, getattr(layer, prev) / s)
+    if prev not in layer.w:   # a norm (its multiplier)
+        layer.norm[prev] = layer.norm[prev] / s
     else:
         layer.w[prev] = layer.w[prev] / s[:, None]
         if prev in layer.b:

@@ -156,8 +156,8 @@ def test_smoothquant_migration_keeps_outputs_and_flattens_activations(tiny):
         ref = layer.forward(x, rope)
         xn = layer.attn_input(x).reshape(-1, cfg.hidden)
         before = xn.abs().amax(0)
-        s = smoothing.smoothquant_scales(before, [layer.w[n] for n in ("q_proj", "k_proj", "v_proj")], 0.5)
-        smoothing.fold(layer, "attn_norm", ("q_proj", "k_proj", "v_proj"), s)
+        s = smoothing.smoothquant_scales(before, [layer.w[n] for n in ("attn_q", "attn_k", "attn_v")], 0.5)
+        smoothing.fold(layer, "attn_norm", ("attn_q", "attn_k", "attn_v"), s)
         after = layer.attn_input(x).reshape(-1, cfg.hidden).abs().amax(0)
         assert (layer.forward(x, rope) - ref).abs().max().item() < 1e-5
         assert (after.max() / after.median()) < (before.max() / before.median())
@@ -167,14 +167,14 @@ def test_awq_search_never_worse_than_plain_rtn(tiny):
     src, cfg, layer, x, rope = _layer_and_input(tiny)
     dt = get_dtype("int4:group=32")
     xs = layer.attn_input(x).reshape(-1, cfg.hidden)
-    names = ("q_proj", "k_proj", "v_proj")
+    names = ("attn_q", "attn_k", "attn_v")
     with torch.no_grad():
         ref = torch.cat([xs @ layer.w[n].T for n in names], 1)
         plain = torch.cat([xs @ awq.fake_quant(layer.w[n], dt).T for n in names], 1)
         alpha, s = awq.search_scale(layer, "attn_norm", names, xs, {n: dt for n in names}, n_grid=10)
         scaled = torch.cat([xs @ (awq.fake_quant(layer.w[n] * s, dt) / s).T for n in names], 1)
     assert ((scaled - ref) ** 2).mean() <= ((plain - ref) ** 2).mean() + 1e-12
-    w = layer.w["v_proj"]
+    w = layer.w["attn_v"]
     clipped = awq.search_clip(w, xs, dt, n_grid=10)
     assert clipped.abs().max() <= w.abs().max()
 
