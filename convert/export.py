@@ -1,8 +1,9 @@
 """`quantconv export`: stream a model tensor by tensor from its source into a quantized GGUF file.
 
-Only one tensor is in memory at a time (load -> llama.cpp row order -> quantize -> write), so the
-peak memory is about the largest tensor, whatever the model size. The output appears only when
-complete: the writer works under a temporary name and renames at the end.
+Only one tensor is in memory at a time (load -> llama.cpp row order -> quantize -> write), and a big
+one (a 128k-vocabulary embedding) is read and quantized in row chunks into its packed bytes, so the
+peak memory is about the largest tensor's quantized size plus one chunk, whatever the model size. The
+output appears only when complete: the writer works under a temporary name and renames at the end.
 """
 from __future__ import annotations
 
@@ -22,6 +23,9 @@ from quantconv.formats.registry import get_dtype
 # llama.cpp's LLAMA_FTYPE for files whose linear weights are all one standard type (informational)
 FILE_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q8_0": 7, "int8:group=32": 7,
               "int4:asym,group=32": 3, "bf16": 32, "mxfp4": 38, "mxfp4:ggml": 38, "nvfp4": 39}
+# float32 values read and quantized at once for a tensor read in row chunks (128 MB): the 3B-class
+# embedding (394 M values) would otherwise sit in memory whole, 1.6 GB as float32
+ROW_CHUNK_VALUES = 32 << 20
 
 
 @dataclass
@@ -68,13 +72,19 @@ def _metadata(source, recipe: dict[str, Any]) -> list[tuple[str, Any, Any]]:
     return items
 
 
-def _load_for_gguf(source, plan: TensorPlan) -> np.ndarray:
+def _load_for_gguf(source, plan: TensorPlan, rows: tuple[int, int] | None = None) -> np.ndarray:
+    """The tensor (or its rows start:stop) as float32 in llama.cpp's layout, checked."""
+    want = plan.shape
     if plan.hf_name is None:
         w = source.extra_gguf_tensors()[plan.gguf_name]
-    else:
+    elif rows is None:
         w = source.load(plan.hf_name)
         w = source.arch.to_gguf_layout(plan.hf_name, w, source.config)
-    if tuple(w.shape) != plan.shape:
+    else:
+        w = _load_rows(source, plan.hf_name, *rows)
+        w = source.arch.to_gguf_layout(plan.hf_name, w, source.config)   # row-local: see _row_chunks
+        want = (min(rows[1], plan.shape[0]) - rows[0], *plan.shape[1:])
+    if tuple(w.shape) != want:
         raise QuantconvError(f"tensor {plan.hf_name} has shape {tuple(w.shape)} but its header says {plan.shape}; "
                              "the checkpoint is inconsistent, re-download it")
     if not np.all(np.isfinite(w)):
@@ -82,6 +92,38 @@ def _load_for_gguf(source, plan: TensorPlan) -> np.ndarray:
         raise QuantconvError(f"tensor {plan.hf_name or plan.gguf_name} has {bad} NaN/inf values; "
                              "the checkpoint is damaged (re-download it) or was saved after a diverged step")
     return np.ascontiguousarray(w, dtype=np.float32)
+
+
+def _load_rows(source, hf_name: str, start: int, stop: int) -> np.ndarray:
+    load_rows = getattr(source, "load_rows", None)   # sources that read a slice without the whole tensor
+    if load_rows is not None:
+        return load_rows(hf_name, start, stop)
+    return np.ascontiguousarray(source.load(hf_name)[start:stop])
+
+
+def _row_chunks(source, plan: TensorPlan) -> int:
+    """Rows per chunk when `plan`'s tensor is read and quantized in pieces, 0 when it goes whole: only
+    big 2-D tensors whose llama.cpp layout moves no row across a chunk (q/k head permutations do)."""
+    if plan.hf_name is None or len(plan.shape) != 2:
+        return 0
+    step = max(1, ROW_CHUNK_VALUES // plan.shape[1])
+    found = source.arch.role_of_hf(plan.hf_name)
+    if plan.shape[0] <= step or found is None or found[0].heads is not None:
+        return 0
+    return step
+
+
+def _quantized(source, plan: TensorPlan) -> np.ndarray:
+    """The file's bytes for a source tensor by RTN; rows are quantized independently, so a chunked
+    read gives the same bytes as a whole one."""
+    step = _row_chunks(source, plan)
+    if not step:
+        return plan.dtype.quantize(_load_for_gguf(source, plan))
+    rows = plan.shape[0]
+    out = np.empty((rows, plan.dtype.row_bytes(plan.shape[1])), dtype=np.uint8)
+    for r in range(0, rows, step):
+        out[r:r + step] = plan.dtype.quantize(_load_for_gguf(source, plan, (r, min(r + step, rows))))
+    return out
 
 
 def _calibrated(source, plans: list[TensorPlan], calib, on_layer):
@@ -113,7 +155,7 @@ def _tensor_bytes(source, plan: TensorPlan, result) -> np.ndarray:
     if result is not None and plan.hf_name in result.floats:
         w = source.arch.to_gguf_layout(plan.hf_name, result.floats[plan.hf_name], source.config)
         return plan.dtype.quantize(np.ascontiguousarray(w, dtype=np.float32))
-    return plan.dtype.quantize(_load_for_gguf(source, plan))
+    return _quantized(source, plan)
 
 
 def export(source, out: str | Path, dtype: str, group_size: int | None = None, algo: str = "rtn",
