@@ -28,6 +28,11 @@ Modes:
                 no GPU used): OUT/fast_vs_exact/
   onnx          bench/onnx_acceptance.py GPTQ rows (ONNX via onnxruntime vs the runtime's exact path),
                 one process per dtype, one table: OUT/onnx_acceptance/ (needs pip install '.[onnx]')
+  scale         the billion-parameter run (bench/scale_run.py): a synthetic Llama-3.2-3B checkpoint
+                (bench/synthetic_model.py, written once into WORK/synthetic-SCALE unless --model names
+                an HF folder), its SF4 GPTQ export on --device with the export's peak host RSS (limit
+                8 GB) and wall time, then our engine loads the file and decodes 16 tokens on --threads
+                threads: OUT/scale-gptq.{json,log}. Needs --calib
 
 Inputs (a staging folder, or each file; a file given explicitly wins over the staging folder):
   --stage DIR      folder holding ref.gguf (optional), wikitext-2-raw-test.txt and wikitext-2-valid.txt;
@@ -48,6 +53,8 @@ Options:
   --timeout SEC    wall-clock limit of each process (default: none); a process past it is killed and
                    its results so far stay (rerun to resume)
   --tar FILE       afterwards, pack OUT (without .gguf/.onnx files) into FILE (.tgz)
+  --scale S        scale: the synthetic model's shape, 3b (default), 1b or tiny
+  --work DIR       scale: folder for the synthetic model and the GGUF file (default: ${TMPDIR:-/tmp}/quantconv-scale)
   -h, --help       this text
 
 Examples:
@@ -56,6 +63,7 @@ Examples:
   scripts/gpu-calib.sh experiments --model ref.gguf --text wiki.test.txt --calib wiki.valid.txt --out res
   scripts/gpu-calib.sh fastexact --stage /data/calib --dtypes sf4,nf4 --threads 3
   scripts/gpu-calib.sh sweep --stage /data/calib --device cpu --dtypes sf4 --timeout 60   # no GPU
+  scripts/gpu-calib.sh scale --calib wikitext-2-valid.txt --out res --threads 16        # 3B GPTQ on cuda
 USAGE
 }
 
@@ -63,15 +71,16 @@ die() { echo "gpu-calib.sh: error: $*" >&2; exit 2; }
 abspath() { [ -e "$1" ] && echo "$(cd "$(dirname "$1")" && pwd)/$(basename "$1")" || echo "$1"; }
 
 MODE="" STAGE="" MODEL="" TEXT="" CALIB="" OUTDIR="" DEVICE=cuda THREADS=3 DTYPES="" JOBS="" TIMEOUT="" TAR=""
+SCALE=3b WORK=""
 while [ $# -gt 0 ]; do
   case "$1" in
     -h|--help) usage; exit 0 ;;
-    --stage|--model|--text|--calib|--out|--device|--threads|--dtypes|--jobs|--timeout|--tar)
+    --stage|--model|--text|--calib|--out|--device|--threads|--dtypes|--jobs|--timeout|--tar|--scale|--work)
       [ $# -ge 2 ] || die "$1 needs a value"
       case "$1" in
         --stage) STAGE=$2 ;; --model) MODEL=$2 ;; --text) TEXT=$2 ;; --calib) CALIB=$2 ;; --out) OUTDIR=$2 ;;
         --device) DEVICE=$2 ;; --threads) THREADS=$2 ;; --dtypes) DTYPES=$2 ;; --jobs) JOBS=$2 ;;
-        --timeout) TIMEOUT=$2 ;; --tar) TAR=$2 ;;
+        --timeout) TIMEOUT=$2 ;; --tar) TAR=$2 ;; --scale) SCALE=$2 ;; --work) WORK=$2 ;;
       esac
       shift 2 ;;
     -*) die "unknown option $1 (see --help)" ;;
@@ -79,8 +88,9 @@ while [ $# -gt 0 ]; do
   esac
 done
 [ -n "$MODE" ] || { usage >&2; exit 2; }
-case "$MODE" in check|sweep|experiments|layer-errors|measure|fastexact|onnx) ;; *) die "unknown mode '$MODE' (see --help)" ;; esac
+case "$MODE" in check|sweep|experiments|layer-errors|measure|fastexact|onnx|scale) ;; *) die "unknown mode '$MODE' (see --help)" ;; esac
 case "$DEVICE" in cuda|cuda:*|cpu) ;; *) die "--device must be cuda or cpu, not '$DEVICE'" ;; esac
+case "$SCALE" in 3b|1b|tiny) ;; *) die "--scale must be 3b, 1b or tiny, not '$SCALE'" ;; esac
 for v in THREADS JOBS TIMEOUT; do
   [ -z "${!v}" ] || [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || die "--$(echo $v | tr A-Z a-z) must be a positive integer, not '${!v}'"
 done
@@ -98,6 +108,7 @@ fi
 if [ -n "$MODEL" ] && [ -e "$MODEL" ]; then MODEL=$(abspath "$MODEL"); fi   # a hub id stays as given
 [ -z "$TEXT" ] || TEXT=$(abspath "$TEXT")
 [ -z "$CALIB" ] || CALIB=$(abspath "$CALIB")
+[ -z "$WORK" ] || { mkdir -p "$WORK" && WORK=$(abspath "$WORK"); }
 mkdir -p "$OUTDIR" && OUTDIR=$(abspath "$OUTDIR")
 if [ -n "$TAR" ]; then [ -d "$(dirname "$TAR")" ] || die "--tar $TAR: no such folder"; TAR="$(cd "$(dirname "$TAR")" && pwd)/$(basename "$TAR")"; fi
 
@@ -254,5 +265,17 @@ onnx)
       > "$OUTDIR/acc-$n.log" 2>&1 &
   done
   finish "$OUTDIR"/acc-*.log
+  ;;
+scale)
+  need_calib
+  WORK=${WORK:-${TMPDIR:-/tmp}/quantconv-scale}
+  mkdir -p "$WORK"
+  # a given HF folder is used as it is; otherwise the synthetic model, generated on the first run only
+  if [ -n "$MODEL" ]; then [ -d "$MODEL" ] || die "scale needs --model to be an HF folder, not '$MODEL'"; SYN=(--model "$MODEL")
+  else SYN=(--model "$WORK/synthetic-$SCALE" --generate "$SCALE"); fi
+  "${T[@]}" $PY bench/scale_run.py "${SYN[@]}" --work "$WORK" --steps export,engine --algo gptq --calib "$CALIB" \
+    --device "$DEVICE" --threads "$THREADS" --rss-limit-mb 8000 --json "$OUTDIR/scale-gptq.json" 2>&1 \
+    | tee "$OUTDIR/scale-gptq.log" || true
+  finish
   ;;
 esac
