@@ -238,14 +238,17 @@ def test_genai_config_names_each_family_and_drives_the_graph(hf, tmp_path, name,
     props = {p.key: p.value for p in onnx.load(str(out), load_external_data=False).metadata_props}
     mc = json.loads(props["quantconv.config"])
     assert cfg["model"]["type"] == genai_type and "sliding_window" not in dec
-    assert (dec["hidden_size"], dec["head_size"], dec["num_hidden_layers"]) == (mc["n_embd"], mc["head_dim"], mc["n_layer"])
+    assert (dec["hidden_size"], dec["head_size"], dec["num_hidden_layers"]) == \
+        (mc["n_embd"], mc["head_dim"], mc["n_layer"])
     sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     L, nkv, hd = dec["num_hidden_layers"], dec["num_key_value_heads"], dec["head_size"]
-    past = {dec["inputs"][f"past_{t}_names"] % i: np.zeros((1, nkv, 0, hd), np.float32) for i in range(L) for t in ("key", "value")}
+    past = {dec["inputs"][f"past_{t}_names"] % i: np.zeros((1, nkv, 0, hd), np.float32)
+            for i in range(L) for t in ("key", "value")}
     prompt = tokens(2 * SLIDING_WINDOW)
     step, n, got = prompt[None].astype(np.int64), 0, []
     for _ in range(SLIDING_WINDOW + 2):
-        feed = {dec["inputs"]["input_ids"]: step, dec["inputs"]["attention_mask"]: np.ones((1, n + step.shape[1]), np.int64),
+        feed = {dec["inputs"]["input_ids"]: step,
+                dec["inputs"]["attention_mask"]: np.ones((1, n + step.shape[1]), np.int64),
                 dec["inputs"]["position_ids"]: np.arange(n, n + step.shape[1])[None], **past}
         res = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feed)))
         past = {dec["inputs"][f"past_{t}_names"] % i: res[dec["outputs"][f"present_{t}_names"] % i]

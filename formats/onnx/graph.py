@@ -229,8 +229,8 @@ class DecoderBuilder:
     def fused_sizes(self, role: str) -> list[int]:
         """Row counts of a fused linear's parts, in order (models.yaml `split`, via ArchSpec.parts)."""
         c = self.cfg
-        sizes_of = {"num_attention_heads": c["n_head"], "num_key_value_heads": c["n_head_kv"], "head_dim": c["head_dim"],
-                    "hidden_size": c["n_embd"], "intermediate_size": c["n_ff"]}
+        sizes_of = {"num_attention_heads": c["n_head"], "num_key_value_heads": c["n_head_kv"],
+                    "head_dim": c["head_dim"], "hidden_size": c["n_embd"], "intermediate_size": c["n_ff"]}
         sizes = [end - start for _, start, end in self.arch.parts(role, sizes_of)]
         have = self.f.tensor(self.name(role, 0)).shape[0]
         if not sizes or sum(sizes) != have:
@@ -336,7 +336,8 @@ class DecoderBuilder:
             if self.has("attn_qkv", i):   # phi3: one MatMul, then its q, k, v rows
                 q, k, v = self.split(self.linear(x, n("attn_qkv"), opt("attn_qkv_bias")), self.fused_sizes("attn_qkv"))
             else:
-                q, k, v = (self.linear(x, n(w), opt(b)) for w, b in (("attn_q", "attn_q_bias"), ("attn_k", "attn_k_bias"),
+                q, k, v = (self.linear(x, n(w), opt(b)) for w, b in (("attn_q", "attn_q_bias"),
+                                                                     ("attn_k", "attn_k_bias"),
                                                                      ("attn_v", "attn_v_bias")))
             q_norm, k_norm = opt("attn_q_norm"), opt("attn_k_norm")
             past, present = [f"past_key_values.{i}.{t}" for t in ("key", "value")], [f"present.{i}.{t}" for t in ("key", "value")]
@@ -353,10 +354,12 @@ class DecoderBuilder:
                            q_num_heads=nh, kv_num_heads=nkv, scale=scale, **capped)[0]
             else:
                 norms = {"q": q_norm, "k": k_norm}
-                qk_norm = ((lambda y, which: _rmsnorm(g, y, self.vector(norms[which]), c["rms_eps"]) if norms[which] else y)
-                           if q_norm or k_norm else None)
+
+                def qk_norm(y: str, which: str, norms=norms) -> str:
+                    return _rmsnorm(g, y, self.vector(norms[which]), c["rms_eps"]) if norms[which] else y
+
                 ctx = _attention_basic(g, q, k, v, cos, sin, layer_mask, past, present, nh, nkv, hd, rd, scale,
-                                       softcap, qk_norm)
+                                       softcap, qk_norm if q_norm or k_norm else None)
             out = self.linear(ctx, n("attn_output"), opt("attn_output_bias"))
             if self.has("attn_post_norm", i):
                 out = self.rmsnorm(out, n("attn_post_norm"))
