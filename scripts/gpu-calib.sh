@@ -31,8 +31,8 @@ Modes:
   scale         the billion-parameter run (bench/scale_run.py): a synthetic Llama-3.2-3B checkpoint
                 (bench/synthetic_model.py, written once into WORK/synthetic-SCALE unless --model names
                 an HF folder), its SF4 GPTQ export on --device with the export's peak host RSS (limit
-                8 GB) and wall time, then our engine loads the file and decodes 16 tokens on --threads
-                threads: OUT/scale-gptq.{json,log}. Needs --calib
+                8 GB) and wall time, then our engine (if built) loads the file and decodes 16 tokens on
+                --threads threads: OUT/scale-gptq.{json,log}. Needs --calib
 
 Inputs (a staging folder, or each file; a file given explicitly wins over the staging folder):
   --stage DIR      folder holding ref.gguf (optional), wikitext-2-raw-test.txt and wikitext-2-valid.txt;
@@ -273,7 +273,9 @@ scale)
   # a given HF folder is used as it is; otherwise the synthetic model, generated on the first run only
   if [ -n "$MODEL" ]; then [ -d "$MODEL" ] || die "scale needs --model to be an HF folder, not '$MODEL'"; SYN=(--model "$MODEL")
   else SYN=(--model "$WORK/synthetic-$SCALE" --generate "$SCALE"); fi
-  "${T[@]}" $PY bench/scale_run.py "${SYN[@]}" --work "$WORK" --steps export,engine --algo gptq --calib "$CALIB" \
+  STEPS=export,engine   # the engine step needs the C++ runtime; a host with only the Python parts exports
+  $PY -c "import quantconv._ext" 2>/dev/null || { STEPS=export; echo "runtime extension not built: export only"; }
+  "${T[@]}" $PY bench/scale_run.py "${SYN[@]}" --work "$WORK" --steps $STEPS --algo gptq --calib "$CALIB" \
     --device "$DEVICE" --threads "$THREADS" --rss-limit-mb 8000 --json "$OUTDIR/scale-gptq.json" 2>&1 \
     | tee "$OUTDIR/scale-gptq.log" || true
   finish
