@@ -155,6 +155,16 @@ def test_longrope_switches_factors_as_transformers_does(hf, f32_gguf, tmp_path):
     assert np.abs(full[:orig - 8] - hf_logits(hf(name), ids[:orig - 8])).max() > 10 * TOL
 
 
+def test_longrope_factors_without_original_context_are_refused(f32_gguf):
+    from quantconv.errors import QuantconvError
+    from quantconv.formats.onnx.graph import DecoderBuilder
+
+    with GGUFFile(f32_gguf("phi3-longrope")) as f:
+        cfg = {**model_config(f), "rope_orig_ctx": 0}
+        with pytest.raises(QuantconvError, match=r"LongRoPE factors but no original context length \(phi3\.rope"):
+            DecoderBuilder(f, cfg, "standard").build()
+
+
 def test_left_padded_batch_with_sliding_window(f32_gguf, tmp_path):
     """attention_mask padding and the window together: a left-padded row scores like the unpadded one."""
     import onnxruntime as ort
