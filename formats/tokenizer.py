@@ -42,6 +42,7 @@ from quantconv.errors import QuantconvError
 UNDEFINED, NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 0, 1, 2, 3, 4, 5, 6
 
 _SPM_SPACE = "\u2581"  # "▁"
+_C_SPACE = " \t\n\v\f\r"  # C isspace(), which llama.cpp strips with
 _BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -270,7 +271,7 @@ class Tokenizer:
                  eos_id: int | None = None, unk_id: int | None = None, pad_id: int | None = None,
                  eot_id: int | None = None, eom_id: int | None = None, add_bos: bool | None = None,
                  add_eos: bool | None = None, add_space_prefix: bool | None = None,
-                 chat_template: str | None = None):
+                 chat_template: str | None = None, name: str | None = None):
         if model not in _MODELS:
             raise _fail(_MODELS_MSG.format(model))
         n = len(tokens)
@@ -336,6 +337,16 @@ class Tokenizer:
         for i in eog | ({self.eot_id} if self.eot_id is not None else set()):
             if attrs[i] != CONTROL and self.tokens[i] in (_EOG_TEXTS | _FIM_EOG_TEXTS | set(_EOT_TEXTS)):
                 attrs[i] = CONTROL
+        # llama.cpp's corrections: "<|end|>" ends no generation where "<|return|>"/"<|call|>" (or
+        # "<|calls|>"/"<|flush|>") exist, and "</s>" is a normal token in Gemma 4's vocabulary
+        by_text = {self.tokens[i]: i for i in eog}
+        if "<|end|>" in by_text and (("<|return|>" in by_text and "<|call|>" in by_text)
+                                     or ("<|calls|>" in by_text and "<|flush|>" in by_text)):
+            eog.discard(by_text["<|end|>"])
+            attrs[by_text["<|end|>"]] = USER_DEFINED
+        if "</s>" in by_text and ("<|tool_response>" in by_text or "<|plamo:eos|>" in by_text):
+            eog.discard(by_text["</s>"])
+            attrs[by_text["</s>"]] = NORMAL
         self.eot_ids = frozenset(eog)
         self._attrs = attrs
 
@@ -345,6 +356,13 @@ class Tokenizer:
         specials.sort(key=lambda x: (-x[0], x[1]))
         self._specials_all = [(self.tokens[i], i) for _, i in specials]
         self._specials_user = [(self.tokens[i], i) for _, i in specials if attrs[i] == USER_DEFINED]
+        # llama.cpp drops the whitespace after Phi-3's special tokens (their HF "rstrip"), keyed on the
+        # model's general.name
+        self._rstrip: frozenset[int] = frozenset()
+        if name and any(k in name.lower() for k in ("phi-3", "phi3")):
+            keep = {"<unk>", "<s>", "<|endoftext|>"}
+            self._rstrip = frozenset(i for _, i in specials if self.tokens[i] not in keep) | frozenset(
+                i for i, t in enumerate(self.tokens) if t == "</s>")
 
         self._pieces: list[bytes] | None = None
         if model in ("gpt2", "gemma4"):
@@ -364,7 +382,7 @@ class Tokenizer:
 
     @classmethod
     def from_gguf_metadata(cls, kv: dict[str, Any]) -> "Tokenizer":
-        """Build from GGUFFile(path).kv (only the `tokenizer.*` keys are read)."""
+        """Build from GGUFFile(path).kv (the `tokenizer.*` keys, and general.name for a model quirk)."""
         model = kv.get("tokenizer.ggml.model")
         if model is None:
             raise _fail("the GGUF has no tokenizer.ggml.model; it carries no tokenizer (re-export it with one)")
@@ -395,7 +413,8 @@ class Tokenizer:
                    add_bos=opt_bool("tokenizer.ggml.add_bos_token"),
                    add_eos=opt_bool("tokenizer.ggml.add_eos_token"),
                    add_space_prefix=opt_bool("tokenizer.ggml.add_space_prefix"),
-                   chat_template=kv.get("tokenizer.chat_template"))
+                   chat_template=kv.get("tokenizer.chat_template"),
+                   name=kv.get("general.name") if isinstance(kv.get("general.name"), str) else None)
 
     @classmethod
     def from_gguf(cls, path) -> "Tokenizer":
@@ -482,9 +501,12 @@ class Tokenizer:
             new: list[str | int] = []
             for f in frags:
                 if isinstance(f, str) and tok_text in f:
+                    strip = tid in self._rstrip
                     for k, part in enumerate(f.split(tok_text)):
                         if k:
                             new.append(tid)
+                            if strip:
+                                part = part.lstrip(_C_SPACE)
                         if part:
                             new.append(part)
                 else:

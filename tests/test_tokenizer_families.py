@@ -1,0 +1,271 @@
+"""formats/tokenizer.py on the real vocabularies of the families quantconv converts (llama.cpp's
+models/ggml-vocab-*.gguf): Llama 3 (llama-bpe), Qwen2/Qwen3 (qwen2), Phi-3 (phi-3), Gemma 4 (gemma-4,
+262k entries), Gemma 2/3's SentencePiece form of that vocabulary, Phi-4-mini's gpt-4o pre-tokenizer,
+plus llama-spm and gpt-2. Ids must equal stock llama.cpp's and HF's (transformers builds a tokenizer
+from a GGUF's metadata) on the whole WikiText-2 test text, and llama.cpp's own .inp/.out pairs; chat
+templates of the families must render as transformers renders them."""
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.peers import vocab_file
+from tests.shared_data import data_file
+from tests.test_tokenizer import VARIED, _fuzz_texts, _llama_cpp, _write_vocab_gguf
+
+from quantconv.errors import QuantconvError
+from quantconv.formats.gguf_reader import GGUFFile
+from quantconv.formats.tokenizer import Tokenizer
+
+TEMPLATES = Path(__file__).parent / "data" / "chat_templates"
+
+REAL = ["llama-bpe", "qwen2", "phi-3", "gemma-4", "llama-spm", "gpt-2"]
+# derived vocabularies (built below): Gemma 2/3's SentencePiece form, and Phi-4-mini's pre-tokenizer
+DERIVED = ["gemma3-spm", "gpt-4o"]
+
+
+def _gemma3_spm(path: Path) -> Path:
+    """Gemma 4's 262k vocabulary written the way llama.cpp's converter writes Gemma 2/3's (SentencePiece:
+    tokenizer.ggml.model "llama", add_space_prefix false, bos 2, eos 1, unk 3, pad 0). The Gemma 4 file
+    has flat scores, so each token scores -id: the order transformers' Gemma GGUF builder merges in."""
+    from gguf import GGUFValueType as VT
+
+    kv = GGUFFile(vocab_file("gemma-4")).kv
+    types = kv["tokenizer.ggml.token_type"]
+    scores = [-float(i) if t == 1 else 0.0 for i, t in enumerate(types)]
+    over = {"general.architecture": ("gemma3", VT.STRING), "tokenizer.ggml.model": ("llama", VT.STRING),
+            "tokenizer.ggml.pre": ("default", VT.STRING),
+            "tokenizer.ggml.tokens": (kv["tokenizer.ggml.tokens"], VT.STRING),
+            "tokenizer.ggml.scores": (scores, VT.FLOAT32), "tokenizer.ggml.token_type": (types, VT.INT32),
+            "tokenizer.ggml.bos_token_id": (2, VT.UINT32), "tokenizer.ggml.eos_token_id": (1, VT.UINT32),
+            "tokenizer.ggml.unknown_token_id": (3, VT.UINT32), "tokenizer.ggml.padding_token_id": (0, VT.UINT32),
+            "tokenizer.ggml.add_bos_token": (True, VT.BOOL), "tokenizer.ggml.add_space_prefix": (False, VT.BOOL)}
+    return _write_vocab_gguf(path, GGUFFile(vocab_file("llama-spm")), over, drop_tokenizer=True)
+
+
+@pytest.fixture(scope="module")
+def vocab_paths(tmp_path_factory):
+    from gguf import GGUFValueType as VT
+
+    root = tmp_path_factory.mktemp("vocab")
+    paths = {name: vocab_file(name) for name in REAL}
+    paths["gemma3-spm"] = _gemma3_spm(root / "gemma3-spm.gguf")
+    paths["gpt-4o"] = _write_vocab_gguf(root / "gpt-4o.gguf", GGUFFile(vocab_file("llama-bpe")),
+                                        {"tokenizer.ggml.pre": ("gpt-4o", VT.STRING)})
+    return paths
+
+
+_TOKENIZERS: dict[str, Tokenizer] = {}
+
+
+def _tok(vocab_paths, name: str) -> Tokenizer:
+    if name not in _TOKENIZERS:  # a 262k vocabulary takes seconds to load; build each once
+        _TOKENIZERS[name] = Tokenizer.from_gguf(vocab_paths[name])
+    return _TOKENIZERS[name]
+
+
+def _wikitext() -> str:
+    return data_file("wikitext-2-raw-test.txt").read_text(encoding="utf-8")
+
+
+def _first_diff(a: list[int], b: list[int]) -> str:
+    i = next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    return f"lengths {len(a)} vs {len(b)}, first difference at token {i}: {a[i:i + 5]} vs {b[i:i + 5]}"
+
+
+# --- llama.cpp's own test pairs ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", REAL)
+def test_llama_cpp_vocab_test_pairs(vocab_paths, name):
+    path = vocab_paths[name]
+    inputs = Path(f"{path}.inp").read_text(encoding="utf-8").split("\n__ggml_vocab_test__\n")
+    expected = Path(f"{path}.out").read_text(encoding="utf-8").split("\n")
+    tok = _tok(vocab_paths, name)
+    assert len(inputs) > 30
+    for text, ids in zip(inputs, expected):
+        # llama.cpp's test-tokenizer-0 tokenizes without BOS, parsing special tokens
+        assert tok.encode(text, add_bos=False, special=True) == [int(x) for x in ids.split()], repr(text)
+
+
+# --- the whole WikiText-2 test text ------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.llama_cpp
+@pytest.mark.parametrize("name", REAL + DERIVED)
+def test_wikitext_equals_llama_cpp_and_is_fast(vocab_paths, name):
+    if _llama_cpp() is None:
+        pytest.skip("llama-cpp-python is not installed")
+    text = _wikitext()
+    tok = Tokenizer.from_gguf(vocab_paths[name])  # fresh: no cached words
+    t0 = time.perf_counter()
+    ids = tok.encode(text)
+    seconds = time.perf_counter() - t0
+    llm = _llama_cpp().Llama(model_path=str(vocab_paths[name]), vocab_only=True, verbose=False)
+    ref = llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+    assert ids == ref, _first_diff(ids, ref)
+    assert seconds < 5.0, f"encoding {len(text)} characters took {seconds:.2f} s"
+    assert tok.decode(ids) == text
+
+
+def _hf_tokenizer(path: Path):
+    """transformers' tokenizer for a GGUF's metadata (what AutoTokenizer.from_pretrained(..., gguf_file=)
+    builds; called directly because AutoTokenizer also parses the model config, which fails for the
+    Gemma 4 file's per-layer head counts)."""
+    pytest.importorskip("transformers")
+    from transformers.integrations.gguf.gguf_tokenizer_mapping import convert_gguf_tokenizer, get_gguf_tokenizer
+
+    arch, tokenizer_dict, _ = get_gguf_tokenizer(str(path))
+    return convert_gguf_tokenizer(arch, tokenizer_dict)[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["llama-bpe", "qwen2", "phi-3", "gemma-4"] + DERIVED)
+def test_wikitext_equals_hf(vocab_paths, name):
+    text = _wikitext()
+    hf = _hf_tokenizer(vocab_paths[name])
+    ids = _tok(vocab_paths, name).encode(text)
+    ref = hf.encode(text, add_special_tokens=False).ids
+    assert ids == ref, _first_diff(ids, ref)
+
+
+# --- varied and random text against llama.cpp --------------------------------------------------------
+
+
+@pytest.mark.llama_cpp
+@pytest.mark.parametrize("name", ["gemma-4", "gemma3-spm", "gpt-4o", "phi-3", "qwen2", "llama-bpe"])
+def test_varied_text_equals_llama_cpp(vocab_paths, name):
+    if _llama_cpp() is None:
+        pytest.skip("llama-cpp-python is not installed")
+    llm = _llama_cpp().Llama(model_path=str(vocab_paths[name]), vocab_only=True, verbose=False)
+    tok = _tok(vocab_paths, name)
+    specials = ["<start_of_turn>", "<end_of_turn>", "<bos>", "<|im_start|>", "<|endoftext|>", "<|user|>",
+                "<|end|>", "<|begin_of_text|>", "<|eot_id|>", "<|turn>", "<|\"|>", "▁", "<0x41>"]
+    texts = VARIED + [
+        "ÄPFEL Äpfel äPFEL HELLOworld helloWORLD I'M O'NEIL's ΑΒΓ αβγ ǅungla ǲ", "a\u0301b\u0301 ड़ नमस्ते",
+        "x/\n/\ny 1234567 ½ ٣٤٥ \u00a0\u2028\u0085 end", "\n\n\n\n", " \n \n\n", "\t\t\n", "🦙🦙 🦙",
+    ] + _fuzz_texts(400, seed=len(name), extra=specials)
+    bad = []
+    for t in texts:
+        for special in (False, True):
+            for add_bos in (False, True):
+                ours = tok.encode(t, add_bos=add_bos, special=special)
+                theirs = llm.tokenize(t.encode("utf-8"), add_bos=add_bos, special=special)
+                if ours != theirs:
+                    bad.append((t, special, add_bos, ours, theirs))
+    assert not bad, f"{len(bad)} of {4 * len(texts)} differ, first: {bad[0]}"
+
+
+@pytest.mark.llama_cpp
+@pytest.mark.parametrize("name", ["gemma-4", "gemma3-spm", "phi-3", "qwen2", "llama-bpe"])
+def test_end_of_generation_ids_equal_llama_cpp(vocab_paths, name):
+    llama_cpp = _llama_cpp()
+    if llama_cpp is None:
+        pytest.skip("llama-cpp-python is not installed")
+    llm = llama_cpp.Llama(model_path=str(vocab_paths[name]), vocab_only=True, verbose=False)
+    vocab = llama_cpp.llama_model_get_vocab(llm.model)
+    tok = _tok(vocab_paths, name)
+    assert {i for i in range(tok.vocab_size) if llama_cpp.llama_vocab_is_eog(vocab, i)} == set(tok.eog_ids)
+    assert (tok.bos_id, tok.add_bos) == (llama_cpp.llama_vocab_bos(vocab), llama_cpp.llama_vocab_get_add_bos(vocab))
+
+
+def test_gemma_round_trip_and_byte_fallback(vocab_paths):
+    for name in ("gemma-4", "gemma3-spm"):
+        tok = _tok(vocab_paths, name)
+        assert tok.add_space_prefix is False
+        for t in VARIED + _fuzz_texts(200, seed=9, extra=["🦙", "\U0001F9D1\u200d\U0001F680"]):
+            ids = tok.encode(t)
+            assert tok.decode(ids) == t, (name, t)
+            assert b"".join(tok.token_to_piece(i) for i in ids).decode("utf-8") == t
+        ids = tok.encode("🦙")  # not in the vocabulary: its four UTF-8 bytes as <0xXX> tokens
+        assert [tok.tokens[i] for i in ids] == ["<0xF0>", "<0x9F>", "<0xA6>", "<0x99>"]
+
+
+# --- chat templates ------------------------------------------------------------------------------------
+
+
+CHATS = [
+    [{"role": "user", "content": "Hi there"}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": " Hi "},
+     {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Bye"}],
+    [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "<think>\nadd\n</think>\n\n4"},
+     {"role": "user", "content": "and 3+3?"}],
+]
+
+
+# template file -> the vocabulary of its family
+TEMPLATE_VOCAB = {"google-gemma-2-2b-it": "gemma3-spm", "google-gemma-3-4b-it": "gemma3-spm",
+                  "Qwen-Qwen3-0.6B": "qwen2", "meta-llama-Llama-3.2-3B-Instruct": "llama-bpe",
+                  "microsoft-Phi-3.5-mini-instruct": "phi-3"}
+
+
+@pytest.mark.parametrize("template_name", sorted(TEMPLATE_VOCAB) + ["file:gemma-4", "file:qwen2", "file:phi-3"])
+def test_chat_templates_render_as_transformers(vocab_paths, template_name):
+    """Each template file, and the templates inside the vocabulary files, with that family's vocabulary."""
+    pytest.importorskip("transformers")
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    if template_name.startswith("file:"):
+        kv = GGUFFile(vocab_paths[template_name[5:]]).kv
+        template = kv["tokenizer.chat_template"]
+    else:
+        template = (TEMPLATES / f"{template_name}.jinja").read_text(encoding="utf-8")
+        kv = {**GGUFFile(vocab_paths[TEMPLATE_VOCAB[template_name]]).kv, "tokenizer.chat_template": template}
+    tok = Tokenizer.from_gguf_metadata(kv)
+    bos, eos = tok.tokens[tok.bos_id], tok.tokens[tok.eos_id]
+    rendered = 0
+    for chat in CHATS:
+        for gen in (True, False):
+            for extra in ({}, {"enable_thinking": False}):
+                try:
+                    theirs = render_jinja_template([chat], chat_template=template, add_generation_prompt=gen,
+                                                   bos_token=bos, eos_token=eos, **extra)[0][0]
+                except Exception as e:  # the template refuses this chat (Gemma 2: no system role)
+                    with pytest.raises(QuantconvError, match=re.escape(str(e))):
+                        tok.apply_chat_template(chat, add_generation_prompt=gen, strip_bos=False, **extra)
+                    continue
+                assert tok.apply_chat_template(chat, add_generation_prompt=gen, strip_bos=False, **extra) == theirs
+                rendered += 1
+                # as llama.cpp: a template-written BOS is dropped when encoding adds one, so one BOS leads
+                prompt = tok.apply_chat_template(chat, add_generation_prompt=gen, **extra)
+                ids = tok.encode(prompt, add_bos=tok.add_bos, special=True)
+                if tok.add_bos:
+                    assert ids[0] == tok.bos_id and ids[1] != tok.bos_id
+                else:
+                    assert prompt == theirs
+    assert rendered >= 6
+
+
+def test_chat_prompt_tokens(vocab_paths):
+    """The rendered prompts hold each family's turn markers as single special tokens."""
+    cases = [(None, "gemma-4", ["<|turn>", "<turn|>"]),  # the template inside the Gemma 4 file
+             ("Qwen-Qwen3-0.6B", "qwen2", ["<|im_start|>", "<|im_end|>"]),
+             ("meta-llama-Llama-3.2-3B-Instruct", "llama-bpe", ["<|start_header_id|>", "<|eot_id|>"]),
+             ("microsoft-Phi-3.5-mini-instruct", "phi-3", ["<|user|>", "<|end|>", "<|assistant|>"])]
+    for template_name, vocab, markers in cases:
+        kv = dict(GGUFFile(vocab_paths[vocab]).kv)
+        if template_name is not None:
+            kv["tokenizer.chat_template"] = (TEMPLATES / f"{template_name}.jinja").read_text(encoding="utf-8")
+        tok = Tokenizer.from_gguf_metadata(kv)
+        prompt = tok.apply_chat_template([{"role": "user", "content": "What is 2+2?"}])
+        ids = tok.encode(prompt, add_bos=tok.add_bos, special=True)
+        for m in markers:
+            assert tok._token_to_id[m] in ids, (template_name, m)
+        assert not any(m in tok.decode(ids, special=False) for m in markers)
+    # Qwen3 without thinking: the empty think block that the template writes
+    qwen = Tokenizer.from_gguf_metadata({**GGUFFile(vocab_paths["qwen2"]).kv, "tokenizer.chat_template":
+                                         (TEMPLATES / "Qwen-Qwen3-0.6B.jinja").read_text(encoding="utf-8")})
+    assert qwen.apply_chat_template([{"role": "user", "content": "hi"}], enable_thinking=False).endswith(
+        "<|im_start|>assistant\n<think>\n\n</think>\n\n")
+
+
+def test_gemma_2_system_role_is_one_clear_error(vocab_paths):
+    tok = Tokenizer.from_gguf_metadata({**GGUFFile(vocab_paths["gemma3-spm"]).kv, "tokenizer.chat_template":
+                                        (TEMPLATES / "google-gemma-2-2b-it.jinja").read_text(encoding="utf-8")})
+    with pytest.raises(QuantconvError, match="System role not supported") as e:
+        tok.apply_chat_template([{"role": "system", "content": "x"}, {"role": "user", "content": "y"}])
+    assert "\n" not in str(e.value)
