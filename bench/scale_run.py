@@ -111,6 +111,8 @@ def measured(name: str, cmd: list[str], log) -> dict:
 
 
 def git_commit() -> str:
+    if os.environ.get("QUANTCONV_COMMIT"):   # a copy without its .git (a device machine's) names it
+        return os.environ["QUANTCONV_COMMIT"]
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
                               check=True).stdout.strip()
