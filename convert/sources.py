@@ -275,7 +275,9 @@ class GGUFSource(ModelSource):
             cfg["layer_types"] = ["sliding_attention" if s else "full_attention"
                                   for s in self.arch.swa_layers(cfg["num_hidden_layers"])]
         scaling = v(f"{a}.rope.scaling.type")
-        if scaling == "longrope" and self.arch.longrope:
+        long_name = self.arch.role("rope_factors_long").gguf_name() if self.arch.longrope else None
+        if long_name and (scaling == "longrope" or long_name in self._g.shapes):
+            # llama.cpp's converter writes no scaling type for LongRoPE: the factor tensors say it
             cfg["rope_scaling"] = {"rope_type": "longrope"}
             for role, key in (("rope_factors_long", "long_factor"), ("rope_factors_short", "short_factor")):
                 name = self.arch.role(role).gguf_name()

@@ -87,6 +87,8 @@ def model_config(f: GGUFFile) -> dict[str, Any]:
         raise QuantconvError(f"{f.path} uses RoPE scaling '{scaling}', which the quantconv engine doesn't run "
                              "(supported: none, linear, Llama 3 rope_freqs"
                              f"{', longrope' if spec.longrope else ''})")
+    # LongRoPE: llama.cpp's converter writes no scaling type, only the factor tensors
+    longrope = spec.longrope and spec.role("rope_factors_long").gguf_name() in f
     n_layer = _uint(f, f"{a}.block_count")
     rope_dim = _uint(f, f"{a}.rope.dimension_count", head_dim)
     if not 0 < rope_dim <= head_dim or rope_dim % 2:
@@ -118,7 +120,7 @@ def model_config(f: GGUFFile) -> dict[str, Any]:
         "swa_layers": _swa_layers(f, spec, n_layer, window),
         "rope_base_swa": _float(f, f"{a}.rope.freq_base_swa", rope_base),
         "rope_attn_factor": _float(f, f"{a}.rope.scaling.attn_factor", 1.0),
-        "rope_orig_ctx": _uint(f, f"{a}.rope.scaling.original_context_length", 0) if scaling == "longrope" else 0,
+        "rope_orig_ctx": _uint(f, f"{a}.rope.scaling.original_context_length", 0) if longrope else 0,
     }
 
 

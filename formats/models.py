@@ -353,8 +353,7 @@ class ArchSpec:
             put("rope.scaling.factor", params["factor"], "float32")
             if kind == "yarn" and params.get("original_max_position_embeddings"):
                 put("rope.scaling.original_context_length", params["original_max_position_embeddings"], "uint32")
-        elif kind == "longrope":
-            put("rope.scaling.type", "longrope", "string")
+        elif kind == "longrope":  # no rope.scaling.type, as llama.cpp's converter: the factor tensors say it
             put("rope.scaling.attn_factor", self._longrope(config)[0], "float32")
         out["_types"] = types
         return out

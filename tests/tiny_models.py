@@ -40,6 +40,7 @@ _CONFIGS = {"llama": ("LlamaConfig", "LlamaForCausalLM"), "mistral": ("MistralCo
             "gemma2": ("Gemma2Config", "Gemma2ForCausalLM"), "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM"),
             "phi3": ("Phi3Config", "Phi3ForCausalLM")}
 
+PHI3_SPECIALS = ("<|endoftext|>", "<|end|>")
 HEAD_DIM = 32  # qwen3 / gemma: decoupled from hidden / heads (= 16)
 SLIDING_WINDOW = 8  # gemma's local layers: shorter than any parity prompt
 ROPE_DIM_PHI3 = 8  # partial_rotary_factor 0.5 of head_dim 16: LongRoPE has ROPE_DIM_PHI3 / 2 factors
@@ -57,16 +58,19 @@ _FAMILIES = {
     # 6 layers: 5 local, 1 global (the real models' pattern); two RoPE bases
     "gemma3": ("gemma3", dict(head_dim=HEAD_DIM, query_pre_attn_scalar=HEAD_DIM, sliding_window=SLIDING_WINDOW,
                               num_hidden_layers=6), True, "spm"),
+    # Phi-3-mini's tokenizer: SentencePiece plus <|endoftext|> (llama.cpp's vocabulary loader expects it
+    # in a model named phi3)
     "phi3": ("phi3", dict(partial_rotary_factor=0.5, original_max_position_embeddings=256, pad_token_id=None),
-             False, "bpe"),
+             False, "spm"),
     # context 512 > original 256: long factors apply beyond 256 tokens, short ones below
     "phi3-longrope": ("phi3", dict(partial_rotary_factor=0.5, max_position_embeddings=512,
                                    original_max_position_embeddings=256, pad_token_id=None,
                                    rope_scaling=dict(rope_type="longrope",
                                                      long_factor=[1.0, 1.5, 2.25, 3.5],
-                                                     short_factor=[1.0, 1.05, 1.1, 1.2])), False, "bpe"),
+                                                     short_factor=[1.0, 1.05, 1.1, 1.2])), False, "spm"),
 }
 FAMILIES = tuple(_FAMILIES)
+FAMILY_ARCH = {name: f[0] for name, f in _FAMILIES.items()}  # tiny family -> models.yaml architecture
 NEW_FAMILIES = ("llama3", "qwen3", "gemma2", "gemma3", "phi3", "phi3-longrope")
 
 
@@ -93,9 +97,10 @@ def make_bpe_tokenizer(out_dir: Path) -> Path:
     return out_dir
 
 
-def make_spm_tokenizer(out_dir: Path, pad_to: int | None = None) -> Path:
+def make_spm_tokenizer(out_dir: Path, pad_to: int | None = None, extra_specials: tuple[str, ...] = ()) -> Path:
     """A Llama-2-style tokenizer.json: SentencePiece BPE with byte fallback, "▁" for spaces. pad_to: fill
-    the vocabulary up to that size with "<unusedN>" pieces, as Gemma's tokenizer has them."""
+    the vocabulary up to that size with "<unusedN>" pieces, as Gemma's tokenizer has them; extra_specials:
+    special tokens added after the pieces (Phi-3's <|endoftext|>, <|end|>)."""
     from tokenizers import Tokenizer, decoders, models, normalizers
 
     vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
@@ -115,7 +120,7 @@ def make_spm_tokenizer(out_dir: Path, pad_to: int | None = None) -> Path:
     tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
     tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
                                      decoders.Strip(" ", 1, 0)])
-    tok.add_special_tokens(["<unk>", "<s>", "</s>"])
+    tok.add_special_tokens(["<unk>", "<s>", "</s>", *extra_specials])
     out_dir.mkdir(parents=True, exist_ok=True)
     tok.save(str(out_dir / "tokenizer.json"))
     (out_dir / "tokenizer_config.json").write_text(json.dumps({
@@ -178,5 +183,32 @@ def make_tiny_hf_model(tmp_path: Path, arch: str = "llama", dtype: str = "float3
     if tokenizer == "bpe":
         make_bpe_tokenizer(out)
     else:  # Gemma's vocabulary fills the model's (llama.cpp's converter trims embeddings past it)
-        make_spm_tokenizer(out, pad_to=VOCAB_SIZE if family.startswith("gemma") else None)
+        make_spm_tokenizer(out, pad_to=VOCAB_SIZE if family.startswith("gemma") else None,
+                           extra_specials=PHI3_SPECIALS if family == "phi3" else ())
     return out
+
+
+def train_tiny_model(folder: Path, steps: int = 60, seed: int = 0) -> Path:
+    """A few AdamW steps on a noisy token-permutation language (next token = perm[token] 70% of the time),
+    saved back in place. A random model's logits are near-uniform, so quantization noise flips its top-1
+    at a few percent of positions; after this its predictions have margins like a trained LM's, and
+    top-1 / perplexity comparisons between runtimes measure the runtimes, not near-ties."""
+    import torch
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(TOKENIZER_VOCAB - 3, generator=g) + 3
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(steps):
+        x = torch.randint(3, TOKENIZER_VOCAB, (8, 32), generator=g)
+        follow = torch.rand(8, 32, generator=g) < 0.7
+        for j in range(1, x.shape[1]):
+            x[:, j] = torch.where(follow[:, j], perm[x[:, j - 1] - 3], x[:, j])
+        loss = model(input_ids=x, labels=x).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval().save_pretrained(folder, safe_serialization=True)
+    return folder
