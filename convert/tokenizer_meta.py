@@ -1,10 +1,15 @@
 """HF tokenizer files -> the GGUF `tokenizer.*` metadata llama.cpp expects.
 
 Two families, as llama.cpp's own converter distinguishes them:
-- byte-level BPE (GPT-2, Llama 3, Qwen2, SmolLM): tokenizer.ggml.model "gpt2", tokens + merges, and
-  tokenizer.ggml.pre naming the pre-tokenizer regex (from the table in models.yaml);
-- SentencePiece (Llama 2, TinyLlama, Mistral v0.1): model "llama", tokens + scores, read from
-  tokenizer.model when present, else from a tokenizer.json BPE with byte_fallback.
+- byte-level BPE (GPT-2, Llama 3, Qwen2/Qwen3, SmolLM, Phi-4-mini): tokenizer.ggml.model "gpt2", tokens
+  + merges, and tokenizer.ggml.pre naming the pre-tokenizer regex (from the table in models.yaml:
+  llama-bpe, qwen2, gpt-4o, ...);
+- SentencePiece (Llama 2, TinyLlama, Mistral v0.1, Phi-3/3.5-mini, Gemma 2/3): model "llama", tokens +
+  scores, read from tokenizer.model when present, else from a tokenizer.json BPE with byte_fallback.
+  add_space_prefix comes from the model (sentencepiece's add_dummy_prefix, or the tokenizer.json
+  normalizer): false for Gemma, as llama.cpp's converter writes it.
+add_bos_token / add_eos_token follow llama.cpp's converter (gguf-py SpecialVocab): the tokenizer.json
+post-processor first, then tokenizer_config.json.
 
 The result maps key -> value, plus "_types": {key: GGUFValueType} giving each scalar's type and, for
 list values, the element type (how formats/gguf_writer.py's add_kv takes a vtype).
@@ -108,14 +113,37 @@ def choose_pre(tj: dict, name_hint: str) -> str:
     return "default"
 
 
-def _post_processor_adds(tj: dict) -> tuple[bool | None, bool | None]:
-    """(add_bos, add_eos) from a TemplateProcessing post-processor; None where there is none."""
-    for p in _walk(tj.get("post_processor")):
-        if p.get("type") == "TemplateProcessing":
+def _add_special(tj: dict, tc: dict) -> dict[str, bool]:
+    """{"bos"/"eos": add it} as llama.cpp's converter (gguf-py SpecialVocab) decides: from the
+    tokenizer.json post-processor first (ByteLevel: neither unless said otherwise; RobertaProcessing:
+    both; TemplateProcessing: a special token first / last in `single`), then tokenizer_config's
+    add_bos_token / add_eos_token for what the post-processor left open. Absent = not said."""
+    adds: dict[str, bool] = {}
+    bos, eos = _content(tc.get("bos_token")), _content(tc.get("eos_token"))
+    cls = _content(tc.get("cls_token"))
+    bos, eos = bos or cls, eos or _content(tc.get("sep_token"))
+    pp = tj.get("post_processor") if tj else None
+    for p in (pp.get("processors") or [pp]) if isinstance(pp, dict) else []:
+        kind = p.get("type") if isinstance(p, dict) else None
+        if kind == "ByteLevel":
+            adds.setdefault("bos", False)
+            adds.setdefault("eos", False)
+        elif kind == "RobertaProcessing":
+            adds["bos"] = adds["eos"] = True
+        elif kind == "TemplateProcessing":
             single = p.get("single") or []
-            if single:
-                return "SpecialToken" in single[0], "SpecialToken" in single[-1]
-    return None, None
+            if len(single) > 1:
+                first = (single[0].get("SpecialToken") or {}).get("id")
+                if first:
+                    if not tc or (first not in (bos, cls) and not bos):
+                        bos = first
+                    adds["bos"] = first in (bos, cls)
+                if (single[-1].get("SpecialToken") or {}).get("id"):
+                    adds["eos"] = True  # llama.cpp makes a different trailing token the EOS
+    for kind in ("bos", "eos"):
+        if isinstance(tc.get(f"add_{kind}_token"), bool):
+            adds.setdefault(kind, tc[f"add_{kind}_token"])
+    return adds
 
 
 def _merges(model: dict) -> list[str]:
@@ -374,13 +402,12 @@ def tokenizer_metadata(model_dir: str | Path, config: dict, name_hint: str = "")
         default_bos = False
 
     meta.update(_special_ids(meta, tc, stm, tj, config))
-    pp_bos, pp_eos = _post_processor_adds(tj) if tj else (None, None)
-    add_bos = tc.get("add_bos_token")
-    meta["tokenizer.ggml.add_bos_token"] = bool(add_bos if isinstance(add_bos, bool) else
-                                                pp_bos if pp_bos is not None else default_bos)
-    add_eos = tc.get("add_eos_token")
-    if isinstance(add_eos, bool) or pp_eos is not None:
-        meta["tokenizer.ggml.add_eos_token"] = bool(add_eos if isinstance(add_eos, bool) else pp_eos)
+    adds = _add_special(tj, tc)
+    # always written (llama.cpp's converter leaves it out when nothing says, and its loader then
+    # defaults to the same value)
+    meta["tokenizer.ggml.add_bos_token"] = adds.get("bos", default_bos)
+    if "eos" in adds:
+        meta["tokenizer.ggml.add_eos_token"] = adds["eos"]
     if "tokenizer.ggml.add_space_prefix" not in meta and isinstance(tc.get("add_prefix_space"), bool):
         meta["tokenizer.ggml.add_space_prefix"] = tc["add_prefix_space"]
     template = _chat_template(model_dir, tc)

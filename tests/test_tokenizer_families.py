@@ -269,3 +269,121 @@ def test_gemma_2_system_role_is_one_clear_error(vocab_paths):
     with pytest.raises(QuantconvError, match="System role not supported") as e:
         tok.apply_chat_template([{"role": "system", "content": "x"}, {"role": "user", "content": "y"}])
     assert "\n" not in str(e.value)
+
+
+# --- the converter (convert/tokenizer_meta.py) against llama.cpp's convert_hf_to_gguf.py ------------------
+
+# (tokenizers' Split regex, llama.cpp's pre-tokenizer name) of the byte-level BPE families
+_SPLITS = {
+    "qwen3": (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+              r"|\s+(?!\S)|\s+", "qwen2"),
+    "llama3": (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+               r"|\s*[\r\n]+|\s+(?!\S)|\s+", "llama-bpe"),
+    "phi4-mini": (r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"
+                  r"(?i:'s|'t|'re|'ve|'m|'ll|'d)?|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+"
+                  r"[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*"
+                  r"|\s*[\r\n]+|\s+(?!\S)|\s+", "gpt-4o"),
+}
+_CORPUS = ["Hello world, the quick brown fox jumps over the lazy dog. Don't stop: 12345 and 678!",
+           "Ünïcödé naïve café — “quotes” 日本語 text\n\n  indented\tcode(x) == y / z"]
+
+
+def _tiny_bpe_model(folder: Path, family: str) -> Path:
+    """A tiny HF tokenizer of a byte-level BPE family (its split regex, special tokens, config) and a
+    config.json naming the family's HF architecture: what both converters read."""
+    import json
+
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    folder.mkdir(parents=True, exist_ok=True)
+    specials = {"qwen3": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                "llama3": ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
+                           "<|eot_id|>"],
+                "phi4-mini": ["<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]}[family]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(_SPLITS[family][0]), behavior="isolated"),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=420, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(_CORPUS * 20, trainer)
+    tok.add_tokens(["<think>", "</think>"])  # user-defined (not special) added tokens
+    if family == "llama3":
+        bos = tok.token_to_id("<|begin_of_text|>")
+        tok.post_processor = processors.TemplateProcessing(single="<|begin_of_text|> $A", special_tokens=[
+            ("<|begin_of_text|>", bos)])
+    tok.save(str(folder / "tokenizer.json"))
+    n = tok.get_vocab_size()
+    tc = {"qwen3": {"tokenizer_class": "Qwen2Tokenizer", "bos_token": None, "eos_token": "<|im_end|>",
+                    "pad_token": "<|endoftext|>", "add_bos_token": False},
+          "llama3": {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<|begin_of_text|>",
+                     "eos_token": "<|eot_id|>"},
+          "phi4-mini": {"tokenizer_class": "GPT2Tokenizer", "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>",
+                        "pad_token": "<|endoftext|>", "add_bos_token": False, "add_eos_token": False}}[family]
+    tc["chat_template"] = "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}"
+    (folder / "tokenizer_config.json").write_text(json.dumps(tc))
+    arch = {"qwen3": "Qwen3ForCausalLM", "llama3": "LlamaForCausalLM", "phi4-mini": "Phi3ForCausalLM"}[family]
+    cfg = {"architectures": [arch], "model_type": {"qwen3": "qwen3", "llama3": "llama", "phi4-mini": "phi3"}[family],
+           "vocab_size": n + 8, "hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4,
+           "num_key_value_heads": 2, "intermediate_size": 128, "max_position_embeddings": 256, "rms_norm_eps": 1e-6,
+           "rope_theta": 10000.0, "bos_token_id": 0, "eos_token_id": 1, "tie_word_embeddings": True,
+           "_name_or_path": f"tiny-{family}"}
+    if family == "phi4-mini":
+        cfg["rope_scaling"] = None
+        cfg["original_max_position_embeddings"] = 256
+    (folder / "config.json").write_text(json.dumps(cfg))
+    return folder
+
+
+# llama.cpp's converter names a BPE pre-tokenizer by hashing a real vocabulary's output, which a tiny
+# one cannot reproduce: that one lookup is replaced by the family's name; the rest is its own code.
+_RUN_CONVERTER = """
+import importlib.machinery, runpy, sys, types
+src, pre = sys.argv[1], sys.argv[2]
+sys.argv = [src + "/convert_hf_to_gguf.py"] + sys.argv[3:]
+sys.path[:0] = [src, src + "/gguf-py"]
+try:
+    import sentencepiece  # noqa: F401
+except ImportError:  # BPE models only reach its import (then find no tokenizer.model)
+    stub = types.ModuleType("sentencepiece")
+    stub.SentencePieceProcessor = None
+    stub.__spec__ = importlib.machinery.ModuleSpec("sentencepiece", None)
+    sys.modules["sentencepiece"] = stub
+from conversion import base
+base.TextModel.get_vocab_base_pre = lambda self, tokenizer: pre
+runpy.run_path(src + "/convert_hf_to_gguf.py", run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("family", sorted(_SPLITS))
+def test_converter_metadata_equals_llama_cpp(tmp_path, family):
+    import json
+    import subprocess
+    import sys
+
+    pytest.importorskip("tokenizers")
+    from tests.peers import llama_cpp_src
+
+    from quantconv.convert.tokenizer_meta import tokenizer_metadata
+
+    src = llama_cpp_src()
+    folder = _tiny_bpe_model(tmp_path / family, family)
+    out = tmp_path / "llama-cpp.gguf"
+    script = tmp_path / "run_converter.py"
+    script.write_text(_RUN_CONVERTER)
+    r = subprocess.run([sys.executable, str(script), str(src), _SPLITS[family][1], str(folder), "--vocab-only",
+                        "--outfile", str(out)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    theirs = {k: v for k, v in GGUFFile(out).kv.items() if k.startswith("tokenizer.")}
+    ours = {k: v for k, v in tokenizer_metadata(folder, json.loads((folder / "config.json").read_text())).items()
+            if k != "_types"}
+    assert sorted(ours) == sorted(theirs)
+    for k in theirs:
+        assert ours[k] == theirs[k], k
+    # and the written vocabulary tokenizes as the HF tokenizer it came from
+    import tokenizers
+
+    hf = tokenizers.Tokenizer.from_file(str(folder / "tokenizer.json"))
+    tok = Tokenizer.from_gguf_metadata(ours)
+    for t in _CORPUS + VARIED[:16] + ["<think>x</think> <|im_end|>"]:
+        assert tok.encode(t, special=True) == hf.encode(t, add_special_tokens=False).ids, repr(t)
