@@ -27,15 +27,44 @@ def _ext():
     return _ext
 
 
-def model_tensors(f: GGUFFile, n_layer: int) -> dict[str, tuple[dict, np.ndarray, tuple[int, ...], str]]:
+def _longrope_role(config: dict, n_ctx: int | None) -> str:
+    """Which LongRoPE factor tensor a context of n_ctx runs with: the long one iff n_ctx exceeds the original
+    training context (as llama.cpp chooses)."""
+    orig = int(config.get("rope_orig_ctx") or 0)
+    return "rope_factors_long" if n_ctx is not None and orig and int(n_ctx) > orig else "rope_factors_short"
+
+
+def _part_rows_config(config: dict) -> dict:
+    """The engine config in the config.json spelling that ArchSpec.parts sizes fused tensors' parts by."""
+    return {"hidden_size": config["n_embd"], "num_attention_heads": config["n_head"],
+            "num_key_value_heads": config["n_head_kv"], "head_dim": config["head_dim"],
+            "intermediate_size": config["n_ff"]}
+
+
+def model_tensors(f: GGUFFile, n_layer: int, n_ctx: int | None = None,
+                  config: dict | None = None) -> dict[str, tuple[dict, np.ndarray, tuple[int, ...], str]]:
     """The file's tensors for the engine, keyed by their role in the architecture's models.yaml entry:
     "token_embd", "output_norm", ... for the model's own, "L{i}.attn_q", ... for layer i's. Each is
     (type descriptor, zero-copy 1-D uint8 view of the bytes, numpy shape, GGUF name); optional roles the
-    file lacks are left out."""
+    file lacks are left out. A fused linear (Phi-3's attn_qkv, ffn_gate_up) is handed over as row-slice
+    views under its parts' roles (attn_q, attn_k, attn_v; ffn_gate, ffn_up); LongRoPE's factor tensor for
+    a context of n_ctx (None: the original context or less) goes under "rope_freqs". config: the file's
+    model_config (read when None)."""
     arch = file_arch(f)
-    wanted = [(r.name, r.gguf_name(), r) for r in arch.roles.values() if not r.per_layer]
-    wanted += [(f"L{i}.{r.name}", r.gguf_name(i), r) for i in range(n_layer) for r in arch.roles.values()
-               if r.per_layer]
+    roles = list(arch.roles.values())
+    if any(r.split for r in roles) or any(r.name == "rope_factors_long" for r in roles):
+        config = config if config is not None else model_config(f)
+    longrope = _longrope_role(config, n_ctx) if config is not None else None
+    wanted = []
+    for r in roles:
+        if r.per_layer:
+            continue
+        if r.name in ("rope_factors_long", "rope_factors_short"):
+            if r.name == longrope:
+                wanted.append(("rope_freqs", r.gguf_name(), r))
+            continue
+        wanted.append((r.name, r.gguf_name(), r))
+    wanted += [(f"L{i}.{r.name}", r.gguf_name(i), r) for i in range(n_layer) for r in roles if r.per_layer]
     out = {}
     for key, name, role in wanted:
         if name not in f:
@@ -46,7 +75,20 @@ def model_tensors(f: GGUFFile, n_layer: int) -> dict[str, tuple[dict, np.ndarray
         if t.dtype is None:
             raise QuantconvError(f"{f.path} holds tensor '{name}' as {t.type_name}, which the quantconv engine "
                                  f"can't run; {_FIX}")
-        out[key] = (t.dtype.descriptor(), f.raw(name).reshape(-1), tuple(int(d) for d in t.shape), name)
+        shape = tuple(int(d) for d in t.shape)
+        if not role.split:
+            out[key] = (t.dtype.descriptor(), f.raw(name).reshape(-1), shape, name)
+            continue
+        # whole rows of every layout are contiguous bytes: each part is a zero-copy slice of the rows
+        parts = arch.parts(role.name, _part_rows_config(config))
+        if len(shape) != 2 or parts[-1][2] != shape[0]:
+            raise QuantconvError(f"{f.path} has tensor '{name}' of shape {shape}, expected "
+                                 f"{parts[-1][2]} rows ({', '.join(p[0] for p in parts)}); {_FIX}")
+        rows = f.raw(name).reshape(shape[0], -1)
+        prefix = key[: key.index(".") + 1]
+        for part, r0, r1 in parts:
+            out[prefix + part] = (t.dtype.descriptor(), rows[r0:r1].reshape(-1), (r1 - r0, shape[1]),
+                                  f"{name}[{part}]")
     return out
 
 
@@ -74,7 +116,7 @@ class Engine:
                                validate=bool(validate),
                                # quantized activations the file was calibrated for (export --act-dtype)
                                act_dtype=str(self._file.kv.get("quantconv.act_dtype", "")))
-            tensors = model_tensors(self._file, self.config["n_layer"])
+            tensors = model_tensors(self._file, self.config["n_layer"], int(n_ctx), self.config)
             n_threads = int(n_threads or os.cpu_count() or 1)
             try:
                 self._model = ext.Model(self.config, tensors, int(n_ctx), n_threads)
