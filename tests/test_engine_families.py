@@ -170,6 +170,47 @@ def test_family_config_reaches_the_engine(built):
     assert cfg["rope_dim"] * 2 == cfg["head_dim"]
 
 
+def test_threads_batches_and_fp16_cache_on_local_layers(built):
+    """Sliding-window layers give the same logits for any thread count and prefill batch size, and with an
+    fp16 cache decode equals prefill (each query's arithmetic does not depend on its batch)."""
+    path = built("gemma3")[1]
+    ids = tokens(SEQ, seed=3)
+    runs = []
+    for n_threads, n_batch in ((1, 256), (3, 256), (2, 3), (2, 16)):
+        with Engine(path, n_ctx=64, n_threads=n_threads, n_batch=n_batch) as eng:
+            runs.append(eng.eval(ids, all_logits=True))
+    for r in runs[1:]:
+        np.testing.assert_array_equal(r, runs[0])
+    with Engine(path, n_ctx=64, n_threads=2, kv_type="f16") as eng:
+        half = eng.eval(ids, all_logits=True)
+        eng.reset()
+        np.testing.assert_array_equal(np.stack([eng.eval(ids[i:i + 1]) for i in range(SEQ)]), half)
+    assert 0 < np.abs(half - runs[0]).max() < 1e-2
+
+
+def test_portable_routines_match_the_simd_ones(built):
+    """QUANTCONV_ISA=scalar runs the portable GeGLU, soft-capping and windowed attention: same logits as
+    the AVX2 routines (whose tanh goes through e^-2|x|) within float rounding."""
+    import os
+    import subprocess
+    import sys
+
+    path = built("gemma2-softcap")[1]
+    ids = tokens()
+    with Engine(path, n_ctx=64, n_threads=2) as eng:
+        here = eng.eval(ids, all_logits=True)
+    code = ("import sys, numpy as np; from quantconv import _ext; from quantconv.runtime.engine import Engine; "
+            "e = Engine(sys.argv[1], n_ctx=64, n_threads=2); "
+            "np.save(sys.argv[2], e.eval(np.load(sys.argv[3]), all_logits=True)); print(_ext.engine_ops_isa())")
+    tmp = path.parent
+    np.save(tmp / "ids.npy", ids)
+    res = subprocess.run([sys.executable, "-c", code, str(path), str(tmp / "scalar.npy"), str(tmp / "ids.npy")],
+                         env={**os.environ, "QUANTCONV_ISA": "scalar"}, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip() == "scalar"
+    np.testing.assert_allclose(np.load(tmp / "scalar.npy"), here, rtol=0, atol=1e-4)
+
+
 # ---- Phi-3: fused tensors and LongRoPE -------------------------------------------------------------
 def test_fused_tensors_reach_the_engine_as_row_views(built):
     path = built("phi3")[1]
