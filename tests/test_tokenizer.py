@@ -141,7 +141,7 @@ def test_wikitext_encoding_is_fast_and_lossless(ref_file):
 # each pre-tokenizer family, with the reference vocabulary, against llama.cpp on the same metadata
 @pytest.mark.llama_cpp
 @needs_llama_cpp
-@pytest.mark.parametrize("pre", ["smollm", "gpt-2", "llama-bpe", "qwen2", "default"])
+@pytest.mark.parametrize("pre", ["smollm", "gpt-2", "llama-bpe", "qwen2", "default", "gpt-4o"])
 def test_pre_tokenizers_equal_llama_cpp(ref_file, tmp_path, pre):
     from gguf import GGUFValueType as VT
 
