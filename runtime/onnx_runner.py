@@ -43,7 +43,11 @@ def session_options(n_threads: int | None = None, optimize: bool = True):
 
 
 class OnnxEngine:
-    """An .onnx export in an onnxruntime session, with its KV cache kept here as numpy arrays."""
+    """An .onnx export in an onnxruntime session, with its KV cache kept here as numpy arrays.
+
+    n_ctx only bounds the cache here: a LongRoPE (phi3) graph picks its long factors itself once a position
+    reaches the original context (transformers' rule), where quantconv's Engine, like llama.cpp, picks them
+    for the whole run when n_ctx exceeds it; the two agree while the context stays within the original."""
 
     def __init__(self, path, n_ctx: int = 2048, n_threads: int | None = None, exact: bool = True,
                  optimize: bool = True):
