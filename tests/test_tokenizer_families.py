@@ -387,3 +387,48 @@ def test_converter_metadata_equals_llama_cpp(tmp_path, family):
     tok = Tokenizer.from_gguf_metadata(ours)
     for t in _CORPUS + VARIED[:16] + ["<think>x</think> <|im_end|>"]:
         assert tok.encode(t, special=True) == hf.encode(t, add_special_tokens=False).ids, repr(t)
+
+
+# --- exports of the tiny new-family models ------------------------------------------------------------
+
+
+@pytest.mark.llama_cpp
+@pytest.mark.parametrize("family", ["qwen3", "gemma2", "gemma3", "phi3"])
+def test_tiny_family_exports_tokenize_as_llama_cpp_and_hf(tmp_path, family):
+    """The tokenizer an F32 export of each tiny family carries: our ids equal stock llama.cpp's on that
+    file (which sees the family's architecture and name, e.g. Phi-3's whitespace rule) and HF's."""
+    import json
+    import warnings
+
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    if _llama_cpp() is None:
+        pytest.skip("llama-cpp-python is not installed")
+    import tokenizers
+
+    from quantconv.convert.export import export
+    from quantconv.convert.sources import open_source
+    from tests.test_tokenizer import TINY_TEXTS
+    from tests.tiny_models import make_tiny_hf_model
+
+    folder = make_tiny_hf_model(tmp_path, arch=family)
+    gguf = tmp_path / f"{family}.gguf"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        export(open_source(str(folder)), gguf, "f32")
+    tok = Tokenizer.from_gguf(gguf)
+    llm = _llama_cpp().Llama(model_path=str(gguf), vocab_only=True, verbose=False)
+    tj = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+    if family == "phi3":  # Phi-3's real tokenizer.json drops the whitespace after these (llama.cpp: by name)
+        for added in tj["added_tokens"]:
+            added["rstrip"] = added["content"] not in ("<unk>", "<s>", "<|endoftext|>")
+    hf = tokenizers.Tokenizer.from_str(json.dumps(tj))
+    assert bool(tok._rstrip) == (family == "phi3")
+    texts = TINY_TEXTS + ["<|end|>hello<|endoftext|> world", "<|end|> \n x</s>  y", "<|im_start|>user\nhi<|im_end|>"]
+    for t in texts + _fuzz_texts(200, seed=3, extra=["<s>", "</s>", "<|end|>", "<|im_end|>"]):
+        for special in (False, True):
+            for add_bos in (False, True):
+                assert tok.encode(t, add_bos=add_bos, special=special) == \
+                    llm.tokenize(t.encode("utf-8"), add_bos=add_bos, special=special), (t, special, add_bos)
+    for t in texts + _fuzz_texts(200, seed=4, extra=["<s>", "</s>", "<|end|>", "<|im_end|>"]):
+        assert tok.encode(t, special=True) == hf.encode(t, add_special_tokens=False).ids, repr(t)
