@@ -194,13 +194,15 @@ CHATS = [
      {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Bye"}],
     [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "<think>\nadd\n</think>\n\n4"},
      {"role": "user", "content": "and 3+3?"}],
+    [{"role": "system", "content": "Use tools.", "tools": '[{"name": "add"}]'}, {"role": "user", "content": "1+1"}],
 ]
 
 
 # template file -> the vocabulary of its family
 TEMPLATE_VOCAB = {"google-gemma-2-2b-it": "gemma3-spm", "google-gemma-3-4b-it": "gemma3-spm",
                   "Qwen-Qwen3-0.6B": "qwen2", "meta-llama-Llama-3.2-3B-Instruct": "llama-bpe",
-                  "microsoft-Phi-3.5-mini-instruct": "phi-3"}
+                  "microsoft-Phi-3.5-mini-instruct": "phi-3",
+                  "microsoft-Phi-4-mini-instruct": "gpt-4o"}  # (Phi-4-mini's o200k vocabulary is not at hand)
 
 
 @pytest.mark.parametrize("template_name", sorted(TEMPLATE_VOCAB) + ["file:gemma-4", "file:qwen2", "file:phi-3"])
