@@ -116,6 +116,7 @@ class HFDirSource(ModelSource):
         if self.tied_embeddings:
             present.discard(head)
         _check_complete(present, self.arch, self.config, str(self.path))
+        self.arch.check_shapes({n: self._where[n].entries[n].shape for n in present}, self.config)
         # keep checkpoint order (embeddings, layers in order, ...) as HF stores it, layers sorted numerically
         self._names = sorted(present, key=_natural_key)
         self.description = (f"{self.path} ({self.arch.name}, {len(files)} safetensors file"

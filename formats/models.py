@@ -218,6 +218,26 @@ class ArchSpec:
         n = self.sliding_window_pattern
         return [int(bool(n) and (i + 1) % n != 0) for i in range(n_layer)]
 
+    def check_shapes(self, shapes: dict[str, tuple[int, ...]], config: dict) -> None:
+        """Refuse a config whose heads do not match the weights (a missing head_dim or num_key_value_heads
+        would otherwise convert into a file that runs wrongly): q/k rows, and fused tensors' parts."""
+        widths = {"q": "num_attention_heads * head_dim", "kv": "num_key_value_heads * head_dim"}
+        for name, shape in shapes.items():
+            found = self.role_of_hf(name)
+            if found is None or found[0].kind not in ("linear", "bias"):
+                continue
+            role = found[0]
+            if role.split:
+                want, what = sum(_ROWS[p.rows](config) for p in role.split), " + ".join(p.rows for p in role.split)
+            elif role.heads:
+                want, what = _ROWS[role.heads](config), widths[role.heads]
+            else:
+                continue
+            if shape[0] != want:
+                raise QuantconvError(
+                    f"tensor '{name}' has {shape[0]} rows but config.json implies {want} ({what}); the config does "
+                    "not match the weights (is head_dim or num_key_value_heads missing or wrong?)")
+
     def check_config(self, config: dict) -> None:
         """Refuse configs this architecture's GGUF graph would run differently from transformers."""
         self.rope_scaling_kind(config)

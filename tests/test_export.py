@@ -202,3 +202,73 @@ def test_inspect_refuses_a_non_gguf_file(tmp_path):
     junk.write_bytes(b"not a gguf file at all" * 10)
     code, _, err = run_cli("inspect", junk)
     assert code == 2 and "junk.gguf" in err
+
+
+# --- the model families ----------------------------------------------------------------------------------
+
+
+def _family_case(tmp_path: Path, family: str, name: str, edit) -> Path:
+    """A copy of a tiny `family` model whose config.json went through edit(cfg)."""
+    import shutil
+
+    base = tmp_path / "base" / family
+    if not base.exists():
+        make_tiny_hf_model(base, family)
+    src = next(base.iterdir())
+    folder = tmp_path / f"{family}-{name}"
+    shutil.copytree(src, folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    edit(cfg)
+    (folder / "config.json").write_text(json.dumps(cfg))
+    return folder
+
+
+FAMILY_BAD_CONFIGS = [  # (family, what, edit of config.json, words the one error line must hold)
+    ("qwen3", "unknown architecture",
+     lambda c: c.update(architectures=["FooForCausalLM"], model_type="foo"),
+     ["unsupported architecture 'FooForCausalLM'", "qwen3", "gemma2", "gemma3", "phi3", "llama"]),
+    ("gemma2", "no hidden_size", lambda c: c.pop("hidden_size"), ["'hidden_size'"]),
+    ("gemma2", "no sliding_window", lambda c: c.pop("sliding_window"), ["'sliding_window'"]),
+    ("gemma3", "no num_hidden_layers", lambda c: c.pop("num_hidden_layers"), ["'num_hidden_layers'"]),
+    ("gemma3", "no head_dim", lambda c: c.pop("head_dim"), ["rows", "head_dim"]),
+    ("qwen3", "no num_key_value_heads", lambda c: c.pop("num_key_value_heads"), ["rows", "num_key_value_heads"]),
+    ("phi3", "no original context", lambda c: c.pop("original_max_position_embeddings"),
+     ["'original_max_position_embeddings'"]),
+    ("phi3", "no vocab_size", lambda c: c.pop("vocab_size"), ["'vocab_size'"]),
+    ("gemma3", "layer pattern", lambda c: c.update(layer_types=["full_attention"] * 6), ["layer_types"]),
+    ("phi3-longrope", "short LongRoPE factors", lambda c: c["rope_parameters"].update(long_factor=[1.0, 2.0]),
+     ["long_factor", "4 values"]),
+]
+
+
+@pytest.mark.parametrize("family,what,edit,words", FAMILY_BAD_CONFIGS, ids=[c[1] for c in FAMILY_BAD_CONFIGS])
+def test_bad_family_configs_name_the_problem(tmp_path, family, what, edit, words):
+    folder = _family_case(tmp_path, family, what.replace(" ", "-"), edit)
+    out = tmp_path / "out.gguf"
+    code, _, err = run_cli("export", folder, "-o", out, "--dtype", "q8_0", "-q")
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error:"), f"{what}: exit {code}: {err!r}"
+    for word in words:
+        assert word in lines[0], f"{what}: {lines[0]}"
+    assert not out.exists() and not [p for p in os.listdir(tmp_path) if ".tmp" in p]
+
+
+def test_export_help_lists_the_families_of_models_yaml():
+    from quantconv.formats.models import all_archs
+
+    code, stdout, _ = run_cli("export", "--help")
+    text = " ".join(stdout.split())  # rich wraps the help text
+    assert code == 0
+    for name, arch in all_archs().items():
+        assert f"{name} ({arch.hf_architectures[0]})" in text, name
+
+
+@pytest.mark.parametrize("family", ["qwen3", "gemma2", "gemma3", "phi3", "llama3"])
+def test_cli_exports_every_family(tmp_path, family):
+    model = make_tiny_hf_model(tmp_path, family)
+    out = tmp_path / f"{family}.gguf"
+    code, stdout, err = run_cli("export", model, "-o", out, "--dtype", "q4_0", "-q")
+    assert code == 0, err
+    with GGUFFile(out) as f:
+        assert f.kv["general.architecture"] == {"llama3": "llama"}.get(family, family)
+        assert {t.dtype.spec for t in f.tensors if t.name.startswith("blk.0.") and len(t.shape) == 2} == {"q4_0"}
