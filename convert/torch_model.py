@@ -91,14 +91,17 @@ def _rope_spec(source, config: dict, dim: int, local_base: float | None = None) 
         return RopeSpec(dim, torch.from_numpy(_inv_freq(dim, local_base)))
     params = rope_params(config)
     inv = _inv_freq(dim, float(params.get("rope_theta", 10000.0)))
+    # Llama 3 scaling as the source states it: computed from an HF config, the tensor of a GGUF file
+    # (whose rebuilt config has no rope_scaling)
+    freqs_role = source.arch.roles.get("rope_freqs")
+    freqs = source.extra_gguf_tensors().get(freqs_role.gguf_name()) if freqs_role else None
+    if freqs is not None:
+        return RopeSpec(dim, torch.from_numpy(inv / freqs.astype(np.float64)))
     kind, _ = source.arch.rope_scaling_kind(config)
     if kind == "none":
         return RopeSpec(dim, torch.from_numpy(inv))
     if kind == "linear":
         return RopeSpec(dim, torch.from_numpy(inv / float(params["factor"])))
-    if kind == "rope_freqs":
-        freqs = source.arch.extra_tensors(config)[source.arch.role("rope_freqs").gguf_name()]
-        return RopeSpec(dim, torch.from_numpy(inv / freqs.astype(np.float64)))
     if kind == "longrope":   # transformers' rule for the attention factor (llama.cpp's converter agrees by default)
         orig = int(params.get("original_max_position_embeddings") or config["original_max_position_embeddings"])
         factor = params.get("factor") or int(config["max_position_embeddings"]) / orig
@@ -388,12 +391,22 @@ class Head:
     """Embedding, final norm and output head (tied or not), for perplexity and self-generated text."""
 
     def __init__(self, source, cfg: DecoderConfig, device="cpu"):
-        self.cfg = cfg
-        t = lambda n: torch.from_numpy(source.load(n)).float().to(device)  # noqa: E731
+        self.cfg, self._source, self._device = cfg, source, device
         role = source.arch.role
-        self.embed = t(role("token_embd").hf_name())
-        self.norm = t(role("output_norm").hf_name()) + cfg.norm_offset
-        self.out = self.embed if source.tied_embeddings else t(role("output").hf_name())
+        self.embed = self._load(role("token_embd").hf_name())
+        self.norm = self._load(role("output_norm").hf_name()) + cfg.norm_offset
+        self._out = self.embed if source.tied_embeddings else None
+
+    def _load(self, name: str) -> torch.Tensor:
+        return torch.from_numpy(self._source.load(name)).float().to(self._device)
+
+    @property
+    def out(self) -> torch.Tensor:
+        """The output head, loaded on first use (calibration only embeds: an untied head, vocab x hidden,
+        is never read then)."""
+        if self._out is None:
+            self._out = self._load(self._source.arch.role("output").hf_name())
+        return self._out
 
     def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
         x = self.embed[ids]

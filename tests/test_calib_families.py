@@ -68,6 +68,18 @@ def test_torch_decoder_matches_transformers(models, tmp_path, fam, n, over):
         assert (torch.cat(steps, 1) - x).abs().max().item() < 1e-4
 
 
+@pytest.mark.parametrize("fam", NEW_FAMILIES)
+def test_gguf_source_gives_the_same_decoder(models, fam, tmp_path):
+    """Re-quantizing a GGUF file calibrates the same model as its HF folder: norms back to the checkpoint's
+    convention, fused tensors split, the file's own rope_freqs / LongRoPE factors, local RoPE base."""
+    export(open_source(str(models[fam])), tmp_path / "m.gguf", "f32")
+    ids = torch.randint(3, 300, (1, 40), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        a = _ours(open_source(str(models[fam])), ids)[-1]
+        b = _ours(open_source(str(tmp_path / "m.gguf")), ids)[-1]
+    assert (a - b).abs().max().item() < 1e-5
+
+
 def test_family_features_are_modelled(models):
     """The numbers that make each family what it is reach the decoder (a wrong one fails parity above;
     this says which)."""
