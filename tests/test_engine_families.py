@@ -252,8 +252,8 @@ def test_longrope_factors_follow_the_context(built):
                                          ("gemma3", "mxfp4")])
 def test_quantized_exports_fast_and_exact(built, tmp_path, name, dtype):
     """A quantized file runs as the float model of its dequantized weights on the exact path; the fast
-    path (int8 activations) stays within a relative RMS error of 8% of it (the bound test_engine.py uses
-    for llama), and its decode equals its prefill."""
+    path (int8 activations) stays within a relative RMS error of 4% of it (measured 0.7-1.6% on these
+    six; a wrong activation buffer or row mapping gives ~100%), and its decode equals its prefill."""
     folder = built(name)[0]
     n, n_ctx = MODELS[name][3], MODELS[name][4]
     out = tmp_path / "m.gguf"
@@ -269,7 +269,7 @@ def test_quantized_exports_fast_and_exact(built, tmp_path, name, dtype):
     assert np.abs(exact - ref).max() < TOL, f"{name} {dtype}: {np.abs(exact - ref).max()}"
     np.testing.assert_allclose(dec, fast, rtol=0, atol=1e-5 * np.abs(fast).max())
     rel = np.sqrt(np.mean((fast - exact) ** 2) / np.mean(exact ** 2))
-    assert rel < 0.08, f"{name} {dtype}: fast path relative RMS error {rel:.4f}"
+    assert rel < 0.04, f"{name} {dtype}: fast path relative RMS error {rel:.4f}"
 
 
 # ---- bad config ------------------------------------------------------------------------------------
