@@ -635,24 +635,18 @@ void Model::forward(const int32_t* tokens, int64_t T, float* logits, bool all_lo
                 float* o = m.att.data() + t0 * nq + h * hd;
                 const size_t off = kv_off + static_cast<size_t>(g) * static_cast<size_t>(n_ctx_) * static_cast<size_t>(hd);
                 const int64_t n_keys = n_past + t0 + 1;  // of the block's first token
-                if (window > 0 && n_keys + nb - 1 > window) {
-                    // the window cuts off early keys of some query: each query over its own window (the same
-                    // arithmetic as a decode step at that position)
-                    for (int64_t j = 0; j < nb; ++j) {
-                        const int64_t n = n_keys + j, s0 = std::max<int64_t>(0, n - window);
-                        const size_t so = off + static_cast<size_t>(s0) * static_cast<size_t>(hd);
-                        if (kv16) attend_f16(q + j * nq, m.k16.data() + so, m.v16.data() + so, n - s0, hd, scale, cap, sc, o + j * nq);
-                        else attend_f32(q + j * nq, m.k32.data() + so, m.v32.data() + so, n - s0, hd, scale, cap, sc, o + j * nq);
-                    }
-                } else if (nb == 1) {
-                    if (kv16) attend_f16(q, m.k16.data() + off, m.v16.data() + off, n_keys, hd, scale, cap, sc, o);
-                    else attend_f32(q, m.k32.data() + off, m.v32.data() + off, n_keys, hd, scale, cap, sc, o);
+                if (nb == 1) {
+                    // a sliding-window layer: the last `window` keys (positions > p - window)
+                    const int64_t first = window > 0 && n_keys > window ? n_keys - window : 0;
+                    const size_t fo = off + static_cast<size_t>(first) * static_cast<size_t>(hd);
+                    if (kv16) attend_f16(q, m.k16.data() + fo, m.v16.data() + fo, n_keys - first, hd, scale, cap, sc, o);
+                    else attend_f32(q, m.k32.data() + fo, m.v32.data() + fo, n_keys - first, hd, scale, cap, sc, o);
                 } else if (kv16) {
                     attend_block_f16(q, nq, static_cast<int>(nb), m.k16.data() + off, m.v16.data() + off, n_keys, hd, scale,
-                                     cap, sc, o, nq);
+                                     cap, window, sc, o, nq);
                 } else {
                     attend_block_f32(q, nq, static_cast<int>(nb), m.k32.data() + off, m.v32.data() + off, n_keys, hd, scale,
-                                     cap, sc, o, nq);
+                                     cap, window, sc, o, nq);
                 }
             }
         });

@@ -109,14 +109,25 @@ void geglu_scalar(float* g, const float* u, int64_t n) {
 }
 
 // The portable block versions: one query after the other (the same values as attend_*).
+// The first key query j (n keys up to its own) sees: the window's first, or key 0.
+int64_t first_key(int64_t n, int64_t window) { return window > 0 && n > window ? n - window : 0; }
+
 void attend_block_f32_scalar(const float* q, int64_t ldq, int nq, const float* K, const float* V, int64_t n0,
-                             int64_t hd, float scale, float cap, float* scratch, float* out, int64_t ldo) {
-    for (int j = 0; j < nq; ++j) attend_f32_scalar(q + j * ldq, K, V, n0 + j, hd, scale, cap, scratch, out + j * ldo);
+                             int64_t hd, float scale, float cap, int64_t window, float* scratch, float* out,
+                             int64_t ldo) {
+    for (int j = 0; j < nq; ++j) {
+        const int64_t f = first_key(n0 + j, window);
+        attend_f32_scalar(q + j * ldq, K + f * hd, V + f * hd, n0 + j - f, hd, scale, cap, scratch, out + j * ldo);
+    }
 }
 
 void attend_block_f16_scalar(const float* q, int64_t ldq, int nq, const uint16_t* K, const uint16_t* V, int64_t n0,
-                             int64_t hd, float scale, float cap, float* scratch, float* out, int64_t ldo) {
-    for (int j = 0; j < nq; ++j) attend_f16_scalar(q + j * ldq, K, V, n0 + j, hd, scale, cap, scratch, out + j * ldo);
+                             int64_t hd, float scale, float cap, int64_t window, float* scratch, float* out,
+                             int64_t ldo) {
+    for (int j = 0; j < nq; ++j) {
+        const int64_t f = first_key(n0 + j, window);
+        attend_f16_scalar(q + j * ldq, K + f * hd, V + f * hd, n0 + j - f, hd, scale, cap, scratch, out + j * ldo);
+    }
 }
 
 const detail::OpsTable kScalar = {to_fp16_scalar,          attend_f32_scalar, attend_f16_scalar, swiglu_scalar,
@@ -162,13 +173,13 @@ float softcap(float* x, int64_t n, float cap) { return table().softcap(x, n, cap
 int64_t attend_block_floats(int64_t n_ctx, int64_t hd) { return kAttendBlock * (n_ctx + 8) + kAttendBlock * hd; }
 
 void attend_block_f32(const float* q, int64_t ldq, int nq, const float* K, const float* V, int64_t n0, int64_t hd,
-                      float scale, float cap, float* scratch, float* out, int64_t ldo) {
-    table().attend_block_f32(q, ldq, nq, K, V, n0, hd, scale, cap, scratch, out, ldo);
+                      float scale, float cap, int64_t window, float* scratch, float* out, int64_t ldo) {
+    table().attend_block_f32(q, ldq, nq, K, V, n0, hd, scale, cap, window, scratch, out, ldo);
 }
 
 void attend_block_f16(const float* q, int64_t ldq, int nq, const uint16_t* K, const uint16_t* V, int64_t n0,
-                      int64_t hd, float scale, float cap, float* scratch, float* out, int64_t ldo) {
-    table().attend_block_f16(q, ldq, nq, K, V, n0, hd, scale, cap, scratch, out, ldo);
+                      int64_t hd, float scale, float cap, int64_t window, float* scratch, float* out, int64_t ldo) {
+    table().attend_block_f16(q, ldq, nq, K, V, n0, hd, scale, cap, window, scratch, out, ldo);
 }
 
 const char* ops_isa() { return table().name; }

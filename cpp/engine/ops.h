@@ -40,15 +40,17 @@ void attend_f32(const float* q, const float* K, const float* V, int64_t n, int64
 void attend_f16(const float* q, const uint16_t* K, const uint16_t* V, int64_t n, int64_t hd, float scale,
                 float cap, float* scores, float* out);
 
-// nq consecutive queries of one head (prefill): query j (q + j * ldq) sees keys [0, n0 + j) and writes
-// out + j * ldo. Each query's arithmetic is exactly attend_*'s (the same values), but the key and value
-// rows are read in chunks that serve all nq queries while they sit in L1. scratch: attend_block_floats.
+// nq consecutive queries of one head (prefill): query j (q + j * ldq) sees keys [f, n0 + j) and writes
+// out + j * ldo, where f = 0, or with window > 0 (a sliding-window layer) f = max(0, n0 + j - window).
+// Each query's arithmetic is exactly attend_*'s over its keys (attend_*(q, K + f * hd, V + f * hd,
+// n0 + j - f), the same values), but the key and value rows are read in chunks that serve all nq queries
+// while they sit in L1. scratch: attend_block_floats.
 constexpr int kAttendBlock = 8;  // most queries per call
 int64_t attend_block_floats(int64_t n_ctx, int64_t hd);
 void attend_block_f32(const float* q, int64_t ldq, int nq, const float* K, const float* V, int64_t n0, int64_t hd,
-                      float scale, float cap, float* scratch, float* out, int64_t ldo);
+                      float scale, float cap, int64_t window, float* scratch, float* out, int64_t ldo);
 void attend_block_f16(const float* q, int64_t ldq, int nq, const uint16_t* K, const uint16_t* V, int64_t n0,
-                      int64_t hd, float scale, float cap, float* scratch, float* out, int64_t ldo);
+                      int64_t hd, float scale, float cap, int64_t window, float* scratch, float* out, int64_t ldo);
 
 // SwiGLU in place: g[i] = silu(g[i]) * u[i], silu(x) = x / (1 + e^-x).
 void swiglu(float* g, const float* u, int64_t n);
@@ -71,9 +73,9 @@ struct OpsTable {
                        float*);
     void (*swiglu)(float*, const float*, int64_t);
     void (*attend_block_f32)(const float*, int64_t, int, const float*, const float*, int64_t, int64_t, float, float,
-                             float*, float*, int64_t);
+                             int64_t, float*, float*, int64_t);
     void (*attend_block_f16)(const float*, int64_t, int, const uint16_t*, const uint16_t*, int64_t, int64_t, float,
-                             float, float*, float*, int64_t);
+                             float, int64_t, float*, float*, int64_t);
     void (*geglu)(float*, const float*, int64_t);
     float (*softcap)(float*, int64_t, float);
     const char* name;

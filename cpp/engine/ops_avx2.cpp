@@ -230,8 +230,16 @@ void attend(const float* q, const KV* K, const KV* V, int64_t n, int64_t hd, flo
 
 template <class KV>
 void attend_block(const float* q, int64_t ldq, int nq, const KV* K, const KV* V, int64_t n0, int64_t hd, float scale,
-                  float cap, float* scratch, float* out, int64_t ldo) {
-    const int64_t stride = (n0 + nq + 7) / 8 * 8;
+                  float cap, int64_t window, float* scratch, float* out, int64_t ldo) {
+    // query j: keys [first[j], first[j] + len[j]), counted from its own first key as attend() counts them
+    int64_t first[kAttendBlock], len[kAttendBlock], n_max = 0;
+    for (int j = 0; j < nq; ++j) {
+        const int64_t n = n0 + j;
+        first[j] = window > 0 && n > window ? n - window : 0;
+        len[j] = n - first[j];
+        n_max = std::max(n_max, len[j]);
+    }
+    const int64_t stride = (n_max + 7) / 8 * 8;
     float* acc = scratch + nq * stride;  // nq x hd accumulators
     __m256 vmx[kAttendBlock];
     float mx[kAttendBlock], inv[kAttendBlock];
@@ -239,24 +247,25 @@ void attend_block(const float* q, int64_t ldq, int nq, const KV* K, const KV* V,
         vmx[j] = _mm256_set1_ps(-INFINITY);
         mx[j] = -INFINITY;
     }
-    const int64_t n_last = n0 + nq - 1;
-    for (int64_t c0 = 0; c0 < n_last; c0 += kKeyChunk)
+    for (int64_t c0 = 0; c0 < n_max; c0 += kKeyChunk)
         for (int j = 0; j < nq; ++j) {
-            const int64_t n = n0 + j, c1 = std::min(c0 + kKeyChunk, n);
-            if (c0 < c1) score_range(q + j * ldq, K, c0, c1, n, hd, scale, scratch + j * stride, vmx[j], mx[j]);
+            const int64_t n = len[j], c1 = std::min(c0 + kKeyChunk, n);
+            if (c0 < c1)
+                score_range(q + j * ldq, K + first[j] * hd, c0, c1, n, hd, scale, scratch + j * stride, vmx[j], mx[j]);
         }
     for (int j = 0; j < nq; ++j) {
         float* sj = scratch + j * stride;
-        const float top = cap > 0.0f ? softcap_inplace(sj, n0 + j, cap) : max_of(vmx[j], mx[j]);
-        inv[j] = 1.0f / exp_scores(sj, n0 + j, top);
+        const float top = cap > 0.0f ? softcap_inplace(sj, len[j], cap) : max_of(vmx[j], mx[j]);
+        inv[j] = 1.0f / exp_scores(sj, len[j], top);
         for (int64_t d = 0; d < hd; ++d) acc[j * hd + d] = 0.0f;
     }
-    for (int64_t c0 = 0; c0 < n_last; c0 += kKeyChunk)
+    for (int64_t c0 = 0; c0 < n_max; c0 += kKeyChunk)
         for (int j = 0; j < nq; ++j) {
-            const int64_t c1 = std::min(c0 + kKeyChunk, n0 + j);
-            if (c0 < c1) pv_range(scratch + j * stride, V, c0, c1, hd, acc + j * hd);
+            const int64_t c1 = std::min(c0 + kKeyChunk, len[j]);
+            if (c0 < c1) pv_range(scratch + j * stride, V + first[j] * hd, c0, c1, hd, acc + j * hd);
         }
-    for (int j = 0; j < nq; ++j) finish(scratch + j * stride, V, n0 + j, hd, acc + j * hd, inv[j], out + j * ldo);
+    for (int j = 0; j < nq; ++j)
+        finish(scratch + j * stride, V + first[j] * hd, len[j], hd, acc + j * hd, inv[j], out + j * ldo);
 }
 
 void to_fp16_avx2(const float* x, uint16_t* out, int64_t n) {
@@ -314,13 +323,13 @@ void geglu_avx2(float* g, const float* u, int64_t n) {
 float softcap_avx2(float* x, int64_t n, float cap) { return softcap_inplace(x, n, cap); }
 
 void attend_block_f32_avx2(const float* q, int64_t ldq, int nq, const float* K, const float* V, int64_t n0, int64_t hd,
-                           float scale, float cap, float* scratch, float* out, int64_t ldo) {
-    attend_block<float>(q, ldq, nq, K, V, n0, hd, scale, cap, scratch, out, ldo);
+                           float scale, float cap, int64_t window, float* scratch, float* out, int64_t ldo) {
+    attend_block<float>(q, ldq, nq, K, V, n0, hd, scale, cap, window, scratch, out, ldo);
 }
 
 void attend_block_f16_avx2(const float* q, int64_t ldq, int nq, const uint16_t* K, const uint16_t* V, int64_t n0,
-                           int64_t hd, float scale, float cap, float* scratch, float* out, int64_t ldo) {
-    attend_block<uint16_t>(q, ldq, nq, K, V, n0, hd, scale, cap, scratch, out, ldo);
+                           int64_t hd, float scale, float cap, int64_t window, float* scratch, float* out, int64_t ldo) {
+    attend_block<uint16_t>(q, ldq, nq, K, V, n0, hd, scale, cap, window, scratch, out, ldo);
 }
 
 const detail::OpsTable kAvx2 = {to_fp16_avx2,          attend_f32_avx2,       attend_f16_avx2, swiglu_avx2,
