@@ -183,3 +183,23 @@ def test_stock_llama_cpp_agrees_with_our_engine(trained, family, dtype, ctx):
     p_theirs, p_ours = _ppl(theirs, ids), _ppl(ours, ids)
     assert agree >= 0.99, f"{family} {dtype}: top-1 agreement {agree:.3f}"
     assert abs(p_ours / p_theirs - 1) < 0.005, f"{family} {dtype}: perplexity ours {p_ours:.3f}, llama.cpp {p_theirs:.3f}"
+
+
+@pytest.mark.parametrize("family", NEW_FAMILIES)
+def test_llama_cpp_conversion_is_a_source(pairs, family, tmp_path):
+    """A GGUF that llama.cpp's converter wrote reads back as the checkpoint (HF layout, Gemma's norms
+    without the +1) with a config that exports to the same hyper-parameters as the HF folder does."""
+    ours, theirs = pairs(family)
+    hf = open_source(str(make_tiny_hf_model(tmp_path, family)))
+    g = open_source(theirs.path)
+    assert g.arch is hf.arch and g.tensor_names() == hf.tensor_names()
+    for name in hf.tensor_names():
+        np.testing.assert_allclose(g.load(name), hf.load(name), rtol=0, atol=1e-7, err_msg=name)
+    out = tmp_path / "again.gguf"
+    export(g, out, "f32")
+    arch = ours.kv["general.architecture"]
+    with GGUFFile(out) as again:
+        assert ({k: v for k, v in again.kv.items() if k.startswith(arch + ".")}
+                == {k: v for k, v in ours.kv.items() if k.startswith(arch + ".")})
+        for t in ours.tensors:
+            assert bytes(again.raw(t.name)) == bytes(ours.raw(t.name)), t.name
