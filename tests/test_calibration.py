@@ -118,6 +118,24 @@ def test_gptq_row_order_permutes_rows():
     assert np.array_equal(q.packed(order), q.packed()[order])
 
 
+def test_gptq_of_a_fused_matrix_is_gptq_of_its_row_blocks():
+    """Why fused tensors (phi3's qkv_proj) are calibrated as their parts: given one Hessian, GPTQ rounds each
+    row on its own, so the parts joined are the fused matrix's GPTQ — and the packed bytes the file gets
+    (compact(), join_rows) are the fused result's."""
+    from quantconv.convert.gptq import join_rows, split_rows
+
+    dt = get_dtype("sf4:group=32")
+    W, X = _correlated_layer(rows=48)
+    H = X.T @ X
+    fused = gptq(W, H, dt)
+    parts = [gptq(W[a:b], H, dt) for a, b in ((0, 32), (32, 40), (40, 48))]
+    joined = join_rows(parts)
+    assert np.array_equal(joined.codes, fused.codes) and torch.allclose(joined.values, fused.values)
+    assert np.array_equal(join_rows([p.compact() for p in parts]).packed(), fused.packed())
+    assert np.array_equal(join_rows([p.compact() for p in split_rows(fused, [32, 8, 8])]).packed(), fused.packed())
+    assert joined.loss == pytest.approx(fused.loss, rel=1e-4)
+
+
 def test_hessian_nan_and_dampening():
     with pytest.raises(QuantconvError, match="NaN"):
         inverse_cholesky(torch.full((4, 4), float("nan")), 0.01, "test")
