@@ -641,21 +641,28 @@ def test_family_fields():
     np.testing.assert_array_equal(archs["qwen3"].to_gguf_layout("model.norm.weight", w, {}), w)
 
 
+@pytest.mark.parametrize("arch", ["qwen2", "phi3"])
 @pytest.mark.parametrize("n_kv", [4, 2])
-def test_smoothing_balance_points_come_from_the_roles(n_kv):
+def test_smoothing_balance_points_come_from_the_roles(arch, n_kv):
+    """AWQ / SmoothQuant's balance points follow models.yaml's `input` of each logical linear, the parts
+    of Phi-3's fused tensors included."""
     pytest.importorskip("torch")
     from types import SimpleNamespace
 
     from quantconv.convert import smoothing
-    from quantconv.convert.torch_model import LINEARS, hf_linear_name
+    from quantconv.convert.torch_model import LINEARS, Layer, linear_sources
 
-    assert LINEARS == ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-    assert hf_linear_name(3, "gate_proj") == "model.layers.3.mlp.gate_proj"
-    shapes = {"q_proj": (64, 64), "k_proj": (16 * n_kv, 64), "v_proj": (16 * n_kv, 64), "o_proj": (64, 64),
-              "gate_proj": (128, 64), "up_proj": (128, 64), "down_proj": (64, 128)}
-    layer = SimpleNamespace(arch=M.all_archs()["qwen2"], w={k: np.zeros(s) for k, s in shapes.items()})
-    want = [("attn_norm", ("q_proj", "k_proj", "v_proj")), ("v_proj", ("o_proj",)),
-            ("ffn_norm", ("gate_proj", "up_proj")), ("up_proj", ("down_proj",))]
+    cfg = {"hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": n_kv, "intermediate_size": 128}
+    spec = M.all_archs()[arch]
+    sources = linear_sources(spec, cfg)
+    assert tuple(sources) == LINEARS == tuple(r.name for r in spec.logical_linears())
+    assert sources["ffn_gate"].hf_name(3) == spec.logical("ffn_gate").hf.replace("{i}", "3")
+    shapes = {"attn_q": (64, 64), "attn_k": (16 * n_kv, 64), "attn_v": (16 * n_kv, 64), "attn_output": (64, 64),
+              "ffn_gate": (128, 64), "ffn_up": (128, 64), "ffn_down": (64, 128)}
+    layer = SimpleNamespace(arch=spec, sources=sources, w={k: np.zeros(s) for k, s in shapes.items()},
+                            norm_feeds=Layer.norm_feeds)
+    want = [("attn_norm", ("attn_q", "attn_k", "attn_v")), ("attn_v", ("attn_output",)),
+            ("ffn_norm", ("ffn_gate", "ffn_up")), ("ffn_up", ("ffn_down",))]
     if n_kv != 4:   # GQA: o's inputs repeat v's heads, no v -> o balance point
         del want[1]
     assert smoothing.mappings(layer) == want
