@@ -81,7 +81,7 @@ def _load_for_gguf(source, plan: TensorPlan, rows: tuple[int, int] | None = None
         w = source.load(plan.hf_name)
         w = source.arch.to_gguf_layout(plan.hf_name, w, source.config)
     else:
-        w = _load_rows(source, plan.hf_name, *rows)
+        w = source.load_rows(plan.hf_name, *rows)
         w = source.arch.to_gguf_layout(plan.hf_name, w, source.config)   # row-local: see _row_chunks
         want = (min(rows[1], plan.shape[0]) - rows[0], *plan.shape[1:])
     if tuple(w.shape) != want:
@@ -94,17 +94,11 @@ def _load_for_gguf(source, plan: TensorPlan, rows: tuple[int, int] | None = None
     return np.ascontiguousarray(w, dtype=np.float32)
 
 
-def _load_rows(source, hf_name: str, start: int, stop: int) -> np.ndarray:
-    load_rows = getattr(source, "load_rows", None)   # sources that read a slice without the whole tensor
-    if load_rows is not None:
-        return load_rows(hf_name, start, stop)
-    return np.ascontiguousarray(source.load(hf_name)[start:stop])
-
-
 def _row_chunks(source, plan: TensorPlan) -> int:
     """Rows per chunk when `plan`'s tensor is read and quantized in pieces, 0 when it goes whole: only
-    big 2-D tensors whose llama.cpp layout moves no row across a chunk (q/k head permutations do)."""
-    if plan.hf_name is None or len(plan.shape) != 2:
+    big 2-D tensors whose llama.cpp layout moves no row across a chunk (q/k head permutations do), from
+    sources that read a row range without the whole tensor (load_rows)."""
+    if plan.hf_name is None or len(plan.shape) != 2 or not hasattr(source, "load_rows"):
         return 0
     step = max(1, ROW_CHUNK_VALUES // plan.shape[1])
     found = source.arch.role_of_hf(plan.hf_name)

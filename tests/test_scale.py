@@ -56,7 +56,7 @@ def test_synthetic_model_is_a_transformers_checkpoint(synthetic):
 class _RowSpy:
     """A source that refuses to load `big` whole and records the row ranges read of it."""
 
-    def __init__(self, source, big: str):
+    def __init__(self, source, big: str):   # big="": any tensor may be read whole
         self._s, self.big, self.ranges = source, big, []
 
     def __getattr__(self, name):
@@ -87,7 +87,7 @@ def test_permuted_qk_rows_are_never_chunked(tmp_path, monkeypatch):
     """q/k rows move within a head when permuted for llama.cpp: those tensors are read whole, and the
     export is byte-identical to the unchunked one."""
     model = make_tiny_hf_model(tmp_path, arch="llama")
-    src = open_source(model)
+    src = _RowSpy(open_source(model), big="")
     monkeypatch.setattr(export_mod, "ROW_CHUNK_VALUES", 64 * 8)   # 8 rows of 64: every 2-D tensor is "big"
     plans = {p.hf_name: p for p in export_mod.plan_export(src, "sf4", None, [])}
     assert export_mod._row_chunks(src, plans["model.layers.0.self_attn.q_proj.weight"]) == 0
