@@ -28,6 +28,10 @@ MODELS = {
     # caps the scores of this model reach (tiny_models' 50 / 30 barely bend them): soft-capping matters
     "gemma2-softcap": ("gemma2", None, {"attn_logit_softcapping": 2.0, "final_logit_softcapping": 5.0}, SEQ, 64),
     "gemma3": ("gemma3", None, {}, SEQ, 64),
+    # Gemma 3 4B's RoPE: linear scaling (factor 8) on the global layers only
+    "gemma3-linear": ("gemma3", None, {"rope_parameters": {
+        "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
+        "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}}, SEQ, 64),
     "phi3": ("phi3", None, {}, SEQ, 64),
     "phi3-longrope-short": ("phi3-longrope", None, {}, SEQ, 256),
     "phi3-longrope-long": ("phi3-longrope", None, {}, LONG, 512),
@@ -46,7 +50,7 @@ def built(tmp_path_factory):
 
     def get(name: str) -> tuple[Path, Path]:
         family, tied, overrides, _, _ = MODELS[name]
-        key = (family, tied, tuple(sorted(overrides.items())))
+        key = (family, tied, repr(sorted(overrides.items())))
         if key not in cache:
             pytest.importorskip("torch")
             pytest.importorskip("transformers")
@@ -138,6 +142,7 @@ def _engine_logits(path: Path, ids: np.ndarray, n_ctx: int, **change) -> np.ndar
                 {"embd_scale": None}, {"L0.attn_post_norm": None}, {"L1.ffn_post_norm": None}]),
     ("gemma3", [{"swa_window": 0}, {"rope_base_swa": None}, {"L0.attn_q_norm": None}, {"L5.attn_k_norm": None},
                 {"attn_scale": 0.3}]),
+    ("gemma3-linear", [{"rope_scale": None}]),
     ("qwen3", [{"L1.attn_q_norm": None}, {"L0.attn_k_norm": None}]),
     ("phi3", [{"rope_dim": None}]),
     ("phi3-longrope-long", [{"rope_freqs": None}, {"rope_attn_factor": None}]),
