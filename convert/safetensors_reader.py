@@ -72,23 +72,32 @@ class SafetensorsFile:
                 raise _bad(self.path, f"tensor '{name}' ends at byte {data_start + e} of {size}; truncated")
             self.entries[name] = StEntry(dtype, shape, data_start + b, data_start + e)
 
-    def read(self, name: str) -> np.ndarray:
-        """The tensor as float32 (bf16 and f16 widen exactly)."""
+    def read(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """The tensor as float32 (bf16 and f16 widen exactly); start/stop: a range of its first axis, read
+        without the rest (the exporter streams big tensors such as a 128k-row embedding in row chunks)."""
         ent = self.entries[name]
         if ent.dtype not in _DTYPES:
             raise QuantconvError(
                 f"tensor '{name}' in {self.path.name} has dtype {ent.dtype}; quantconv reads F32/F16/BF16 "
                 "checkpoints only: convert from the unquantized model"
             )
-        np_dtype, _ = _DTYPES[ent.dtype]
+        np_dtype, itemsize = _DTYPES[ent.dtype]
+        shape = ent.shape or (1,)  # a 0-d tensor has one "row"
+        stop = shape[0] if stop is None else min(stop, shape[0])
+        start = max(0, min(start, stop))
+        row_bytes = math.prod(shape[1:]) * itemsize
+        nbytes = (stop - start) * row_bytes
         with open(self.path, "rb") as f:
-            f.seek(ent.begin)
-            buf = f.read(ent.end - ent.begin)
-        if len(buf) != ent.end - ent.begin:  # the file shrank after we validated it
+            f.seek(ent.begin + start * row_bytes)
+            buf = f.read(nbytes)
+        if len(buf) != nbytes:  # the file shrank after we validated it
             raise _bad(self.path, f"tensor '{name}' is cut short")
         arr = np.frombuffer(buf, dtype=np_dtype)
         if ent.dtype == "BF16":  # bf16 is the top half of a float32: shifting the bits back is exact
-            arr = (arr.astype(np.uint32) << 16).view(np.float32)
+            wide = arr.astype(np.uint32)
+            del buf, arr  # widen in place: one uint32 buffer alive, not two
+            wide <<= 16
+            arr = wide.view(np.float32)
         else:
             arr = arr.astype(np.float32)
-        return arr.reshape(ent.shape)
+        return arr.reshape((stop - start, *shape[1:]) if ent.shape else ent.shape)

@@ -47,6 +47,11 @@ class ModelSource(ABC):
     def load(self, name: str) -> np.ndarray:
         """One tensor as float32, HF layout (q/k NOT permuted)."""
 
+    def load_rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Rows start:stop (first axis) of one tensor as float32, HF layout. Sources that can read a slice
+        without the whole tensor override this; the default loads it whole."""
+        return np.ascontiguousarray(self.load(name)[start:stop])
+
     @abstractmethod
     def tokenizer_metadata(self) -> dict[str, Any]:
         """GGUF tokenizer.* keys -> values, plus "_types": {key: GGUFValueType} (element type for lists)."""
@@ -173,6 +178,9 @@ class HFDirSource(ModelSource):
 
     def load(self, name: str) -> np.ndarray:
         return self._entry(name).read(name)
+
+    def load_rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        return self._entry(name).read(name, start, stop)
 
     def tokenizer_metadata(self) -> dict[str, Any]:
         return tokenizer_metadata(self.path, self.config, self.name_hint)
