@@ -57,12 +57,8 @@ def linear_sources(arch, config: dict) -> dict[str, LinearSource]:
 
 
 def _embed_scale(arch, config: dict) -> float:
-    kind = arch.embed_scale
-    if kind is None:
-        return 1.0
-    if kind == "sqrt_hidden":   # transformers casts sqrt(E) to the hidden dtype: float32 here
-        return float(np.float32(math.sqrt(int(config["hidden_size"]))))
-    raise QuantconvError(f"models.yaml: embed_scale '{kind}' of {arch.name} is unknown; use sqrt_hidden or none")
+    """sqrt_hidden (models.yaml validates the choice): transformers casts sqrt(E) to the hidden dtype first."""
+    return float(np.float32(math.sqrt(int(config["hidden_size"])))) if arch.embed_scale == "sqrt_hidden" else 1.0
 
 
 def _inv_freq(dim: int, theta: float) -> np.ndarray:
@@ -131,7 +127,7 @@ class DecoderConfig:
     norm_offset: float = 0.0                # RMSNorm multiplies by (w + norm_offset)
     embed_scale: float = 1.0
     ffn_act: str = "silu"                   # silu | gelu_tanh
-    attn_scale: float = 0.0                 # 0: 1/sqrt(head_dim)
+    attn_scale: float = 0.0                 # 0: 1/sqrt(head_dim); else query_pre_attn_scalar ** -0.5
     attn_softcap: float = 0.0               # 0: none
     final_softcap: float = 0.0
     config: dict = field(default_factory=dict, repr=False)
@@ -153,15 +149,12 @@ class DecoderConfig:
         window = int(key("attention.sliding_window") or 0) if arch.sliding_window_pattern else 0
         swa = tuple(bool(s) for s in arch.swa_layers(n_layers)) if window else ()
         local_base = key("rope.freq_base_swa") or key("rope.freq_base")
-        if arch.ffn_act not in ("silu", "gelu_tanh"):
-            raise QuantconvError(f"models.yaml: ffn_act '{arch.ffn_act}' of {arch.name} is not modelled for calibration")
-        qpas = cfg.get("query_pre_attn_scalar")
         return cls(int(cfg["hidden_size"]), n_layers, int(cfg["num_attention_heads"]),
                    int(cfg.get("num_key_value_heads") or cfg["num_attention_heads"]), hd,
                    float(cfg.get("rms_norm_eps", 1e-6)), _rope_spec(source, cfg, dim),
                    _rope_spec(source, cfg, dim, float(local_base)) if swa else None, window, swa,
                    float(arch.norm_offset), _embed_scale(arch, cfg), arch.ffn_act,
-                   float(qpas) ** -0.5 if qpas else 0.0, float(key("attn_logit_softcapping") or 0.0),
+                   float(key("attention.scale") or 0.0), float(key("attn_logit_softcapping") or 0.0),
                    float(key("final_logit_softcapping") or 0.0), cfg)
 
 

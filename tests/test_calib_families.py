@@ -42,10 +42,11 @@ def _ours(src, ids: torch.Tensor):
 
 # phi3-longrope: 300 tokens is past its original context (256), where transformers switches to the long factors;
 # gemma2 with caps small enough to bend the tiny model's logits (50 / 30 barely touch them); gemma3 with Gemma 3
-# 4B's linear scaling on the global layers only
+# 4B's linear scaling on the global layers only; gemma2 with queries scaled by a scalar other than head_dim
 @pytest.mark.parametrize("fam,n,over", [(f, 40, {}) for f in NEW_FAMILIES] + [("phi3-longrope", 300, {}),
                          ("gemma2", 40, {"attn_logit_softcapping": 0.5, "final_logit_softcapping": 0.5}),
-                         ("gemma3", 40, {"rope_scaling": {"rope_type": "linear", "factor": 8.0}})])
+                         ("gemma3", 40, {"rope_scaling": {"rope_type": "linear", "factor": 8.0}}),
+                         ("gemma2", 40, {"query_pre_attn_scalar": 8})])
 def test_torch_decoder_matches_transformers(models, tmp_path, fam, n, over):
     assert n > SLIDING_WINDOW   # local layers attend to less than the whole prompt
     path = make_tiny_hf_model(tmp_path, fam, **over) if over else models[fam]
