@@ -93,6 +93,8 @@ class HFDirSource(ModelSource):
             self.config = json.loads(cfg.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise QuantconvError(f"{cfg} is not valid JSON; re-download it") from None
+        if isinstance(self.config.get("text_config"), dict):  # a vision-language model: convert its decoder
+            self.config = {**self.config, **self.config["text_config"]}
         self.arch = arch_for_config(self.config)
         self.arch.check_config(self.config)  # refuse unsupported RoPE scaling / layer patterns before any work
 
@@ -108,7 +110,9 @@ class HFDirSource(ModelSource):
                 self._where[name] = f
         self._check_index(files)
 
-        present = {n for n in self._where if not self.arch.is_ignored(n)}
+        # the roles' spelling -> the checkpoint's (they differ only for a vision-language model's decoder)
+        self._stored = {self.arch.canonical_hf(n): n for n in self._where if not self.arch.is_ignored(n)}
+        present = set(self._stored)
         for n in present:
             self.arch.gguf_name(n)  # unknown tensor -> clear error now, not mid-export
         tie_cfg = self.config.get("tie_word_embeddings")
@@ -121,7 +125,8 @@ class HFDirSource(ModelSource):
         if self.tied_embeddings:
             present.discard(head)
         _check_complete(present, self.arch, self.config, str(self.path))
-        self.arch.check_shapes({n: self._where[n].entries[n].shape for n in present}, self.config)
+        self.arch.check_shapes({n: self._where[self._stored[n]].entries[self._stored[n]].shape for n in present},
+                               self.config)
         # keep checkpoint order (embeddings, layers in order, ...) as HF stores it, layers sorted numerically
         self._names = sorted(present, key=_natural_key)
         self.description = (f"{self.path} ({self.arch.name}, {len(files)} safetensors file"
@@ -168,19 +173,23 @@ class HFDirSource(ModelSource):
     def tensor_names(self) -> list[str]:
         return list(self._names)
 
-    def _entry(self, name: str) -> SafetensorsFile:
+    def _entry(self, name: str) -> tuple[SafetensorsFile, str]:
         if name not in self._names:
             raise QuantconvError(f"no tensor '{name}' in {self.path}")
-        return self._where[name]
+        stored = self._stored[name]
+        return self._where[stored], stored
 
     def shape(self, name: str) -> tuple[int, ...]:
-        return self._entry(name).entries[name].shape
+        f, stored = self._entry(name)
+        return f.entries[stored].shape
 
     def load(self, name: str) -> np.ndarray:
-        return self._entry(name).read(name)
+        f, stored = self._entry(name)
+        return f.read(stored)
 
     def load_rows(self, name: str, start: int, stop: int) -> np.ndarray:
-        return self._entry(name).read(name, start, stop)
+        f, stored = self._entry(name)
+        return f.read(stored, start, stop)
 
     def tokenizer_metadata(self) -> dict[str, Any]:
         return tokenizer_metadata(self.path, self.config, self.name_hint)

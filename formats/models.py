@@ -166,6 +166,7 @@ class ArchSpec:
     ffn_act: str = "silu"  # silu | gelu_tanh
     sliding_window_pattern: int | None = None  # N: layer i is local iff (i + 1) % N != 0
     hparams: dict = field(default_factory=dict)  # this architecture's own GGUF keys (models.yaml)
+    hf_prefixes: dict = field(default_factory=dict)  # checkpoint prefix -> the roles' spelling
     _fwd: list = field(default_factory=list, repr=False, compare=False)
     _back: list = field(default_factory=list, repr=False, compare=False)
 
@@ -272,6 +273,13 @@ class ArchSpec:
 
     def is_ignored(self, hf_name: str) -> bool:
         return any(fnmatch.fnmatchcase(hf_name, pat) for pat in self.ignore)
+
+    def canonical_hf(self, hf_name: str) -> str:
+        """A checkpoint's tensor name as the roles spell it (a VLM's decoder prefix replaced)."""
+        for prefix, to in self.hf_prefixes.items():
+            if hf_name.startswith(prefix):
+                return to + hf_name[len(prefix):]
+        return hf_name
 
     @staticmethod
     def _find(name: str, table: list) -> tuple[Role, int | None] | None:
@@ -481,6 +489,7 @@ def all_archs() -> dict[str, ArchSpec]:
             ffn_act=d.get("ffn_act", "silu"),
             sliding_window_pattern=d.get("sliding_window_pattern"),
             hparams=dict(d.get("hparams") or {}),
+            hf_prefixes=dict(d.get("hf_prefixes") or {}),
         )
     return out
 

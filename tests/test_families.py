@@ -29,6 +29,9 @@ from tests.tiny_models import (FAMILY_ARCH, NEW_FAMILIES, TOKENIZER_VOCAB, VOCAB
 
 pytest.importorskip("torch")
 
+# every new family, and Gemma 3 4B's vision-language checkpoint layout (its decoder is converted)
+PARITY = (*NEW_FAMILIES, "gemma3-vlm")
+
 # llama.cpp's converter, with set_vocab of the chosen model class a no-op (see the module docstring)
 _CONVERT = """
 import sys
@@ -82,7 +85,7 @@ def pairs(tmp_path_factory):
     return get
 
 
-@pytest.mark.parametrize("family", NEW_FAMILIES)
+@pytest.mark.parametrize("family", PARITY)
 def test_tensors_match_llama_cpp_converter(pairs, family):
     ours, theirs = pairs(family)
     assert sorted(t.name for t in ours.tensors) == sorted(t.name for t in theirs.tensors)
@@ -93,7 +96,7 @@ def test_tensors_match_llama_cpp_converter(pairs, family):
         np.testing.assert_array_equal(a, b, err_msg=f"{family}: {t.name}")
 
 
-@pytest.mark.parametrize("family", NEW_FAMILIES)
+@pytest.mark.parametrize("family", PARITY)
 def test_hparams_match_llama_cpp_converter(pairs, family):
     ours, theirs = pairs(family)
     arch = theirs.kv["general.architecture"]
@@ -118,14 +121,14 @@ def test_every_family_is_compared():
     """The parity tests cover every architecture models.yaml adds beyond llama / mistral / qwen2."""
     from quantconv.formats.models import all_archs
 
-    assert {FAMILY_ARCH[f] for f in NEW_FAMILIES} == set(all_archs()) - {"mistral", "qwen2"}
+    assert {FAMILY_ARCH[f] for f in PARITY} == set(all_archs()) - {"mistral", "qwen2"}
 
 
 # --- stock llama.cpp runs our exports as our engine does ------------------------------------------------
 
 N_TOKENS = 200  # > the sliding window (8): local and global layers differ
 # phi3-longrope: a context above the original 256 runs the long factors in both, below it the short ones
-RUNS = [(f, d, 256) for f in NEW_FAMILIES for d in ("f16", "q8_0")] + [("phi3-longrope", "f16", 512)]
+RUNS = [(f, d, 256) for f in PARITY for d in ("f16", "q8_0")] + [("phi3-longrope", "f16", 512)]
 
 
 @pytest.fixture(scope="module")
@@ -185,7 +188,7 @@ def test_stock_llama_cpp_agrees_with_our_engine(trained, family, dtype, ctx):
     assert abs(p_ours / p_theirs - 1) < 0.005, f"{family} {dtype}: perplexity ours {p_ours:.3f}, llama.cpp {p_theirs:.3f}"
 
 
-@pytest.mark.parametrize("family", NEW_FAMILIES)
+@pytest.mark.parametrize("family", PARITY)
 def test_llama_cpp_conversion_is_a_source(pairs, family, tmp_path):
     """A GGUF that llama.cpp's converter wrote reads back as the checkpoint (HF layout, Gemma's norms
     without the +1) with a config that exports to the same hyper-parameters as the HF folder does."""

@@ -262,7 +262,7 @@ def _arch_keys(f) -> dict:
     return {k: v for k, v in f.kv.items() if k.startswith(arch + ".")}
 
 
-@pytest.mark.parametrize("family", NEW_FAMILIES)
+@pytest.mark.parametrize("family", [*NEW_FAMILIES, "gemma3-vlm"])
 def test_gguf_source_round_trips_every_family(tmp_path, family):
     """HF -> our GGUF -> GGUF source: the same tensors in HF layout (Gemma's norms back without the +1),
     a config that re-exports to the same file: hyper-parameters, tensors and computed tensors alike."""

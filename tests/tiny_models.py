@@ -38,7 +38,8 @@ CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['cont
 _CONFIGS = {"llama": ("LlamaConfig", "LlamaForCausalLM"), "mistral": ("MistralConfig", "MistralForCausalLM"),
             "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"), "qwen3": ("Qwen3Config", "Qwen3ForCausalLM"),
             "gemma2": ("Gemma2Config", "Gemma2ForCausalLM"), "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM"),
-            "phi3": ("Phi3Config", "Phi3ForCausalLM")}
+            "phi3": ("Phi3Config", "Phi3ForCausalLM"),
+            "gemma3-vlm": ("Gemma3Config", "Gemma3ForConditionalGeneration")}
 
 PHI3_SPECIALS = ("<|endoftext|>", "<|end|>")
 HEAD_DIM = 32  # qwen3 / gemma: decoupled from hidden / heads (= 16)
@@ -62,6 +63,13 @@ _FAMILIES = {
     # in a model named phi3)
     "phi3": ("phi3", dict(partial_rotary_factor=0.5, original_max_position_embeddings=256, pad_token_id=None),
              False, "spm"),
+    # Gemma 3 4B's layout: a vision-language checkpoint (the decoder under text_config and a name prefix,
+    # plus a vision tower the text GGUF leaves out), linear RoPE scaling 8 on the global layers
+    "gemma3-vlm": ("gemma3-vlm", dict(head_dim=HEAD_DIM, query_pre_attn_scalar=HEAD_DIM, sliding_window=SLIDING_WINDOW,
+                                      num_hidden_layers=6, rope_parameters={
+                                          "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
+                                          "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}),
+                   True, "spm"),
     # context 512 > original 256: long factors apply beyond 256 tokens, short ones below
     "phi3-longrope": ("phi3", dict(partial_rotary_factor=0.5, max_position_embeddings=512,
                                    original_max_position_embeddings=256, pad_token_id=None,
@@ -70,7 +78,9 @@ _FAMILIES = {
                                                      short_factor=[1.0, 1.05, 1.1, 1.2])), False, "spm"),
 }
 FAMILIES = tuple(_FAMILIES)
-FAMILY_ARCH = {name: f[0] for name, f in _FAMILIES.items()}  # tiny family -> models.yaml architecture
+FAMILY_ARCH = {name: {"gemma3-vlm": "gemma3"}.get(f[0], f[0]) for name, f in _FAMILIES.items()}  # -> models.yaml arch
+TINY_VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=28,
+                   patch_size=14)
 NEW_FAMILIES = ("llama3", "qwen3", "gemma2", "gemma3", "phi3", "phi3-longrope")
 
 
@@ -171,7 +181,11 @@ def make_tiny_hf_model(tmp_path: Path, arch: str = "llama", dtype: str = "float3
     kwargs = dict(TINY, vocab_size=VOCAB_SIZE, tie_word_embeddings=tied, bos_token_id=1, eos_token_id=2)
     kwargs.update(family_overrides)
     kwargs.update(config_overrides)
-    config = cfg_cls(**kwargs)
+    if family == "gemma3-vlm":  # image tokens among the padded vocabulary's last ids
+        config = cfg_cls(text_config=kwargs, vision_config=TINY_VISION, mm_tokens_per_image=4, tie_word_embeddings=tied,
+                         image_token_index=VOCAB_SIZE - 3, boi_token_index=VOCAB_SIZE - 2, eoi_token_index=VOCAB_SIZE - 1)
+    else:
+        config = cfg_cls(**kwargs)
     torch.manual_seed(seed)
     model = model_cls(config).to(getattr(torch, dtype)).eval()
     with torch.no_grad():  # norms start at exactly 1.0 (Gemma: 0.0): perturb them so tests see real values
