@@ -16,6 +16,7 @@ import numpy as np
 
 import quantconv
 from quantconv.convert.plan import TensorPlan, parse_keep, plan_tensor
+from quantconv.convert.sources import ModelSource
 from quantconv.errors import QuantconvError
 from quantconv.formats.gguf_writer import GGUFWriter
 from quantconv.formats.registry import get_dtype
@@ -97,8 +98,9 @@ def _load_for_gguf(source, plan: TensorPlan, rows: tuple[int, int] | None = None
 def _row_chunks(source, plan: TensorPlan) -> int:
     """Rows per chunk when `plan`'s tensor is read and quantized in pieces, 0 when it goes whole: only
     big 2-D tensors whose llama.cpp layout moves no row across a chunk (q/k head permutations do), from
-    sources that read a row range without the whole tensor (load_rows)."""
-    if plan.hf_name is None or len(plan.shape) != 2 or not hasattr(source, "load_rows"):
+    sources whose load_rows reads a row range without the whole tensor (the default loads it whole)."""
+    slices = getattr(type(source), "load_rows", ModelSource.load_rows) is not ModelSource.load_rows
+    if plan.hf_name is None or len(plan.shape) != 2 or not slices:
         return 0
     step = max(1, ROW_CHUNK_VALUES // plan.shape[1])
     found = source.arch.role_of_hf(plan.hf_name)

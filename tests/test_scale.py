@@ -83,6 +83,19 @@ def test_big_tensor_is_quantized_in_row_chunks_with_the_same_bytes(synthetic, tm
     assert whole.read_bytes() == chunked.read_bytes()
 
 
+def test_sources_chunk_only_where_they_read_row_ranges(synthetic, tmp_path):
+    """HF folders read a row range alone; a GGUF source's load_rows would read the whole tensor per
+    chunk, so its tensors go whole."""
+    hf = open_source(synthetic)
+    plans = {p.gguf_name: p for p in export_mod.plan_export(hf, "sf4", None, [])}
+    assert export_mod._row_chunks(hf, plans["token_embd.weight"]) > 0
+    gguf = tmp_path / "f16.gguf"
+    export_mod.export(hf, gguf, "f16")
+    src = open_source(gguf)
+    embd = next(p for p in export_mod.plan_export(src, "sf4", None, []) if p.gguf_name == "token_embd.weight")
+    assert export_mod._row_chunks(src, embd) == 0
+
+
 def test_permuted_qk_rows_are_never_chunked(tmp_path, monkeypatch):
     """q/k rows move within a head when permuted for llama.cpp: those tensors are read whole, and the
     export is byte-identical to the unchunked one."""
