@@ -9,8 +9,9 @@ included only once reaped) and wall time are taken:
   export     `quantconv export DIR -o WORK/model-sf4.gguf --dtype sf4 [--algo ... --calib ... --device ...]`
   engine     quantconv's Engine loads the sf4 file, prefills a prompt and decodes --tokens tokens greedily
   q8         `quantconv export DIR -o WORK/model-q8_0.gguf --dtype q8_0`
-  llama_cpp  stock llama.cpp (llama_cpp.Llama) loads the Q8_0 file and evaluates the same prompt; our engine
-             evaluates it on the same file, and the two logit vectors of the last position are compared
+  llama_cpp  stock llama.cpp (llama_cpp.Llama) loads the Q8_0 file and evaluates the prompt; our engine
+             evaluates the same ids on the same file (fast path, then exact path), and each last-position
+             logit vector is compared with llama.cpp's
 Files are deleted after the last step that reads them unless --keep-files. Prints a table, writes JSON
 with the machine (CPU model, cores), the commit and each command.
 """
@@ -73,7 +74,7 @@ else:
     from quantconv.runtime.engine import Engine
     ids = json.loads(sys.argv[5])
     t = time.perf_counter()
-    eng = Engine(path, n_ctx=256, n_threads=threads)
+    eng = Engine(path, n_ctx=256, n_threads=threads, exact=which == "engine-exact")
     load_s = time.perf_counter() - t
     t = time.perf_counter()
     logits = eng.eval(ids)
@@ -166,8 +167,8 @@ def table(rows: list[dict]) -> str:
             notes.append(f"{r['prompt_tokens']}-token prompt at {r['eval_tok_s']:.1f} tok/s")
         if "compare" in r:
             c = r["compare"]
-            notes.append(f"vs our engine on the same file: top-1 {'same' if c['top1_same'] else 'DIFFERENT'}, "
-                         f"max |Δlogit| {c['max_abs_diff']:.3g}")
+            notes.append(f"vs llama.cpp: top-1 {'same' if c['top1_same'] else 'DIFFERENT'}, max |Δlogit| "
+                         f"{c['max_abs_diff']:.3g}, rms {c['rms_diff']:.3g} (logit std {c['logit_std']:.3g})")
         size = f"{r['file_mb']:.0f}" if "file_mb" in r else ""
         lines.append(f"| {r['step']} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | {r['peak_rss_mb']:.0f} | {size} | "
                      f"{'; '.join(notes)} |")
@@ -236,20 +237,22 @@ def main() -> None:
         peer = sized(measured("llama.cpp q8_0: load + eval", [sys.executable, "-c", PEER_CHILD, str(q8), PROMPT,
                                                              str(args.threads), "llama_cpp", str(peer_npy)], log), q8)
         rows.append(peer)
-        if not peer["rc"]:
-            ours = sized(measured("engine q8_0: load + eval", [sys.executable, "-c", PEER_CHILD, str(q8), PROMPT,
-                                                               str(args.threads), "engine", json.dumps(peer["ids"]),
-                                                               str(ours_npy)], log), q8)
+        # our engine on the same file and prompt ids: fast path (int8 activations, as llama.cpp's q8_0
+        # product) and exact path (float32 activations)
+        for which in ("engine", "engine-exact") if not peer["rc"] else ():
+            ours = sized(measured(f"{which} q8_0: load + eval", [sys.executable, "-c", PEER_CHILD, str(q8), PROMPT,
+                                                                 str(args.threads), which, json.dumps(peer["ids"]),
+                                                                 str(ours_npy)], log), q8)
             rows.append(ours)
             if not ours["rc"]:
                 import numpy as np
 
                 a, b = np.load(peer_npy), np.load(ours_npy)
-                peer["compare"] = {"top1_same": bool(a.argmax() == b.argmax()),
+                ours["compare"] = {"top1_same": bool(a.argmax() == b.argmax()),
                                    "max_abs_diff": float(np.abs(a - b).max()),
-                                   "logit_std": float(a.std())}
-            for f in (peer_npy, ours_npy):
-                f.unlink(missing_ok=True)
+                                   "rms_diff": float(np.sqrt(np.mean((a - b) ** 2))), "logit_std": float(a.std())}
+        for f in (peer_npy, ours_npy):
+            f.unlink(missing_ok=True)
     if not args.keep_files and q8.is_file():
         q8.unlink()
 
