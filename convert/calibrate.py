@@ -28,7 +28,7 @@ import torch
 from quantconv.convert.act_quant import ActDType
 from quantconv.convert.algorithms import Algorithm, algorithm_of, by_stage
 from quantconv.convert.gptq import QuantizedLinear, join_rows
-from quantconv.convert.torch_model import LINEARS, DecoderConfig, Head, Layer, Rope
+from quantconv.convert.torch_model import LINEARS, DecoderConfig, Layer, Rope, embed_ids
 from quantconv.errors import QuantconvError
 from quantconv.formats.registry import DType
 
@@ -98,10 +98,7 @@ def calibrate(source, dtypes: dict[str, DType], ids: torch.Tensor, opts: CalibOp
     device = check_device(opts.device)
     cfg = DecoderConfig.from_source(source)
     rope = Rope(cfg, ids.shape[1], device)
-    with torch.no_grad():
-        head = Head(source, cfg, device)
-        X = head.embed_tokens(ids.to(device))
-        del head
+    X = embed_ids(source, cfg, ids, device)
     result = CalibResult()
     # the float model's own hidden states on the first few windows, to log how far the quantized ones drift
     float_states = X[: min(X.shape[0], opts.error_samples)].clone()

@@ -410,3 +410,32 @@ class Head:
         if self.cfg.final_softcap:
             y = torch.tanh(y / self.cfg.final_softcap) * self.cfg.final_softcap
         return y
+
+
+@torch.no_grad()
+def embed_ids(source, cfg: DecoderConfig, ids: torch.Tensor, device, rows: int = 16384) -> torch.Tensor:
+    """The (scaled) embeddings of ids (samples, tokens) on `device`, as Head.embed_tokens gives them, with
+    the table read `rows` rows at a time where the source reads row ranges: calibration never needs a
+    128k x 3072 table (1.5 GB of float32) whole in host memory."""
+    from quantconv.convert.sources import ModelSource
+
+    name = source.arch.role("token_embd").hf_name()
+    n = source.shape(name)[0]
+    ids = ids.to(device)
+    if int(ids.max()) >= n or int(ids.min()) < 0:
+        raise QuantconvError(f"calibration token ids reach {int(ids.max())}, past the embedding's {n} rows; "
+                             "the tokenizer does not belong to this model")
+    chunked = type(source).load_rows is not ModelSource.load_rows   # else each range would read it all
+    x = None
+    for a in range(0, n, rows if chunked else n):
+        b = min(n, a + (rows if chunked else n))
+        sel = (ids >= a) & (ids < b)
+        if not sel.any():
+            continue
+        t = torch.from_numpy(source.load_rows(name, a, b) if chunked else source.load(name)).float().to(device)
+        if x is None:
+            x = torch.empty(*ids.shape, t.shape[1], dtype=torch.float32, device=device)
+        x[sel] = t[ids[sel] - a]
+        del t
+    return x * cfg.embed_scale if cfg.embed_scale != 1.0 else x
+

@@ -16,7 +16,7 @@ from quantconv.convert.calib import calibration_ids  # noqa: E402
 from quantconv.convert.calibrate import CalibOptions, calibrate  # noqa: E402
 from quantconv.convert.export import export, plan_export  # noqa: E402
 from quantconv.convert.sources import open_source  # noqa: E402
-from quantconv.convert.torch_model import DecoderConfig, Head, Layer, Rope  # noqa: E402
+from quantconv.convert.torch_model import DecoderConfig, Head, Layer, Rope, embed_ids  # noqa: E402
 from quantconv.formats.gguf_reader import GGUFFile  # noqa: E402
 from tests.shared_data import data_file  # noqa: E402
 from tests.tiny_models import NEW_FAMILIES, SLIDING_WINDOW, make_tiny_hf_model  # noqa: E402
@@ -81,6 +81,23 @@ def test_gguf_source_gives_the_same_decoder(models, fam, tmp_path):
         a = _ours(open_source(str(models[fam])), ids)[-1]
         b = _ours(open_source(str(tmp_path / "m.gguf")), ids)[-1]
     assert (a - b).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("fam", ["gemma2", "phi3"])
+def test_calibration_embeds_in_row_chunks(models, fam, tmp_path):
+    """calibrate's embedding read in row ranges (HF folder) or whole (GGUF file) equals the Head's, scale
+    included; a token past the table is refused."""
+    from quantconv.errors import QuantconvError
+
+    export(open_source(str(models[fam])), tmp_path / "m.gguf", "f32")
+    ids = torch.randint(0, 320, (3, 17), generator=torch.Generator().manual_seed(5))
+    for path in (models[fam], tmp_path / "m.gguf"):
+        src = open_source(str(path))
+        cfg = DecoderConfig.from_source(src)
+        want = Head(src, cfg).embed_tokens(ids)
+        assert torch.equal(embed_ids(src, cfg, ids, "cpu", rows=7), want)
+    with pytest.raises(QuantconvError, match="past the embedding"):
+        embed_ids(src, cfg, ids + 320, "cpu")
 
 
 def test_family_features_are_modelled(models):
