@@ -27,7 +27,7 @@ CALIB = str(data_file("wikitext-2-valid.txt"))
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("families")
-    return {fam: make_tiny_hf_model(root, fam) for fam in NEW_FAMILIES}
+    return {fam: make_tiny_hf_model(root, fam) for fam in NEW_FAMILIES + ("gemma3-vlm",)}
 
 
 def _ours(src, ids: torch.Tensor):
@@ -46,12 +46,14 @@ def _ours(src, ids: torch.Tensor):
 @pytest.mark.parametrize("fam,n,over", [(f, 40, {}) for f in NEW_FAMILIES] + [("phi3-longrope", 300, {}),
                          ("gemma2", 40, {"attn_logit_softcapping": 0.5, "final_logit_softcapping": 0.5}),
                          ("gemma3", 40, {"rope_scaling": {"rope_type": "linear", "factor": 8.0}}),
-                         ("gemma2", 40, {"query_pre_attn_scalar": 8})])
+                         ("gemma2", 40, {"query_pre_attn_scalar": 8}), ("gemma3-vlm", 40, {})])
 def test_torch_decoder_matches_transformers(models, tmp_path, fam, n, over):
     assert n > SLIDING_WINDOW   # local layers attend to less than the whole prompt
     path = make_tiny_hf_model(tmp_path, fam, **over) if over else models[fam]
     src = open_source(str(path))
-    model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    # a vision-language checkpoint (Gemma 3 4B+) runs text through its decoder
+    auto = transformers.AutoModelForImageTextToText if fam.endswith("-vlm") else transformers.AutoModelForCausalLM
+    model = auto.from_pretrained(path, dtype=torch.float32).eval()
     ids = torch.randint(3, 300, (2, n), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         ref = model(ids).logits
@@ -137,7 +139,7 @@ def test_scale_folding_keeps_float_outputs(models, fam):
     assert set(layer.changed_norms()) == {"attn_norm", "ffn_norm"}
 
 
-@pytest.mark.parametrize("fam", NEW_FAMILIES)
+@pytest.mark.parametrize("fam", NEW_FAMILIES + ("gemma3-vlm",))
 def test_gptq_beats_rtn_layer_by_layer(models, fam):
     """calibrate's own loss, logged per layer: the output error of each quantized layer on the same input
     (layer_rel_err), and the quantized model's drift from the float one (model_rel_err)."""
