@@ -434,3 +434,68 @@ def test_tiny_family_exports_tokenize_as_llama_cpp_and_hf(tmp_path, family):
                     llm.tokenize(t.encode("utf-8"), add_bos=add_bos, special=special), (t, special, add_bos)
     for t in texts + _fuzz_texts(200, seed=4, extra=["<s>", "</s>", "<|end|>", "<|im_end|>"]):
         assert tok.encode(t, special=True) == hf.encode(t, add_special_tokens=False).ids, repr(t)
+
+
+def _sentencepiece_model(pieces: list[tuple[str, float, int]], add_dummy_prefix: bool) -> bytes:
+    """A sentencepiece ModelProto: pieces (field 1: piece 1, score 2, type 3) and normalizer_spec
+    (field 3: name 1, add_dummy_prefix 3), built in one pass (262k pieces)."""
+    import struct
+
+    def varint(n: int) -> bytes:
+        out = bytearray()
+        while True:
+            out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+            n >>= 7
+            if not n:
+                return bytes(out)
+
+    def field(num: int, wire: int, payload: bytes) -> bytes:
+        return varint(num << 3 | wire) + (varint(len(payload)) + payload if wire == 2 else payload)
+
+    parts = []
+    for text, score, typ in pieces:
+        body = field(1, 2, text.encode("utf-8")) + field(2, 5, struct.pack("<f", score))
+        parts.append(field(1, 2, body + (field(3, 0, varint(typ)) if typ != 1 else b"")))
+    parts.append(field(3, 2, field(1, 2, b"identity") + field(3, 0, varint(int(add_dummy_prefix)))))
+    return b"".join(parts)
+
+
+@pytest.mark.slow
+@pytest.mark.llama_cpp
+def test_gemma_sentencepiece_model_converts_at_full_size(tmp_path):
+    """convert/tokenizer_meta.py on a 262k-piece tokenizer.model (Gemma 2/3's format; the pieces of the
+    Gemma 4 vocabulary, hand-encoded): fast, add_space_prefix from the model (false), and the written
+    vocabulary tokenizes WikiText-2 as stock llama.cpp does."""
+    import json
+
+    from gguf import GGUFValueType as VT
+
+    from quantconv.convert.tokenizer_meta import tokenizer_metadata
+
+    if _llama_cpp() is None:
+        pytest.skip("llama-cpp-python is not installed")
+    kv = GGUFFile(vocab_file("gemma-4")).kv
+    pieces = [(t, -float(i) if ty == 1 else 0.0, ty)
+              for i, (t, ty) in enumerate(zip(kv["tokenizer.ggml.tokens"], kv["tokenizer.ggml.token_type"]))]
+    pieces[3] = ("<unk>", 0.0, 2)  # sentencepiece's UNKNOWN piece
+    folder = tmp_path / "gemma"
+    folder.mkdir()
+    (folder / "tokenizer.model").write_bytes(_sentencepiece_model(pieces, add_dummy_prefix=False))
+    (folder / "tokenizer_config.json").write_text(json.dumps(
+        {"bos_token": "<bos>", "eos_token": "<eos>", "unk_token": "<unk>", "pad_token": "<pad>", "add_bos_token": True}))
+    t0 = time.perf_counter()
+    meta = tokenizer_metadata(folder, {"vocab_size": len(pieces), "model_type": "gemma3_text"})
+    tok = Tokenizer.from_gguf_metadata(meta)
+    text = _wikitext()
+    ids = tok.encode(text)
+    seconds = time.perf_counter() - t0
+    assert seconds < 10.0, f"converting and encoding took {seconds:.1f} s"
+    assert meta["tokenizer.ggml.add_space_prefix"] is False and meta["tokenizer.ggml.model"] == "llama"
+    assert [meta[f"tokenizer.ggml.{k}_token_id"] for k in ("bos", "eos", "unknown", "padding")] == [2, 1, 3, 0]
+    over = {"general.architecture": ("gemma3", VT.STRING), **{k: (v, meta["_types"][k]) for k, v in meta.items()
+                                                              if k != "_types"}}
+    path = _write_vocab_gguf(tmp_path / "gemma.gguf", GGUFFile(vocab_file("llama-spm")), over, drop_tokenizer=True)
+    llm = _llama_cpp().Llama(model_path=str(path), vocab_only=True, verbose=False)
+    ref = llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+    assert ids == ref, _first_diff(ids, ref)
+    assert tok.decode(ids) == text
