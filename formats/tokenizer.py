@@ -42,7 +42,7 @@ from quantconv.errors import QuantconvError
 UNDEFINED, NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 0, 1, 2, 3, 4, 5, 6
 
 _SPM_SPACE = "\u2581"  # "▁"
-_C_SPACE = " \t\n\v\f\r"  # C isspace(), which llama.cpp strips with
+_C_SPACE = " \t\n\v\f\r"  # C isspace(): the whitespace llama.cpp strips after an "rstrip" token
 _BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
