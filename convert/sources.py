@@ -93,9 +93,9 @@ class HFDirSource(ModelSource):
             self.config = json.loads(cfg.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise QuantconvError(f"{cfg} is not valid JSON; re-download it") from None
+        self.arch = arch_for_config(self.config)  # by the checkpoint's own class, before text_config's model_type
         if isinstance(self.config.get("text_config"), dict):  # a vision-language model: convert its decoder
             self.config = {**self.config, **self.config["text_config"]}
-        self.arch = arch_for_config(self.config)
         self.arch.check_config(self.config)  # refuse unsupported RoPE scaling / layer patterns before any work
 
         self._where: dict[str, SafetensorsFile] = {}

@@ -227,6 +227,9 @@ FAMILY_BAD_CONFIGS = [  # (family, what, edit of config.json, words the one erro
     ("qwen3", "unknown architecture",
      lambda c: c.update(architectures=["FooForCausalLM"], model_type="foo"),
      ["unsupported architecture 'FooForCausalLM'", "qwen3", "gemma2", "gemma3", "phi3", "llama"]),
+    ("gemma3-vlm", "unknown vision-language model",  # its text_config's model_type must not decide
+     lambda c: c.update(architectures=["LlavaForConditionalGeneration"], model_type="llava"),
+     ["unsupported architecture 'LlavaForConditionalGeneration'"]),
     ("gemma2", "no hidden_size", lambda c: c.pop("hidden_size"), ["'hidden_size'"]),
     ("gemma2", "no sliding_window", lambda c: c.pop("sliding_window"), ["'sliding_window'"]),
     ("gemma3", "no num_hidden_layers", lambda c: c.pop("num_hidden_layers"), ["'num_hidden_layers'"]),
