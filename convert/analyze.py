@@ -64,7 +64,7 @@ def activation_fits(source, calib: str, nsamples: int = 4, seqlen: int = 512, la
             layer = Layer(source, cfg, i)
             if layers is None or i in layers:
                 xn = layer.attn_input(x)
-                h = x + layer.linear("o_proj", layer.attention(xn, rope))
+                h = layer.attn_output(x, layer.attention(xn, rope))
                 hn = layer.mlp_input(h)
                 for what, a in (("attn_in", xn), ("mlp_in", hn), ("down_in", layer.mlp_hidden(hn))):
                     fits.append(fit_t(f"blk.{i}.{what}", "activation", a.numpy()))

@@ -203,12 +203,6 @@ def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
     return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
 
 
-# HF module spellings of the llama family's linears ("o_proj") -> role, accepted by Layer.linear for
-# callers written against them (convert/analyze.py)
-_ALIASES = {"q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "o_proj": "attn_output",
-            "gate_proj": "ffn_gate", "up_proj": "ffn_up", "down_proj": "ffn_down"}
-
-
 class Layer:
     """Float weights of decoder layer i (torch, on `device`), with the forward split into the steps
     calibration needs: attention input, attention core, attention output, MLP input, MLP core, MLP
@@ -260,7 +254,7 @@ class Layer:
         return {r: w for r, w in self.norm.items() if w is not self.loaded_norms[r]}
 
     def linear(self, name: str, x: torch.Tensor) -> torch.Tensor:
-        return self.linears((_ALIASES.get(name, name),), x)[0]
+        return self.linears((name,), x)[0]
 
     def linears(self, names: tuple[str, ...], x: torch.Tensor) -> list[torch.Tensor]:
         """Linears that share input x, as one matmul (one wider GEMM is faster than several on CPU, and the
