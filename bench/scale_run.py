@@ -241,18 +241,24 @@ def main() -> None:
         rows.append(peer)
         # our engine on the same file and prompt ids: fast path (int8 activations, as llama.cpp's q8_0
         # product) and exact path (float32 activations)
+        import numpy as np
+
+        def compare(a, b):
+            return {"top1_agree": float(np.mean(a.argmax(-1) == b.argmax(-1))), "max_abs_diff": float(np.abs(a - b).max()),
+                    "rms_diff": float(np.sqrt(np.mean((a - b) ** 2))), "logit_std": float(a.std())}
+
+        logits = {}
         for which in ("engine", "engine-exact") if not peer["rc"] else ():
             ours = sized(measured(f"{which} q8_0: load + eval", [sys.executable, "-c", PEER_CHILD, str(q8), PROMPT,
                                                                  str(args.threads), which, json.dumps(peer["ids"]),
                                                                  str(ours_npy)], log), q8)
             rows.append(ours)
             if not ours["rc"]:
-                import numpy as np
-
-                a, b = np.load(peer_npy), np.load(ours_npy)
-                ours["compare"] = {"top1_agree": float(np.mean(a.argmax(-1) == b.argmax(-1))),
-                                   "max_abs_diff": float(np.abs(a - b).max()),
-                                   "rms_diff": float(np.sqrt(np.mean((a - b) ** 2))), "logit_std": float(a.std())}
+                logits[which] = np.load(ours_npy)
+                ours["compare"] = compare(np.load(peer_npy), logits[which])
+        if len(logits) == 2:   # how far activation rounding alone moves this model's logits: the yardstick
+            result["engine_fast_vs_exact"] = compare(logits["engine-exact"], logits["engine"])
+            log(f"engine fast vs exact path on the same file: {result['engine_fast_vs_exact']}")
         for f in (peer_npy, ours_npy):
             f.unlink(missing_ok=True)
     if not args.keep_files and q8.is_file():
