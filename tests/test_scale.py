@@ -32,6 +32,7 @@ def synthetic(tmp_path_factory) -> Path:
     return _bench("synthetic_model").generate(out, "tiny", shard_gb=0.05, log=lambda *a, **k: None)
 
 
+@pytest.mark.slow
 def test_synthetic_model_is_a_transformers_checkpoint(synthetic):
     import torch
     import transformers
@@ -72,6 +73,7 @@ class _RowSpy:
         return np.ascontiguousarray(self._s.load(name)[start:stop])
 
 
+@pytest.mark.slow
 def test_big_tensor_is_quantized_in_row_chunks_with_the_same_bytes(synthetic, tmp_path, monkeypatch):
     whole, chunked = tmp_path / "whole.gguf", tmp_path / "chunked.gguf"
     monkeypatch.setattr(export_mod, "ROW_CHUNK_VALUES", 1 << 40)
@@ -83,6 +85,7 @@ def test_big_tensor_is_quantized_in_row_chunks_with_the_same_bytes(synthetic, tm
     assert whole.read_bytes() == chunked.read_bytes()
 
 
+@pytest.mark.slow
 def test_sources_chunk_only_where_they_read_row_ranges(synthetic, tmp_path):
     """HF folders read a row range alone; a GGUF source's load_rows would read the whole tensor per
     chunk, so its tensors go whole."""
