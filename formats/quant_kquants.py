@@ -206,6 +206,12 @@ class _KQuant(FittableCodec):
     (they decode alike whatever they are; ggml writes them, so we do too)."""
 
     sub: ClassVar[int]
+    chunk_blocks: ClassVar[int] = 256   # cache-sized pieces: the searches pass ~20 times over their temporaries
+
+    def quantize_blocks(self, x: np.ndarray) -> np.ndarray:
+        parts = [super(_KQuant, self).quantize_blocks(x[i:i + self.chunk_blocks])
+                 for i in range(0, x.shape[0], self.chunk_blocks)]
+        return np.concatenate(parts) if parts else np.empty((0, self.block_bytes(x.shape[1])), np.uint8)
 
     def _sub_scale(self, params: tuple) -> np.ndarray:
         """(n, 256/sub) float32 effective step of each sub-block (ggml's d * scale)."""
