@@ -95,6 +95,49 @@ def _qkx2(x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdelta: float, n
     return scale, (-mn).astype(F32), L.astype(np.uint8)
 
 
+def _qp(x: np.ndarray, w: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
+    """make_qp_quants over (k, M): the weighted search of a super-block's unsigned sub-scales (ggml's
+    importance path). Returns (scale (M,), levels (k, M) as ggml's uint8 array holds them)."""
+    top = np.maximum(x.max(axis=0), F32(0))
+    zero = top < _EPS
+    nm = F32(nmax)
+
+    def u8(v):   # the levels live in a uint8 array in ggml
+        return (np.rint(v).astype(np.int64) & 0xFF).astype(F32)
+
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        iscale = nm / top
+        L = u8(iscale * x)
+        sc = F32(1) / iscale
+        diff = x - sc * L
+        best = _seq(w * diff * diff)
+        for step in (-4, -3, -2, -1, 1, 2, 3, 4):
+            it = (F32(0.1) * F32(step) + nm) / top
+            l = np.minimum(nm, np.rint(it * x)).astype(F32)
+            diff = x - (F32(1) / it) * l
+            mse = _seq(w * diff * diff)
+            take = mse < best
+            best = np.where(take, mse, best)
+            iscale = np.where(take, it, iscale)
+        L = u8(np.minimum(nm, np.rint(iscale * x)))
+        wx = w * x
+        sumlx, suml2 = _seq(wx * L), _seq(w * L * L)
+        for _ in range(5):   # as in _q3: an unchanged pass repeats itself
+            for i in range(x.shape[0]):
+                li = L[i]
+                slx = sumlx - wx[i] * li
+                sl2 = suml2 - w[i] * li * li
+                nl = u8(np.minimum(nm, np.rint(x[i] * sl2 / slx)))
+                slx2 = slx + wx[i] * nl
+                sl22 = sl2 + w[i] * nl * nl
+                take = (slx > 0) & (sl2 > 0) & (nl != li) & (slx2 * slx2 * suml2 > sumlx * sumlx * sl22)
+                L[i] = np.where(take, nl, li)
+                sumlx = np.where(take, slx2, sumlx)
+                suml2 = np.where(take, sl22, suml2)
+        scale = np.where(suml2 > 0, sumlx / suml2, F32(0))
+    return np.where(zero, F32(0), scale).astype(F32), np.where(zero, F32(0), L).astype(np.uint8)
+
+
 def _qx(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
     """make_qx_quants with rmse_type 1 (weights x^2) over (k, M): a symmetric sub-block's scale
     search. Returns (scale (M,), codes (k, M) uint8 offset by nmax)."""
@@ -255,6 +298,40 @@ class _AsymK(_KQuant):
 
     def _search_codes(self, xs):
         return self._search(xs)[2]
+
+    def _weighted(self, x: np.ndarray, importance: np.ndarray):
+        """ggml's importance path (quantize_row_qN_K_impl): weights importance * sqrt(sigma2 + x^2),
+        a longer scale/min search, then the sub-scales fitted by make_qp_quants. -> (params, codes)."""
+        n = x.shape[0]
+        x = x.astype(F32, copy=False)
+        qw = np.broadcast_to(np.asarray(importance, dtype=F32), x.shape)
+        sigma2 = F32(2) * _seq(np.ascontiguousarray(x.T) * np.ascontiguousarray(x.T)) / F32(QK_K)
+        xs, qws = _subblocks(x, 32), _subblocks(qw, 32)
+        w = qws * np.sqrt(np.repeat(sigma2, 8)[None, :] + xs * xs)
+        scale, mn, L = _qkx2(xs, w, self.nmax, -0.9, 0.05, 36, False)
+        sw = _seq(w).reshape(n, 8).T.copy()
+        d, ls = _qp(np.ascontiguousarray(scale.reshape(n, 8).T), sw, 63)
+        dmin, lm = _qp(np.ascontiguousarray(mn.reshape(n, 8).T), sw, 63)
+        params = (_fp16(d)[:, None], _fp16(dmin)[:, None], np.minimum(ls.T, 63), np.minimum(lm.T, 63))
+        return params, L.T.reshape(n, 8, 32)
+
+    def fit_search(self, x: np.ndarray, importance: np.ndarray | None = None) -> tuple:
+        """ggml's importance-weighted fit (llama-quantize --imatrix); `importance` per column (256,)
+        or per value (n, 256). Without it, the plain fit."""
+        if importance is None:
+            return self.fit(x)
+        _check_block(x.shape[1])
+        return self._weighted(x, importance)[0]
+
+    def quantize_blocks_weighted(self, x: np.ndarray, importance: np.ndarray) -> np.ndarray:
+        """Bytes as ggml_quantize_chunk writes them with an importance matrix: fit_search, encode,
+        and the weighted search's codes in sub-blocks whose scale is zero."""
+        _check_block(x.shape[1])
+        params, search = self._weighted(x, importance)
+        codes = self.encode(x, params).reshape(search.shape)
+        dead = self._sub_scale(params) == 0
+        codes[dead] = search[dead]
+        return self.pack(codes.reshape(x.shape[0], QK_K), params)
 
     def fit(self, x: np.ndarray) -> tuple:
         n = x.shape[0]

@@ -98,6 +98,38 @@ def test_fit_encode_decode_compose_with_the_packed_bytes(name):
     assert err < {"q2_k": 0.5, "q3_k": 0.3, "q4_k": 0.15, "q5_k": 0.08, "q6_k": 0.04}[name]
 
 
+def _importance(cols: int) -> np.ndarray:
+    """An imatrix-like column importance, with dead (never activated) columns."""
+    imp = np.random.default_rng(7).uniform(0.01, 10, cols).astype(np.float32)
+    imp[:40] = 0
+    imp[256:512 if cols >= 768 else 256] = 0
+    return imp
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("name", ["q4_k", "q5_k"])
+def test_importance_weighted_bytes_equal_ggml_with_an_imatrix(name, case):
+    codec, type_id = CODECS[name]
+    w = CASES[case]
+    imp = _importance(w.shape[1])
+    per_value = np.tile(imp.reshape(-1, 256), (w.shape[0], 1))
+    ours = codec.quantize_blocks_weighted(w.reshape(-1, 256), per_value).reshape(w.shape[0], -1)
+    np.testing.assert_array_equal(ours, ggml_ref.quantize(type_id, w, imp))
+
+
+@pytest.mark.parametrize("name", ["q4_k", "q5_k"])
+def test_fit_search_is_ggmls_weighted_fit(name):
+    codec, type_id = CODECS[name]
+    w = CASES["heavy"][:, :256]
+    imp = _importance(256)
+    params = codec.fit_search(w, imp)                       # one importance per column, as GPTQ passes it
+    codes, stored = codec.unpack(ggml_ref.quantize(type_id, w, imp), 256)
+    for ours, theirs in zip(params, stored):
+        np.testing.assert_array_equal(ours, theirs)
+    assert all(np.array_equal(a, b) for a, b in zip(codec.fit_search(w), codec.fit(w)))
+    assert not np.array_equal(params[2], codec.fit(w)[2])   # the weighting changes the fit
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_blocks_other_than_256_are_refused(name):
     codec, _ = CODECS[name]
