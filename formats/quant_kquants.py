@@ -138,14 +138,14 @@ def _qp(x: np.ndarray, w: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray
     return np.where(zero, F32(0), scale).astype(F32), np.where(zero, F32(0), L).astype(np.uint8)
 
 
-def _qx(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
-    """make_qx_quants with rmse_type 1 (weights x^2) over (k, M): a symmetric sub-block's scale
-    search. Returns (scale (M,), codes (k, M) uint8 offset by nmax)."""
+def _qx(x: np.ndarray, nmax: int, w: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """make_qx_quants with rmse_type 1 over (k, M): a symmetric sub-block's scale search, weighted by
+    w (ggml's quant weights) or else x^2. Returns (scale (M,), codes (k, M) uint8 offset by nmax)."""
     M = x.shape[1]
     cols = np.arange(M)
     peak = x[np.abs(x).argmax(axis=0), cols]   # first of the largest |x|, signed
     zero = np.abs(peak) < _EPS
-    w = x * x
+    w = x * x if w is None else w
     wx = w * x
     nm = F32(nmax)
 
@@ -194,6 +194,17 @@ def _q3(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
         scale = np.where(suml2 > 0, sumlx / suml2, F32(0))
     L = np.where(zero, F32(0), L + F32(nmax))
     return np.where(zero, F32(0), scale).astype(F32), L.astype(np.uint8)
+
+
+def _quant_weights(x: np.ndarray, importance: np.ndarray, sub: int, sigma_factor: int) -> tuple:
+    """ggml's importance weights qw * sqrt(sigma2 + x^2), sigma2 = factor * mean(x^2) of the super-block:
+    -> (x as (sub, M) sub-blocks, their weights (sub, M))."""
+    x = x.astype(F32, copy=False)
+    qw = np.broadcast_to(np.asarray(importance, dtype=F32), x.shape)
+    xt = np.ascontiguousarray(x.T)
+    sigma2 = F32(sigma_factor) * _seq(xt * xt) / F32(QK_K)
+    xs = _subblocks(x, sub)
+    return xs, _subblocks(qw, sub) * np.sqrt(np.repeat(sigma2, QK_K // sub)[None, :] + xs * xs)
 
 
 def _subblocks(x: np.ndarray, sub: int) -> np.ndarray:
@@ -256,6 +267,28 @@ class _KQuant(FittableCodec):
                  for i in range(0, x.shape[0], self.chunk_blocks)]
         return np.concatenate(parts) if parts else np.empty((0, self.block_bytes(x.shape[1])), np.uint8)
 
+    def fit_search(self, x: np.ndarray, importance: np.ndarray | None = None) -> tuple:
+        """ggml's importance-weighted fit (llama-quantize --imatrix); `importance` per column (256,)
+        or per value (n, 256). Without it, the plain fit."""
+        if importance is None:
+            return self.fit(x)
+        _check_block(x.shape[1])
+        return self._weighted(x, importance)[0]
+
+    def quantize_blocks_weighted(self, x: np.ndarray, importance: np.ndarray) -> np.ndarray:
+        """Bytes as ggml_quantize_chunk writes them with an importance matrix: fit_search, encode,
+        and the weighted search's codes in sub-blocks whose scale is zero."""
+        _check_block(x.shape[1])
+        params, search = self._weighted(x, importance)
+        codes = self.encode(x, params).reshape(search.shape)
+        dead = self._sub_scale(params) == 0
+        codes[dead] = search[dead]
+        return self.pack(self._finish(codes.reshape(x.shape[0], QK_K), params), params)
+
+    def _weighted(self, x: np.ndarray, importance: np.ndarray) -> tuple[tuple, np.ndarray]:
+        """ggml's importance path (quantize_row_qN_K_impl) -> (params, the search's codes (n, S, sub))."""
+        raise NotImplementedError
+
     def _sub_scale(self, params: tuple) -> np.ndarray:
         """(n, 256/sub) float32 effective step of each sub-block (ggml's d * scale)."""
         raise NotImplementedError
@@ -280,7 +313,11 @@ class _KQuant(FittableCodec):
             rows, cols = np.nonzero(dead)
             xs = np.ascontiguousarray(x.reshape(n, -1, self.sub)[rows, cols].T)
             codes[rows, cols] = self._search_codes(xs).T
-        return codes.reshape(n, QK_K).astype(np.uint8)
+        return self._finish(codes.reshape(n, QK_K).astype(np.uint8), params)
+
+    def _finish(self, codes: np.ndarray, params: tuple) -> np.ndarray:
+        """Codes as ggml finally writes them (Q6_K clears whole zeroed blocks)."""
+        return codes
 
 
 class _AsymK(_KQuant):
@@ -303,35 +340,13 @@ class _AsymK(_KQuant):
         """ggml's importance path (quantize_row_qN_K_impl): weights importance * sqrt(sigma2 + x^2),
         a longer scale/min search, then the sub-scales fitted by make_qp_quants. -> (params, codes)."""
         n = x.shape[0]
-        x = x.astype(F32, copy=False)
-        qw = np.broadcast_to(np.asarray(importance, dtype=F32), x.shape)
-        sigma2 = F32(2) * _seq(np.ascontiguousarray(x.T) * np.ascontiguousarray(x.T)) / F32(QK_K)
-        xs, qws = _subblocks(x, 32), _subblocks(qw, 32)
-        w = qws * np.sqrt(np.repeat(sigma2, 8)[None, :] + xs * xs)
+        xs, w = _quant_weights(x, importance, 32, 2)
         scale, mn, L = _qkx2(xs, w, self.nmax, -0.9, 0.05, 36, False)
         sw = _seq(w).reshape(n, 8).T.copy()
         d, ls = _qp(np.ascontiguousarray(scale.reshape(n, 8).T), sw, 63)
         dmin, lm = _qp(np.ascontiguousarray(mn.reshape(n, 8).T), sw, 63)
         params = (_fp16(d)[:, None], _fp16(dmin)[:, None], np.minimum(ls.T, 63), np.minimum(lm.T, 63))
         return params, L.T.reshape(n, 8, 32)
-
-    def fit_search(self, x: np.ndarray, importance: np.ndarray | None = None) -> tuple:
-        """ggml's importance-weighted fit (llama-quantize --imatrix); `importance` per column (256,)
-        or per value (n, 256). Without it, the plain fit."""
-        if importance is None:
-            return self.fit(x)
-        _check_block(x.shape[1])
-        return self._weighted(x, importance)[0]
-
-    def quantize_blocks_weighted(self, x: np.ndarray, importance: np.ndarray) -> np.ndarray:
-        """Bytes as ggml_quantize_chunk writes them with an importance matrix: fit_search, encode,
-        and the weighted search's codes in sub-blocks whose scale is zero."""
-        _check_block(x.shape[1])
-        params, search = self._weighted(x, importance)
-        codes = self.encode(x, params).reshape(search.shape)
-        dead = self._sub_scale(params) == 0
-        codes[dead] = search[dead]
-        return self.pack(codes.reshape(x.shape[0], QK_K), params)
 
     def fit(self, x: np.ndarray) -> tuple:
         n = x.shape[0]
@@ -432,6 +447,17 @@ class Q2_KCodec(_KQuant):
     def _search_codes(self, xs):
         return self._search(xs)[2]
 
+    def _weighted(self, x, importance):
+        n = x.shape[0]
+        xs, w = _quant_weights(x, importance, 16, 1)
+        scale, mn, L = _qkx2(xs, w, 3, -0.9, 0.05, 36, False)
+        sw = np.ascontiguousarray(_seq(w).reshape(n, 16).T)
+        d, ls = _qp(np.ascontiguousarray(scale.reshape(n, 16).T), sw, 15)
+        dmin, lm = _qp(np.ascontiguousarray(mn.reshape(n, 16).T), sw, 15)
+        byte = ls.T.astype(np.int64) | ((lm.T.astype(np.int64) << 4) & 0xFF)
+        params = (_fp16(d)[:, None], _fp16(dmin)[:, None], (byte & 0xF).astype(np.uint8), (byte >> 4).astype(np.uint8))
+        return params, L.T.reshape(n, 16, 16)
+
     def fit(self, x: np.ndarray) -> tuple:
         n = x.shape[0]
         _check_block(x.shape[1])
@@ -486,6 +512,13 @@ class Q3_KCodec(_KQuant):
 
     def _search_codes(self, xs):
         return _q3(xs, 4)[1]
+
+    def _weighted(self, x, importance):
+        n = x.shape[0]
+        xs, w = _quant_weights(x, importance, 16, 2)
+        scale, L = _qx(xs, 4, w)
+        d, ls = _qx(np.ascontiguousarray(scale.reshape(n, 16).T), 32, np.ascontiguousarray(_seq(w).reshape(n, 16).T))
+        return (_fp16(d)[:, None], (ls.T.astype(np.int16) - 32).astype(np.int8)), L.T.reshape(n, 16, 16)
 
     def fit(self, x: np.ndarray) -> tuple:
         n = x.shape[0]
@@ -553,9 +586,17 @@ class Q6_KCodec(_KQuant):
         return _qx(xs, 32)[1]
 
     def fit(self, x: np.ndarray) -> tuple:
-        n = x.shape[0]
         _check_block(x.shape[1])
-        scale = _qx(_subblocks(x, 16), 32)[0].reshape(n, 16)
+        return self._block_params(_qx(_subblocks(x, 16), 32)[0].reshape(x.shape[0], 16))
+
+    def _weighted(self, x, importance):
+        # ggml's Q6_K path weights by the importance alone
+        n = x.shape[0]
+        qw = np.broadcast_to(np.asarray(importance, dtype=F32), x.shape)
+        scale, L = _qx(_subblocks(x, 16), 32, _subblocks(qw, 16))
+        return self._block_params(scale.reshape(n, 16)), L.T.reshape(n, 16, 16)
+
+    def _block_params(self, scale: np.ndarray) -> tuple:
         peak = np.take_along_axis(scale, np.abs(scale).argmax(axis=1)[:, None], axis=1)
         with np.errstate(divide="ignore", invalid="ignore"):
             iscale = F32(-128) / peak
@@ -571,8 +612,7 @@ class Q6_KCodec(_KQuant):
     def _requant(self, x, step, params):
         return (np.clip(np.rint(x / step), -32, 31) + 32).astype(np.uint8)
 
-    def encode(self, x: np.ndarray, params: tuple) -> np.ndarray:
-        codes = super().encode(x, params)
+    def _finish(self, codes: np.ndarray, params: tuple) -> np.ndarray:
         # a zeroed block keeps zero codes (ggml memsets it) rather than the search's
         return np.where((params[1] == 0).all(axis=1, keepdims=True) & (params[0] == 0), np.uint8(0), codes)
 

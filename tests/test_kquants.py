@@ -107,7 +107,7 @@ def _importance(cols: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize("case", list(CASES))
-@pytest.mark.parametrize("name", ["q4_k", "q5_k"])
+@pytest.mark.parametrize("name", NAMES)
 def test_importance_weighted_bytes_equal_ggml_with_an_imatrix(name, case):
     codec, type_id = CODECS[name]
     w = CASES[case]
@@ -117,7 +117,7 @@ def test_importance_weighted_bytes_equal_ggml_with_an_imatrix(name, case):
     np.testing.assert_array_equal(ours, ggml_ref.quantize(type_id, w, imp))
 
 
-@pytest.mark.parametrize("name", ["q4_k", "q5_k"])
+@pytest.mark.parametrize("name", NAMES)
 def test_fit_search_is_ggmls_weighted_fit(name):
     codec, type_id = CODECS[name]
     w = CASES["heavy"][:, :256]
@@ -127,7 +127,7 @@ def test_fit_search_is_ggmls_weighted_fit(name):
     for ours, theirs in zip(params, stored):
         np.testing.assert_array_equal(ours, theirs)
     assert all(np.array_equal(a, b) for a, b in zip(codec.fit_search(w), codec.fit(w)))
-    assert not np.array_equal(params[2], codec.fit(w)[2])   # the weighting changes the fit
+    assert any(not np.array_equal(a, b) for a, b in zip(params, codec.fit(w)))   # the weighting matters
 
 
 @pytest.mark.parametrize("name", NAMES)
