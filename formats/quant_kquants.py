@@ -279,7 +279,12 @@ class _KQuant(FittableCodec):
         """Bytes as ggml_quantize_chunk writes them with an importance matrix: fit_search, encode,
         and the weighted search's codes in sub-blocks whose scale is zero."""
         _check_block(x.shape[1])
-        params, search = self._weighted(x, importance)
+        imp = np.broadcast_to(np.asarray(importance, dtype=F32), x.shape)
+        if x.shape[0] > self.chunk_blocks:
+            step = self.chunk_blocks
+            return np.concatenate([self.quantize_blocks_weighted(x[i:i + step], imp[i:i + step])
+                                   for i in range(0, x.shape[0], step)])
+        params, search = self._weighted(x, imp)
         codes = self.encode(x, params).reshape(search.shape)
         dead = self._sub_scale(params) == 0
         codes[dead] = search[dead]
@@ -300,20 +305,36 @@ class _KQuant(FittableCodec):
     def _requant(self, x: np.ndarray, step: np.ndarray, params: tuple) -> np.ndarray:
         raise NotImplementedError
 
+    def column_params(self, params: tuple, col: int) -> tuple:
+        """The params of the sub-block holding column `col` of the super-block, for rounding one column
+        at a time (GPTQ): encode and decode take any columns of that one sub-block with them."""
+        s = col // self.sub
+        return tuple(p[:, s:s + 1] if p.shape[1] == QK_K // self.sub else p for p in params)
+
+    def _sub_blocks_of(self, a: np.ndarray, params: tuple) -> np.ndarray:
+        """(n, k) -> (n, S, k/S) with S the sub-blocks params cover: all of a super-block (k = 256) or
+        one (column_params, any k)."""
+        n, k = a.shape
+        S = self._sub_scale(params).shape[1]
+        if k != S * self.sub and S != 1:
+            raise QuantconvError(f"K-quant params of {S} sub-blocks cover {S * self.sub} columns, got {k}; "
+                                 "pass a whole super-block of 256, or one sub-block's column_params")
+        return a.reshape(n, S, k // S)
+
     def encode(self, x: np.ndarray, params: tuple) -> np.ndarray:
-        n = x.shape[0]
-        if x.shape[1] != QK_K:
-            raise QuantconvError(f"K-quant codes are chosen per super-block of {QK_K} values, got {x.shape[1]} columns")
-        x = x.astype(F32, copy=False)
+        n, k = x.shape
+        xs = self._sub_blocks_of(x.astype(F32, copy=False), params)
         step = self._sub_scale(params)
         with np.errstate(divide="ignore", invalid="ignore"):
-            codes = self._requant(x.reshape(n, -1, self.sub), step[:, :, None], params)
+            codes = self._requant(xs, step[:, :, None], params)
         dead = step == 0
         if dead.any():
             rows, cols = np.nonzero(dead)
-            xs = np.ascontiguousarray(x.reshape(n, -1, self.sub)[rows, cols].T)
-            codes[rows, cols] = self._search_codes(xs).T
-        return self._finish(codes.reshape(n, QK_K).astype(np.uint8), params)
+            # ggml keeps its first search's codes there; a part of a sub-block has none (any code
+            # decodes alike there), so it gets zeros
+            codes[rows, cols] = self._search_codes(np.ascontiguousarray(xs[rows, cols].T)).T \
+                if xs.shape[2] == self.sub else 0
+        return self._finish(codes.reshape(n, k).astype(np.uint8), params)
 
     def _finish(self, codes: np.ndarray, params: tuple) -> np.ndarray:
         """Codes as ggml finally writes them (Q6_K clears whole zeroed blocks)."""
@@ -373,7 +394,7 @@ class _AsymK(_KQuant):
         n = codes.shape[0]
         d = (params[0] * params[2].astype(F32))[:, :, None]
         m = (params[1] * params[3].astype(F32))[:, :, None]
-        return (d * codes.reshape(n, 8, 32).astype(F32) - m).reshape(n, QK_K)
+        return (d * self._sub_blocks_of(codes, params).astype(F32) - m).reshape(n, -1)
 
     def _head(self, params):
         return [fp16_bytes(params[0]), fp16_bytes(params[1]), _pack_scale_min_k4(params[2], params[3])]
@@ -485,7 +506,7 @@ class Q2_KCodec(_KQuant):
         n = codes.shape[0]
         d = (params[0] * params[2].astype(F32))[:, :, None]
         m = (params[1] * params[3].astype(F32))[:, :, None]
-        return (d * codes.reshape(n, 16, 16).astype(F32) - m).reshape(n, QK_K)
+        return (d * self._sub_blocks_of(codes, params).astype(F32) - m).reshape(n, -1)
 
     def pack(self, codes: np.ndarray, params: tuple) -> np.ndarray:
         scales = (params[2] & 0xF) | (params[3] << 4)
@@ -542,7 +563,7 @@ class Q3_KCodec(_KQuant):
     def decode(self, codes: np.ndarray, params: tuple) -> np.ndarray:
         n = codes.shape[0]
         d = (params[0] * params[1].astype(F32))[:, :, None]
-        return (d * (codes.reshape(n, 16, 16).astype(F32) - F32(4))).reshape(n, QK_K)
+        return (d * (self._sub_blocks_of(codes, params).astype(F32) - F32(4))).reshape(n, -1)
 
     def pack(self, codes: np.ndarray, params: tuple) -> np.ndarray:
         n = codes.shape[0]
@@ -619,7 +640,7 @@ class Q6_KCodec(_KQuant):
     def decode(self, codes: np.ndarray, params: tuple) -> np.ndarray:
         n = codes.shape[0]
         d = (params[0] * params[1].astype(F32))[:, :, None]
-        return (d * (codes.reshape(n, 16, 16).astype(F32) - F32(32))).reshape(n, QK_K)
+        return (d * (self._sub_blocks_of(codes, params).astype(F32) - F32(32))).reshape(n, -1)
 
     def pack(self, codes: np.ndarray, params: tuple) -> np.ndarray:
         n = codes.shape[0]

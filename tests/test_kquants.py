@@ -131,6 +131,24 @@ def test_fit_search_is_ggmls_weighted_fit(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_one_column_at_a_time_gives_the_whole_blocks_values(name):
+    """GPTQ rounds column by column on the fitted grid: a column's codes under its sub-block's params
+    equal the whole block's (zero-scale sub-blocks: any code, the same values)."""
+    codec, _ = CODECS[name]
+    x = CASES["special"].reshape(-1, 256)
+    params = codec.fit(x)
+    whole_codes, whole = codec.encode(x, params), codec.decode(codec.encode(x, params), params)
+    live = np.repeat(codec._sub_scale(params) != 0, codec.sub, axis=1)
+    for col in range(0, 256, 7):
+        p = codec.column_params(params, col)
+        c = codec.encode(x[:, col:col + 1], p)
+        np.testing.assert_array_equal(c[live[:, col], 0], whole_codes[live[:, col], col])
+        np.testing.assert_array_equal(codec.decode(c, p)[:, 0], whole[:, col])
+    with pytest.raises(QuantconvError, match="column_params"):
+        codec.encode(x[:, :40], params)
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_blocks_other_than_256_are_refused(name):
     codec, _ = CODECS[name]
     with pytest.raises(QuantconvError, match="super-blocks of 256"):
@@ -161,3 +179,6 @@ def test_rtn_bytes_equal_ggml_on_the_reference_models_tensors(name):
         # 576-wide rows are not whole super-blocks: their values are checked as rows of 2304
         w = w if w.shape[1] % 256 == 0 else w.reshape(-1, 2304)
         assert np.array_equal(codec.quantize_rows(w, 256), ggml_ref.quantize(type_id, w)), f"{name}: {tensor}"
+        imp = _importance(w.shape[1])
+        weighted = codec.quantize_blocks_weighted(w.reshape(-1, 256), np.tile(imp.reshape(-1, 256), (w.shape[0], 1)))
+        assert np.array_equal(weighted.reshape(w.shape[0], -1), ggml_ref.quantize(type_id, w, imp)), f"{name}: {tensor}"
