@@ -1,4 +1,5 @@
-"""ggml's own block types that quantconv writes as they are (Q4_0, NVFP4) and the plain float types.
+"""ggml's own block types that quantconv writes as they are (Q4_0, Q5_0, Q5_1, IQ4_NL, NVFP4) and the
+plain float types.
 Q8_0 and Q4_1 are the int family's int8 g32 and int4:asym g32 (quant_int.py)."""
 from __future__ import annotations
 
@@ -34,6 +35,142 @@ class Q4_0Codec(FittableCodec):
 
     def decode(self, codes: np.ndarray, params: tuple) -> np.ndarray:
         return params[0].astype(np.float16).astype(np.float32) * (codes.astype(np.float32) - 8)
+
+    def pack(self, codes: np.ndarray, params: tuple) -> np.ndarray:
+        return np.concatenate([fp16_bytes(params[0]), bitplanes.pack(codes, 4)], axis=1)
+
+    def unpack(self, data: np.ndarray, block: int) -> tuple[np.ndarray, tuple]:
+        return bitplanes.unpack(data[:, 2:], 4, block), (fp16_from_bytes(data[:, :2]),)
+
+
+def _pack_q5(codes: np.ndarray) -> np.ndarray:
+    """ggml's Q5 body: qh (bit i = bit 4 of value i, little-endian 32 bits), then Q4_0's nibbles."""
+    qh = np.packbits((codes >> 4) & 1, axis=1, bitorder="little")
+    return np.concatenate([qh, bitplanes.pack(codes & 15, 4)], axis=1)
+
+
+def _unpack_q5(body: np.ndarray, block: int) -> np.ndarray:
+    high = np.unpackbits(body[:, :block // 8], axis=1, bitorder="little")[:, :block]
+    return bitplanes.unpack(body[:, block // 8:], 4, block) | (high << 4)
+
+
+@dataclass(frozen=True)
+class Q5_0Codec(FittableCodec):
+    """ggml Q5_0: d = (signed peak) / -16, u = trunc(x/d + 16.5) capped at 31, value d * (u - 16)."""
+
+    def block_bytes(self, block: int) -> int:
+        return 2 + block // 8 + block // 2
+
+    # Params: (d, 1/d) in float32 (ggml rounds with the unrounded d), d stored as fp16.
+    def fit(self, x: np.ndarray) -> tuple:
+        x = x.astype(np.float32, copy=False)
+        peak = np.take_along_axis(x, np.abs(x).argmax(axis=1)[:, None], axis=1)
+        d = peak / np.float32(-16)
+        with np.errstate(divide="ignore"):
+            return d, np.where(d == 0, np.float32(0), np.float32(1) / d)
+
+    def encode(self, x: np.ndarray, params: tuple) -> np.ndarray:
+        return np.clip(np.trunc(x.astype(np.float32) * params[1] + np.float32(16.5)), 0, 31).astype(np.uint8)
+
+    def decode(self, codes: np.ndarray, params: tuple) -> np.ndarray:
+        return params[0].astype(np.float16).astype(np.float32) * (codes.astype(np.float32) - 16)
+
+    def pack(self, codes: np.ndarray, params: tuple) -> np.ndarray:
+        return np.concatenate([fp16_bytes(params[0]), _pack_q5(codes)], axis=1)
+
+    def unpack(self, data: np.ndarray, block: int) -> tuple[np.ndarray, tuple]:
+        return _unpack_q5(data[:, 2:], block), (fp16_from_bytes(data[:, :2]),)
+
+
+@dataclass(frozen=True)
+class Q5_1Codec(FittableCodec):
+    """ggml Q5_1: d = (max - min) / 31, m = min, u = trunc((x - m)/d + 0.5), value d * u + m."""
+
+    def block_bytes(self, block: int) -> int:
+        return 4 + block // 8 + block // 2
+
+    # Params: (d, min, 1/d) in float32; d and min stored as fp16 (rounding uses the unrounded ones).
+    def fit(self, x: np.ndarray) -> tuple:
+        x = x.astype(np.float32, copy=False)
+        lo, hi = x.min(axis=1, keepdims=True), x.max(axis=1, keepdims=True)
+        d = (hi - lo) / np.float32(31)
+        with np.errstate(divide="ignore"):
+            return d, lo, np.where(d == 0, np.float32(0), np.float32(1) / d)
+
+    def encode(self, x: np.ndarray, params: tuple) -> np.ndarray:
+        u = (x.astype(np.float32) - params[1]) * params[2] + np.float32(0.5)
+        return np.clip(np.trunc(u), 0, 31).astype(np.uint8)
+
+    def decode(self, codes: np.ndarray, params: tuple) -> np.ndarray:
+        d = params[0].astype(np.float16).astype(np.float32)
+        return codes.astype(np.float32) * d + params[1].astype(np.float16).astype(np.float32)
+
+    def pack(self, codes: np.ndarray, params: tuple) -> np.ndarray:
+        return np.concatenate([fp16_bytes(params[0]), fp16_bytes(params[1]), _pack_q5(codes)], axis=1)
+
+    def unpack(self, data: np.ndarray, block: int) -> tuple[np.ndarray, tuple]:
+        return _unpack_q5(data[:, 4:], block), (fp16_from_bytes(data[:, :2]), fp16_from_bytes(data[:, 2:4]))
+
+
+# ggml's kvalues_iq4nl: the IQ4_NL / IQ4_XS codebook, in units of the block scale
+IQ4NL_VALUES = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], dtype=np.float32)
+
+
+def iq4nl_index(x: np.ndarray) -> np.ndarray:
+    """ggml's best_index_int8 on IQ4NL_VALUES: the nearer neighbour, the upper one on float32 ties."""
+    x = x.astype(np.float32, copy=False)
+    mu = np.clip(np.searchsorted(IQ4NL_VALUES, x, side="right"), 1, 15)
+    lower = (x - IQ4NL_VALUES[mu - 1]) < (IQ4NL_VALUES[mu] - x)
+    idx = np.where(lower, mu - 1, mu)
+    return np.where(x <= IQ4NL_VALUES[0], 0, np.where(x >= IQ4NL_VALUES[15], 15, idx)).astype(np.uint8)
+
+
+def _weighted_sums(x: np.ndarray, w: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    # column after column in float32, the order ggml's loop adds in (bytes depend on it)
+    sqx = np.zeros(x.shape[0], np.float32)
+    sq2 = np.zeros(x.shape[0], np.float32)
+    for j in range(x.shape[1]):
+        wq = w[:, j] * q[:, j]
+        sqx += wq * x[:, j]
+        sq2 += wq * q[:, j]
+    return sqx, sq2
+
+
+@dataclass(frozen=True)
+class IQ4NLCodec(FittableCodec):
+    """ggml IQ4_NL: fp16 d per 32 values, each value d * IQ4NL_VALUES[code]. ggml's RTN fits d by a
+    small search: the x^2-weighted least-squares scale of the peak/-127 grid and of 15 grids around it."""
+    ntry: ClassVar[int] = 7
+
+    def block_bytes(self, block: int) -> int:
+        return 2 + block // 2
+
+    # Params: (d, 1/d) in float32, d stored as fp16; codes are rounded with the unrounded d as ggml does.
+    def fit(self, x: np.ndarray) -> tuple:
+        x = x.astype(np.float32, copy=False)
+        w = x * x
+        peak = np.take_along_axis(x, np.abs(x).argmax(axis=1)[:, None], axis=1)[:, 0]
+        live = np.abs(peak) >= np.float32(1e-15)
+        safe = np.where(live, peak, np.float32(1))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            d0 = -safe / IQ4NL_VALUES[0]
+            sqx, sq2 = _weighted_sums(x, w, IQ4NL_VALUES[iq4nl_index((np.float32(1) / d0)[:, None] * x)])
+            d = np.where(sq2 > 0, sqx / sq2, np.float32(0)).astype(np.float32)
+            best = d * sqx
+            for itry in range(-self.ntry, self.ntry + 1):
+                inv = np.float32(itry + IQ4NL_VALUES[0]) / safe
+                sqx, sq2 = _weighted_sums(x, w, IQ4NL_VALUES[iq4nl_index(inv[:, None] * x)])
+                better = (sq2 > 0) & (sqx * sqx > best * sq2)
+                d = np.where(better, sqx / sq2, d).astype(np.float32)
+                best = np.where(better, d * sqx, best).astype(np.float32)
+            d = np.where(live, d, np.float32(0))[:, None]
+            return d, np.where(d == 0, np.float32(0), np.float32(1) / d)
+
+    def encode(self, x: np.ndarray, params: tuple) -> np.ndarray:
+        return iq4nl_index(params[1] * x.astype(np.float32))
+
+    def decode(self, codes: np.ndarray, params: tuple) -> np.ndarray:
+        return params[0].astype(np.float16).astype(np.float32) * IQ4NL_VALUES[codes]
 
     def pack(self, codes: np.ndarray, params: tuple) -> np.ndarray:
         return np.concatenate([fp16_bytes(params[0]), bitplanes.pack(codes, 4)], axis=1)

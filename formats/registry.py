@@ -19,13 +19,14 @@ from quantconv.formats.codec import Codec
 from quantconv.formats.elements import E2M1, E2M3, E3M2, E4M3, E5M2, Minifloat, minifloat
 from quantconv.formats.quant_block import BFPCodec, BlockLogCodec
 from quantconv.formats.quant_codebook import CodebookCodec
-from quantconv.formats.quant_ggml import FloatCodec, NVFP4Codec, Q4_0Codec
+from quantconv.formats.quant_ggml import IQ4NL_VALUES, IQ4NLCodec, FloatCodec, NVFP4Codec, Q4_0Codec, Q5_0Codec, Q5_1Codec
 from quantconv.formats.quant_int import IntCodec
 from quantconv.formats.quant_mx import GGMLMXFP4Codec, MinifloatBlockCodec, MXInt8Codec
 from quantconv.formats.spec import format_spec, parse_spec
 
 # ggml type ids of the standard types quantconv writes as they are.
-GGML_IDS = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q8_0": 8, "bf16": 30, "mxfp4": 39, "nvfp4": 40}
+GGML_IDS = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8, "iq4_nl": 20, "bf16": 30,
+            "mxfp4": 39, "nvfp4": 40}
 # quantconv's own ids live in [1024, 4096), far above ggml's (43 types in Nov 2026).
 OWN_ID_RANGE = (1024, 4096)
 GROUPS = (16, 32, 64, 128, 256, 512, 1024)   # plus 0: one group per row ("per-channel")
@@ -220,6 +221,14 @@ def _float(name: str, opt: _Options) -> DType:
                  codec=FloatCodec(name))
 
 
+# ggml's 5-bit block types: (bits, scale encoding, description, codec)
+_GGML_BLOCK32 = {
+    "q5_0": (5, "fp16", "ggml Q5_0: fp16 scale = signed peak / -16, codes 0..31 minus 16", Q5_0Codec()),
+    "q5_1": (5, "fp16 scale + fp16 min", "ggml Q5_1: fp16 scale = (max - min) / 31 and fp16 min, codes 0..31",
+             Q5_1Codec()),
+}
+
+
 def _ggml(name: str, opt: _Options) -> DType:
     opt.done()
     if name == "q8_0":
@@ -230,6 +239,18 @@ def _ggml(name: str, opt: _Options) -> DType:
         return DType(spec="q4_0", name="q4_0", family="ggml", elem_bits=4, block_size=32, scale_encoding="fp16",
                      gguf_type_id=GGML_IDS["q4_0"], standard=True,
                      description="ggml Q4_0: fp16 scale = signed peak / -8, codes 0..15 minus 8", codec=Q4_0Codec())
+    if name == "iq4_nl":
+        # a 4-bit codebook block of 32 in our codebook family's exact layout (fp16 d, then the nibbles), so
+        # it decodes, runs and converts to ONNX as one; only its rounding (ggml's scale search) is its own
+        table = tuple(float(v) for v in IQ4NL_VALUES)
+        return DType(spec=name, name=name, family="codebook", elem_bits=4, block_size=32, scale_encoding="fp16",
+                     gguf_type_id=GGML_IDS[name], standard=True,
+                     description="ggml IQ4_NL: fp16 scale (ggml's weighted search) x a 16-entry non-linear codebook",
+                     codec=IQ4NLCodec(), params={"flip": 0}, codebook=table)
+    if name in _GGML_BLOCK32:
+        bits, scales, description, codec = _GGML_BLOCK32[name]
+        return DType(spec=name, name=name, family="ggml", elem_bits=bits, block_size=32, scale_encoding=scales,
+                     gguf_type_id=GGML_IDS[name], standard=True, description=description, codec=codec)
     return DType(spec="nvfp4", name="nvfp4", family="ggml", elem_bits=4, block_size=64, scale_encoding="4 x ue4m3",
                  gguf_type_id=GGML_IDS["nvfp4"], standard=True,
                  description="ggml NVFP4: E2M1 with a UE4M3 scale per 16 values", codec=NVFP4Codec())
@@ -368,7 +389,7 @@ def _blog(name: str, opt: _Options) -> DType:
 
 BUILDERS: dict[str, Callable[[str, _Options], DType]] = {
     **{n: _float for n in ("f32", "f16", "bf16")},
-    **{n: _ggml for n in ("q8_0", "q4_0", "q4_1", "nvfp4")},
+    **{n: _ggml for n in ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl", "nvfp4")},
     **{f"int{b}": _int for b in range(2, 9)},
     **{n: _codebook for n in _CODEBOOK_INDEX},
     **{n: _mx for n in ("mxfp4", "mxfp6", "mxfp8", "mxint8")},
@@ -421,7 +442,7 @@ def dtype_from_descriptor(desc: dict[str, Any]) -> DType:
     except KeyError:
         raise QuantconvError("a quantconv type descriptor has no 'spec'; the file is damaged, re-export it") from None
     name, _ = parse_spec(spec)
-    if desc.get("family") == "codebook" and "codebook" in desc:
+    if desc.get("family") == "codebook" and "codebook" in desc and name in _CODEBOOK_INDEX:   # not IQ4_NL
         table = tuple(float(v) for v in desc["codebook"])
         if len(table) != 16 or not all(np.isfinite(table)):
             raise QuantconvError(f"type '{spec}' has a damaged codebook (need 16 finite values); re-export the file")

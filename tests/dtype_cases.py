@@ -17,7 +17,7 @@ OPTION_VARIANTS = [
 PIPELINE_VARIANTS = ["sf4:nu=3", "fp4-sr:flip", "int4:group=0", "int4:asym,group=32"]
 # One representative per family for the slower checks (GPTQ against RTN).
 ONE_PER_FAMILY = ["sf4", "nf4", "fp4-sp", "apot4", "int4:asym", "int4", "int8", "mxfp4", "mxfp6", "mxfp8", "mxint8",
-                  "q4_0", "q8_0", "nvfp4", "bfp", "bmf", "blog"]
+                  "q4_0", "q8_0", "nvfp4", "bfp", "bmf", "blog", "q5_0", "q5_1", "iq4_nl"]
 
 
 def _sweep_variants() -> list[str]:
@@ -41,7 +41,7 @@ def _sweep_variants() -> list[str]:
     specs += ["bmf:exp=3,mant=2,block=32", "bmf:block=64", "bmf:exp=4,mant=3,block=128"]
     for bits in range(2, 9):
         specs += [f"blog:bits={bits}", f"blog:bits={bits},block=64"]
-    specs += ["q8_0", "q4_0", "q4_1", "nvfp4", "f16", "bf16", "f32", "int8:group=32", "int4:asym,group=32"]
+    specs += ["q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl", "nvfp4", "f16", "bf16", "f32", "int8:group=32", "int4:asym,group=32"]
     return specs
 
 

@@ -132,5 +132,41 @@ inline void unpack_range(const uint8_t* planes, int64_t G, int bits, int64_t i0,
     }
 }
 
+// IEEE binary16 bits -> float, exactly (fp16 scales of layouts with no plan table).
+inline float half_bits_to_f32(uint16_t h) {
+    const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16, e = (h >> 10) & 0x1Fu, m = h & 0x3FFu;
+    if (e == 0) {
+        const float v = static_cast<float>(m) * bits_to_f32(0x33800000u);  // m * 2^-24
+        return sign ? -v : v;
+    }
+    return bits_to_f32(sign | (e == 31 ? 0x7F800000u | (m << 13) : ((e + 112) << 23) | (m << 13)));
+}
+
+// ggml Q5_0 (d * (u - 16)) and Q5_1 (d * u + m): the exact product, one decoded weight times its
+// float activation, eight partial sums. The fifth bit of code j is bit j of the block's 32-bit qh.
+template <bool Affine>
+float exact_q5(const uint8_t* row, const Plan& pl, const Acts& a) {
+    constexpr int64_t kHdr = Affine ? 4 : 2, kBytes = kHdr + 4 + 16;
+    float s[8] = {};
+    const float* x = a.x;
+    for (int64_t b = 0; b < pl.cols / 32; ++b, row += kBytes, x += 32) {
+        const float d = half_bits_to_f32(rd16(row));
+        const float m = Affine ? half_bits_to_f32(rd16(row + 2)) : 0.0f;
+        const uint8_t* qh = row + kHdr;
+        const uint32_t h = static_cast<uint32_t>(qh[0]) | (static_cast<uint32_t>(qh[1]) << 8) |
+                           (static_cast<uint32_t>(qh[2]) << 16) | (static_cast<uint32_t>(qh[3]) << 24);
+        const uint8_t* qs = qh + 4;
+        float w[32];
+        for (int j = 0; j < 16; ++j) {
+            const int lo = (qs[j] & 0x0F) | static_cast<int>(((h >> j) & 1u) << 4);
+            const int hi = (qs[j] >> 4) | static_cast<int>(((h >> (j + 16)) & 1u) << 4);
+            w[j] = Affine ? d * static_cast<float>(lo) + m : d * static_cast<float>(lo - 16);
+            w[j + 16] = Affine ? d * static_cast<float>(hi) + m : d * static_cast<float>(hi - 16);
+        }
+        for (int j = 0; j < 32; ++j) s[j & 7] += x[j] * w[j];
+    }
+    return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+}
+
 }  // namespace
 }  // namespace quantconv::kernels

@@ -823,6 +823,8 @@ constexpr KernelTable make_table() {
     at(t, Layout::Q4_0) = {{exact_planes}, fast_product<Nib4K<Hdr::F16, false>>(), ActsFmt::Q8};
     at(t, Layout::Q4_1) = {{exact_planes}, fast_product<Nib4K<Hdr::F16Affine, true>>(), ActsFmt::Q8};
     at(t, Layout::NVFP4) = {{exact_nvfp4}, {fast_nvfp4}, ActsFmt::Q8};
+    at(t, Layout::Q5_0) = {{exact_q5<false>}};  // common.h's portable product, built with this file's flags
+    at(t, Layout::Q5_1) = {{exact_q5<true>}};
     return t;
 }
 constexpr KernelTable kAvx2 = make_table();

@@ -153,6 +153,8 @@ constexpr KernelTable make_table() {
     for (Layout l : {Layout::IntSym, Layout::IntAsym, Layout::Codebook4, Layout::Mx, Layout::Q8_0, Layout::Q4_0, Layout::Q4_1})
         at(t, l) = {{exact_planes}, {fast_planes}, ActsFmt::Q8};
     at(t, Layout::NVFP4) = {{exact_nvfp4}, {fast_nvfp4}, ActsFmt::Q8};
+    at(t, Layout::Q5_0) = {{exact_q5<false>}};  // no integer path yet: exact only
+    at(t, Layout::Q5_1) = {{exact_q5<true>}};
     return t;
 }
 constexpr KernelTable kScalar = make_table();

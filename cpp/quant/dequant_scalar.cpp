@@ -185,6 +185,53 @@ Status dequantize_row_q4_1(const uint8_t* src, float* dst, int64_t n, const Type
     return kOk;
 }
 
+namespace {
+
+// One Q5 block's 32 codes 0..31 from qh (4 bytes) and the 16 nibble bytes after it.
+void q5_codes(const uint8_t* qh_qs, uint8_t* codes) {
+    const uint32_t qh = static_cast<uint32_t>(qh_qs[0]) | (static_cast<uint32_t>(qh_qs[1]) << 8) |
+                        (static_cast<uint32_t>(qh_qs[2]) << 16) | (static_cast<uint32_t>(qh_qs[3]) << 24);
+    const uint8_t* qs = qh_qs + 4;
+    for (int j = 0; j < 16; ++j) {
+        codes[j] = static_cast<uint8_t>((qs[j] & 0x0F) | (((qh >> j) & 1u) << 4));
+        codes[j + 16] = static_cast<uint8_t>((qs[j] >> 4) | (((qh >> (j + 16)) & 1u) << 4));
+    }
+}
+
+}  // namespace
+
+Status dequantize_row_q5_0(const uint8_t* src, float* dst, int64_t n, const TypeParams& p) {
+    constexpr int64_t QK = 32;
+    if (!fixed_geometry(p, n, QK)) return fail(StatusCode::BadParams);
+    uint8_t codes[QK];
+    for (int64_t b = 0; b < n / QK; ++b) {
+        const uint16_t dh = load_u16le(src);
+        if (!fp16_is_finite(dh)) return fail(StatusCode::BadFp16Scale, b);
+        const float d = fp16_to_fp32(dh);
+        q5_codes(src + 2, codes);
+        for (int64_t j = 0; j < QK; ++j) dst[j] = d * static_cast<float>(codes[j] - 16);
+        src += 2 + 4 + QK / 2;
+        dst += QK;
+    }
+    return kOk;
+}
+
+Status dequantize_row_q5_1(const uint8_t* src, float* dst, int64_t n, const TypeParams& p) {
+    constexpr int64_t QK = 32;
+    if (!fixed_geometry(p, n, QK)) return fail(StatusCode::BadParams);
+    uint8_t codes[QK];
+    for (int64_t b = 0; b < n / QK; ++b) {
+        const uint16_t dh = load_u16le(src), mh = load_u16le(src + 2);
+        if (!fp16_is_finite(dh) || !fp16_is_finite(mh)) return fail(StatusCode::BadFp16Scale, b);
+        const float d = fp16_to_fp32(dh), m = fp16_to_fp32(mh);
+        q5_codes(src + 4, codes);
+        for (int64_t j = 0; j < QK; ++j) dst[j] = d * static_cast<float>(codes[j]) + m;
+        src += 4 + 4 + QK / 2;
+        dst += QK;
+    }
+    return kOk;
+}
+
 Status dequantize_row_nvfp4(const uint8_t* src, float* dst, int64_t n, const TypeParams& p) {
     constexpr int64_t QK = 64, SUB = 16, NSUB = QK / SUB;
     if (!fixed_geometry(p, n, QK)) return fail(StatusCode::BadParams);

@@ -17,6 +17,9 @@ Status dequantize_row_e8m0_scaled(const uint8_t* src, float* dst, int64_t n, con
 Status dequantize_row_q8_0(const uint8_t* src, float* dst, int64_t n, const TypeParams& p);
 Status dequantize_row_q4_0(const uint8_t* src, float* dst, int64_t n, const TypeParams& p);
 Status dequantize_row_q4_1(const uint8_t* src, float* dst, int64_t n, const TypeParams& p);
+// ggml Q5_0 / Q5_1: the fifth bit of code j is bit j of the little-endian 32-bit qh
+Status dequantize_row_q5_0(const uint8_t* src, float* dst, int64_t n, const TypeParams& p);
+Status dequantize_row_q5_1(const uint8_t* src, float* dst, int64_t n, const TypeParams& p);
 Status dequantize_row_nvfp4(const uint8_t* src, float* dst, int64_t n, const TypeParams& p);
 
 }  // namespace quantconv::quant::scalar

@@ -71,7 +71,10 @@ TypeParams params_from_descriptor(const Descriptor& d) {
         else if (name == "q4_0") p.layout = Layout::Q4_0;
         else if (name == "q4_1") p.layout = Layout::Q4_1;
         else if (name == "nvfp4") p.layout = Layout::NVFP4;
-        else throw FormatError("unknown ggml type '" + name + "' (expected q8_0, q4_0, q4_1 or nvfp4)");
+        else if (name == "q5_0") p.layout = Layout::Q5_0;
+        else if (name == "q5_1") p.layout = Layout::Q5_1;
+        else
+            throw FormatError("unknown ggml type '" + name + "' (expected q8_0, q4_0, q4_1, q5_0, q5_1 or nvfp4)");
     } else if (family == "int") {
         p.asym = int_key(d, "asym", 0) != 0;
         p.layout = p.asym ? Layout::IntAsym : Layout::IntSym;

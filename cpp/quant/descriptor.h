@@ -5,7 +5,7 @@
 // Keys used (others are ignored):
 //   family       str, required: float | int | codebook | mx | bfp | bmf | blog | ggml
 //   spec, name   str: picks f32/f16/bf16 (float), q8_0/q4_1 (int rows that are ggml types),
-//                q4_0/nvfp4 (ggml)
+//                q4_0/q5_0/q5_1/nvfp4 (ggml; IQ4_NL's descriptor is a codebook one)
 //   block_size   int: elements per block, 0 = one block per row (per-channel)
 //   elem_bits    int: code width (int b, codebook 4, mx/bmf element bits, bfp mant, blog bits)
 //   bytes_per_block  int, optional: checked against the layout when nonzero

@@ -138,6 +138,8 @@ constexpr TypeTraits kTraits[] = {
     {"q4_0", Layout::Q4_0, 32, 18, 2, 4, prepare_fixed, scalar::dequantize_row_q4_0},
     {"q4_1", Layout::Q4_1, 32, 20, 4, 4, prepare_fixed, scalar::dequantize_row_q4_1},
     {"nvfp4", Layout::NVFP4, 64, 36, 4, 4, prepare_fixed, scalar::dequantize_row_nvfp4},
+    {"q5_0", Layout::Q5_0, 32, 22, 2, 5, prepare_fixed, scalar::dequantize_row_q5_0},
+    {"q5_1", Layout::Q5_1, 32, 24, 4, 5, prepare_fixed, scalar::dequantize_row_q5_1},
 };
 
 constexpr size_t kLayoutCount = static_cast<size_t>(Layout::Count);
@@ -234,8 +236,9 @@ TypeParams make_float_params(Layout layout) {
 }
 
 TypeParams make_ggml_params(Layout layout) {
-    if (layout != Layout::Q8_0 && layout != Layout::Q4_0 && layout != Layout::Q4_1 && layout != Layout::NVFP4)
-        throw FormatError("make_ggml_params needs Q8_0, Q4_0, Q4_1 or NVFP4");
+    if (layout != Layout::Q8_0 && layout != Layout::Q4_0 && layout != Layout::Q4_1 && layout != Layout::NVFP4 &&
+        layout != Layout::Q5_0 && layout != Layout::Q5_1)
+        throw FormatError("make_ggml_params needs Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 or NVFP4");
     TypeParams p;
     p.layout = layout;
     prepare_params(p);

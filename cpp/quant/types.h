@@ -24,6 +24,8 @@ enum class Layout : uint8_t {
     Q4_0,       // ggml block_q4_0
     Q4_1,       // ggml block_q4_1
     NVFP4,      // ggml block_nvfp4
+    Q5_0,       // ggml block_q5_0: fp16 d, qh (bit 4 of each code), nibbles: d * (u - 16)
+    Q5_1,       // ggml block_q5_1: fp16 d, fp16 m, qh, nibbles: d * u + m
     Count
 };
 
