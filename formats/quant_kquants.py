@@ -9,6 +9,7 @@ contiguous numpy op over all sub-blocks of a tensor.
 """
 from __future__ import annotations
 
+from abc import abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -290,20 +291,21 @@ class _KQuant(FittableCodec):
         codes[dead] = search[dead]
         return self.pack(self._finish(codes.reshape(x.shape[0], QK_K), params), params)
 
+    @abstractmethod
     def _weighted(self, x: np.ndarray, importance: np.ndarray) -> tuple[tuple, np.ndarray]:
         """ggml's importance path (quantize_row_qN_K_impl) -> (params, the search's codes (n, S, sub))."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _sub_scale(self, params: tuple) -> np.ndarray:
         """(n, 256/sub) float32 effective step of each sub-block (ggml's d * scale)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _search_codes(self, xs: np.ndarray) -> np.ndarray:
         """ggml's first-search codes of (sub, M) sub-blocks -> (sub, M)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _requant(self, x: np.ndarray, step: np.ndarray, params: tuple) -> np.ndarray:
-        raise NotImplementedError
+        """(n, S, sub) values on their sub-blocks' steps (n, S, 1) -> codes, as ggml's final rounding pass."""
 
     def column_params(self, params: tuple, col: int) -> tuple:
         """The params of the sub-block holding column `col` of the super-block, for rounding one column
