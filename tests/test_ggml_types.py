@@ -75,6 +75,22 @@ def test_registry_rows_are_ggml_types(name):
     assert dtype.row_bytes(256) == ggml_ref.row_size(TYPES[name], 256)
 
 
+@pytest.mark.parametrize("name", ["q5_0", "q5_1"])
+def test_q5_rounds_to_the_nearest_value_of_its_block(name):
+    # every value is on its block's 32-point grid and the nearest one, up to the fp16 rounding of the
+    # scale (ggml rounds with the fp32 scale, stores fp16; Q5_0 caps the +16 code at 15)
+    dtype = get_dtype(name)
+    w = CASES["heavy"]
+    codes, params = dtype.codec.unpack(dtype.quantize(w).reshape(-1, dtype.bytes_per_block), 32)
+    grid = dtype.codec.decode(np.repeat(np.arange(32, dtype=np.uint8)[None], codes.shape[0], axis=0), params)
+    values = dtype.codec.decode(codes, params)
+    x = w.reshape(-1, 32)
+    best = np.abs(x[:, :, None] - grid[:, None, :]).min(axis=2)
+    step = np.abs(params[0])
+    assert np.all(np.abs(x - values) <= best + step * 32 * 2.0 ** -10 + 1e-12)
+    assert np.all((values[:, :, None] == grid[:, None, :]).any(axis=2))
+
+
 @pytest.mark.parametrize("name", NEW)
 def test_gptq_split_api_reproduces_rtn(name):
     # fit -> encode -> pack (what GPTQ drives column by column) writes RTN's bytes
