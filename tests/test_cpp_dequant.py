@@ -55,8 +55,10 @@ def _scale_of(dt) -> str:
         return "none"
     if fam == "int":
         return "fp16x2" if dt.descriptor().get("asym") else "fp16"
-    if fam == "codebook" or dt.name == "q4_0":
+    if fam == "codebook" or dt.name in ("q4_0", "q5_0"):
         return "fp16"
+    if dt.name == "q5_1":
+        return "fp16x2"
     if dt.name == "nvfp4":
         return "ue4m3"
     return "e8m0"

@@ -42,7 +42,9 @@ def block_grid(dtype, block_bytes: np.ndarray, block: int) -> np.ndarray:
     return grid
 
 
-@pytest.mark.parametrize("spec", [s for s in SPECS if get_dtype(s).family not in ("float",) and s != "nvfp4"])
+# NVFP4, Q5_0 and Q5_1 do not store their codes as bit planes after the header (block_grid's assumption)
+@pytest.mark.parametrize("spec", [s for s in SPECS if get_dtype(s).family not in ("float",)
+                                  and s not in ("nvfp4", "q5_0", "q5_1")])
 def test_round_to_nearest_given_the_block_scale(spec):
     dtype = get_dtype(spec)
     w = weights(4, 256, seed=1)
