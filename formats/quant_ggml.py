@@ -16,25 +16,37 @@ from quantconv.formats.quant_mx import _GGML_E2M1_DOUBLED
 
 
 @dataclass(frozen=True)
-class Q4_0Codec(FittableCodec):
-    """ggml Q4_0: d = (signed peak) / -8, u = trunc(x/d + 8.5) clamped to 15, value d * (u - 8)."""
+class _SignedPeakCodec(FittableCodec):
+    """ggml's Q4_0 / Q5_0 rule for codes of `bits`: d = (signed peak) / -half, u = trunc(x/d + half + 0.5)
+    capped at 2*half - 1, value d * (u - half), half = 2^(bits-1). Params: (d, 1/d) in float32 (ggml rounds
+    with the unrounded d), d stored as fp16."""
 
-    def block_bytes(self, block: int) -> int:
-        return 2 + block // 2
+    bits: ClassVar[int]
 
-    # fit / encode / decode / pack: see FittableCodec. Params: (d, 1/d) in float32, d stored as fp16.
     def fit(self, x: np.ndarray) -> tuple:
         x = x.astype(np.float32, copy=False)
         peak = np.take_along_axis(x, np.abs(x).argmax(axis=1)[:, None], axis=1)
-        d = peak / np.float32(-8)
+        d = peak / np.float32(-(1 << (self.bits - 1)))
         with np.errstate(divide="ignore"):
             return d, np.where(d == 0, np.float32(0), np.float32(1) / d)
 
     def encode(self, x: np.ndarray, params: tuple) -> np.ndarray:
-        return np.clip(np.trunc(x.astype(np.float32) * params[1] + np.float32(8.5)), 0, 15).astype(np.uint8)
+        half = 1 << (self.bits - 1)
+        return np.clip(np.trunc(x.astype(np.float32) * params[1] + np.float32(half + 0.5)), 0,
+                       2 * half - 1).astype(np.uint8)
 
     def decode(self, codes: np.ndarray, params: tuple) -> np.ndarray:
-        return params[0].astype(np.float16).astype(np.float32) * (codes.astype(np.float32) - 8)
+        return params[0].astype(np.float16).astype(np.float32) * (codes.astype(np.float32) - (1 << (self.bits - 1)))
+
+
+@dataclass(frozen=True)
+class Q4_0Codec(_SignedPeakCodec):
+    """ggml Q4_0: d = (signed peak) / -8, u = trunc(x/d + 8.5) clamped to 15, value d * (u - 8)."""
+
+    bits: ClassVar[int] = 4
+
+    def block_bytes(self, block: int) -> int:
+        return 2 + block // 2
 
     def pack(self, codes: np.ndarray, params: tuple) -> np.ndarray:
         return np.concatenate([fp16_bytes(params[0]), bitplanes.pack(codes, 4)], axis=1)
@@ -55,25 +67,13 @@ def _unpack_q5(body: np.ndarray, block: int) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class Q5_0Codec(FittableCodec):
+class Q5_0Codec(_SignedPeakCodec):
     """ggml Q5_0: d = (signed peak) / -16, u = trunc(x/d + 16.5) capped at 31, value d * (u - 16)."""
+
+    bits: ClassVar[int] = 5
 
     def block_bytes(self, block: int) -> int:
         return 2 + block // 8 + block // 2
-
-    # Params: (d, 1/d) in float32 (ggml rounds with the unrounded d), d stored as fp16.
-    def fit(self, x: np.ndarray) -> tuple:
-        x = x.astype(np.float32, copy=False)
-        peak = np.take_along_axis(x, np.abs(x).argmax(axis=1)[:, None], axis=1)
-        d = peak / np.float32(-16)
-        with np.errstate(divide="ignore"):
-            return d, np.where(d == 0, np.float32(0), np.float32(1) / d)
-
-    def encode(self, x: np.ndarray, params: tuple) -> np.ndarray:
-        return np.clip(np.trunc(x.astype(np.float32) * params[1] + np.float32(16.5)), 0, 31).astype(np.uint8)
-
-    def decode(self, codes: np.ndarray, params: tuple) -> np.ndarray:
-        return params[0].astype(np.float16).astype(np.float32) * (codes.astype(np.float32) - 16)
 
     def pack(self, codes: np.ndarray, params: tuple) -> np.ndarray:
         return np.concatenate([fp16_bytes(params[0]), _pack_q5(codes)], axis=1)

@@ -200,25 +200,15 @@ def _split_words(text: str, stages: tuple[tuple[re.Pattern, bool, bool], ...]) -
     pieces = [text]
     for rx, covers, collapsed in stages:
         out: list[str] = []
-        if collapsed:  # same length as the piece: the match spans cut the original
-            for piece in pieces:
-                pos = 0
-                for m in rx.finditer(piece.translate(_COLLAPSE)):
-                    s, e = m.span()
-                    if s > pos:
-                        out.append(piece[pos:s])
-                    out.append(piece[s:e])
-                    pos = e
-                if pos < len(piece):
-                    out.append(piece[pos:] if pos else piece)
-        elif covers:
+        if covers and not collapsed:
             findall = rx.findall
             for piece in pieces:
                 out.extend(findall(piece))
         else:
             for piece in pieces:
                 pos = 0
-                for m in rx.finditer(piece):
+                # collapsed: matched on a same-length stand-in of the piece, whose spans cut the original
+                for m in rx.finditer(piece.translate(_COLLAPSE) if collapsed else piece):
                     s, e = m.span()
                     if s > pos:
                         out.append(piece[pos:s])
