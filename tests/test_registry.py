@@ -132,6 +132,8 @@ def test_property_round_trip_is_finite_bounded_and_idempotent(spec, w):
     assert np.all(np.isfinite(q))
     # no value grows beyond its row's peak by more than the format's rounding of the peak
     assert np.all(np.abs(q) <= np.abs(w).max(axis=1, keepdims=True) * 2.0 + 1e-30)
+    if dtype.name == "iq4_nl":  # ggml's rule refits d by weighted least squares: a second pass may move it
+        return
     np.testing.assert_array_equal(dtype.fake_quantize(q), q)
 
 
